@@ -1,0 +1,116 @@
+"""The `flax-lm` command line. User mistakes print one line and exit 2."""
+
+import argparse
+import os
+import sys
+
+from flax_lm.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flax-lm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train or resume a run",
+                       epilog="Override any config key with --config.section.key=value.")
+    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    p.add_argument("--workdir", required=True, help="the run's directory; an existing one is resumed")
+
+    p = sub.add_parser("evaluate", help="validation loss and perplexity of a run's checkpoint")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--split", default="validation", choices=("validation", "train"))
+
+    p = sub.add_parser("generate", help="sample text from a run's checkpoint")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=None, help="0 keeps all tokens")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if a.startswith("--config.")]
+    unknown = [a for a in extra if not a.startswith("--config.")]
+    if unknown or (overrides and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    try:
+        return COMMANDS[args.command](args, overrides)
+    except UserError as e:
+        print(f"flax-lm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flax-lm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args, overrides) -> int:
+    from flax_lm import config, train
+    cfg = config.load(args.config, overrides)
+    train.train(cfg, args.workdir)
+    return 0
+
+
+def _restored_run(args):
+    from flax_lm import train, workdir
+    cfg = workdir.load_config(args.workdir)
+    run = train.setup(cfg, args.workdir)
+    steps = run.checkpointer.manager.all_steps()
+    if not steps:
+        raise UserError(f"--workdir {args.workdir}: no checkpoint there yet")
+    if args.step is not None and args.step not in steps:
+        raise UserError(f"--step {args.step}: no such checkpoint (have {', '.join(map(str, sorted(steps)))})")
+    state, _ = train.restore_or_init(run, args.step)
+    return run, state
+
+
+def _evaluate(args, _) -> int:
+    import json
+
+    import flax.linen as nn
+    import jax
+
+    from flax_lm import sharding
+    from flax_lm.evaluate import evaluate
+    from flax_lm.tasks import get_task
+    from flax_lm.train_step import make_eval_step
+
+    run, state = _restored_run(args)
+    tokens = run.splits.validation if args.split == "validation" else run.splits.train
+    t = run.cfg.train
+    with run.mesh, nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        eval_step = jax.jit(make_eval_step(run.model, get_task(run.cfg.task)))
+        metrics = evaluate(eval_step, state.params, tokens, run.cfg.model.max_len,
+                           t.batch_size // t.grad_accum_steps, 0, run.to_global)
+    print(json.dumps({"step": int(state.step), "split": args.split, **metrics}))
+    return 0
+
+
+def _generate(args, _) -> int:
+    from flax_lm import train
+    if not args.prompt:
+        raise UserError("--prompt is empty")
+    if args.temperature is not None and args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0; got {args.temperature}")
+    run, state = _restored_run(args)
+    overrides = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
+                                   ("top_k", args.top_k)) if v is not None}
+    print(train.sample_text(run, state.params, args.prompt, **overrides))
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "generate": _generate}
+
+
+def entry_point() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

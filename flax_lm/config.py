@@ -1,0 +1,190 @@
+"""Loading, overriding and validating run configs.
+
+A recipe is a Python file with `get_config()` returning an `ml_collections.ConfigDict`
+built from `flax_lm.defaults.get_config()`. Command-line overrides use the
+`--config.section.key=value` convention. Everything a user can get wrong here raises
+`UserError` with one line naming the key.
+"""
+
+import ast
+import difflib
+import importlib.util
+import json
+from pathlib import Path
+
+import ml_collections
+
+from flax_lm import defaults
+from flax_lm.errors import UserError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+CHOICES = {
+    "task": ("causal_lm",),
+    "model.family": ("gpt2",),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "optim.schedule": ("cosine", "linear", "constant"),
+}
+POSITIVE = (
+    "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
+    "train.steps", "train.batch_size", "train.grad_accum_steps", "train.log_every",
+    "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+)
+
+
+def load(path_or_name: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a recipe file (or the name of one in the repo's configs/), applies
+    `--config.key=value` overrides and validates the result."""
+    cfg = _load_recipe(path_or_name)
+    for arg in overrides:
+        apply_override(cfg, arg)
+    validate(cfg)
+    return cfg
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """Rebuilds a validated config from the JSON a run saved in its workdir."""
+    cfg = defaults.get_config()
+    _merge(cfg, json.loads(text), prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _load_recipe(path_or_name: str) -> ml_collections.ConfigDict:
+    path = Path(path_or_name)
+    if not path.exists() and not path.suffix:
+        path = REPO_CONFIGS / f"{path_or_name}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in REPO_CONFIGS.glob("*.py"))
+        raise UserError(f"--config: no config file {path_or_name!r} (configs here: {', '.join(known)})")
+    spec = importlib.util.spec_from_file_location(f"flax_lm_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"--config: {path} has no get_config() function")
+    recipe = module.get_config()
+    # Re-apply the recipe onto a fresh schema so that a recipe cannot add keys.
+    cfg = defaults.get_config()
+    _merge(cfg, recipe.to_dict(), prefix="")
+    return cfg
+
+
+def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        name = prefix + key
+        if key not in cfg:
+            raise UserError(_unknown_key(name))
+        if isinstance(cfg[key], ml_collections.ConfigDict):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {name!r} is a section, not a value")
+            _merge(cfg[key], value, prefix=name + ".")
+        else:
+            cfg[key] = _coerce(name, cfg[key], value)
+
+
+def apply_override(cfg: ml_collections.ConfigDict, arg: str) -> None:
+    """Applies one `--config.a.b=value` argument; the value is parsed to the key's type."""
+    if not arg.startswith("--config.") or "=" not in arg:
+        raise UserError(f"cannot read the argument {arg!r}: overrides look like --config.section.key=value")
+    name, text = arg[len("--config."):].split("=", 1)
+    current = _get(cfg, name)
+    _set(cfg, name, _coerce(name, current, _parse_text(current, text)))
+
+
+def _parse_text(current, text: str):
+    if isinstance(current, str):
+        return text
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(name: str, current, value):
+    """Returns `value` as the type of the schema's `current`, or raises UserError."""
+    expected = type(current)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not expected:
+        raise UserError(
+            f"config key {name!r} must be {expected.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _get(cfg, name: str):
+    node = cfg
+    for part in name.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise UserError(_unknown_key(name))
+        node = node[part]
+    if isinstance(node, ml_collections.ConfigDict):
+        raise UserError(f"config key {name!r} is a section, not a value")
+    return node
+
+
+def _set(cfg, name: str, value) -> None:
+    *parents, leaf = name.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _all_keys(cfg, prefix="") -> list[str]:
+    keys = []
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _all_keys(value, prefix + key + ".")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def _unknown_key(name: str) -> str:
+    close = difflib.get_close_matches(name, _all_keys(defaults.get_config()), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown config key {name!r}{hint}"
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Checks values and combinations that do not depend on the devices."""
+    for name, allowed in CHOICES.items():
+        if _get(cfg, name) not in allowed:
+            raise UserError(f"config key {name!r} must be one of {', '.join(allowed)}; got {_get(cfg, name)!r}")
+    for name in POSITIVE:
+        if _get(cfg, name) <= 0:
+            raise UserError(f"config key {name!r} must be positive; got {_get(cfg, name)}")
+    m, t, o = cfg.model, cfg.train, cfg.optim
+    if m.d_model % m.n_heads:
+        raise UserError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
+    if t.batch_size % t.grad_accum_steps:
+        raise UserError(
+            f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps ({t.grad_accum_steps})")
+    if not 0.0 < cfg.data.validation_fraction < 1.0:
+        raise UserError(f"data.validation_fraction must be in (0, 1); got {cfg.data.validation_fraction}")
+    for name in ("model.dropout", "model.attention_dropout"):
+        if not 0.0 <= _get(cfg, name) < 1.0:
+            raise UserError(f"config key {name!r} must be in [0, 1); got {_get(cfg, name)}")
+    if m.attention_dropout > 0 and m.attention != "reference":
+        raise UserError("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
+    if o.warmup_steps < 0 or o.warmup_steps > t.steps:
+        raise UserError(f"optim.warmup_steps ({o.warmup_steps}) must be in [0, train.steps={t.steps}]")
+    if o.learning_rate <= 0:
+        raise UserError(f"optim.learning_rate must be positive; got {o.learning_rate}")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise UserError(f"optim.min_lr_ratio must be in [0, 1]; got {o.min_lr_ratio}")
+    # Imported here: the attention and remat modules import JAX, this module need not.
+    from flax_lm.attention import IMPLEMENTATIONS
+    from flax_lm.models.remat import POLICIES
+    if m.attention not in IMPLEMENTATIONS:
+        raise UserError(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
+    if m.remat_policy not in POLICIES:
+        raise UserError(f"model.remat_policy must be one of {', '.join(POLICIES)}; got {m.remat_policy!r}")

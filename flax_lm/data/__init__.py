@@ -1,0 +1,1 @@
+"""Text sources, tokenization, packing and deterministic batching."""

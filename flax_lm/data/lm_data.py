@@ -1,0 +1,100 @@
+"""Token streams packed into fixed-length windows, and a resumable batch iterator.
+
+Documents are joined with EOS into one stream; the stream's tail is the validation
+split. Window i holds tokens [i*T, i*T + T] (T+1 tokens: inputs and shifted targets).
+"""
+
+import dataclasses
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from flax_lm.data import tokenizer as tokenizers_lib
+from flax_lm.errors import UserError
+
+
+@dataclasses.dataclass
+class Splits:
+    train: np.ndarray       # int32 token ids
+    validation: np.ndarray
+
+
+def tokenize_and_split(documents: list[str], tokenizer: Tokenizer, validation_fraction: float,
+                       seq_len: int) -> Splits:
+    """Encodes documents (batched, in Rust threads), joins them with EOS and splits the tail off."""
+    eos = tokenizers_lib.eos_id(tokenizer)
+    pieces = []
+    for encoding in tokenizer.encode_batch(documents):
+        pieces.append(np.asarray(encoding.ids, np.int32))
+        pieces.append(np.asarray([eos], np.int32))
+    stream = np.concatenate(pieces)
+    n_val = int(len(stream) * validation_fraction)
+    needed = 2 * (seq_len + 1)
+    if n_val < seq_len + 1 or len(stream) - n_val < needed:
+        raise UserError(
+            f"data.source: the corpus has {len(stream)} tokens, too few for sequences of {seq_len} "
+            f"with a validation fraction of {validation_fraction}; give more text or a shorter model.max_len")
+    return Splits(train=stream[:-n_val], validation=stream[-n_val:])
+
+
+def num_windows(tokens: np.ndarray, seq_len: int) -> int:
+    return (len(tokens) - 1) // seq_len
+
+
+def windows(tokens: np.ndarray, indices: np.ndarray, seq_len: int) -> dict:
+    """The causal-LM batch for window `indices`: inputs, targets (B x T int32), weights."""
+    starts = indices[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+    chunk = tokens[starts]
+    return {
+        "inputs": chunk[:, :-1],
+        "targets": chunk[:, 1:],
+        "weights": np.ones((len(indices), seq_len), np.float32),
+    }
+
+
+class BatchIterator:
+    """Epochs of a seeded permutation of `num_examples`, cut into global batches.
+
+    Each process takes its contiguous slice of every global batch. The position
+    (epoch, batch within epoch) is the whole state: `state()` / `restore()` make
+    resumption exact. The incomplete batch at an epoch's end is dropped.
+    """
+
+    def __init__(self, num_examples: int, global_batch: int, seed: int,
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+        if num_examples < global_batch:
+            raise UserError(
+                f"train.batch_size ({global_batch}) is larger than the {num_examples} training sequences")
+        self.num_examples, self.global_batch, self.seed, self.shuffle = num_examples, global_batch, seed, shuffle
+        self.local_batch = global_batch // process_count
+        self.process_index = process_index
+        self.batches_per_epoch = num_examples // global_batch
+        self.epoch, self.batch = 0, 0
+        self._order = None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = rng.permutation(self.num_examples) if self.shuffle else np.arange(self.num_examples)
+        return self._order
+
+    def next_indices(self) -> np.ndarray:
+        """This process's example indices for the next global batch."""
+        start = self.batch * self.global_batch + self.process_index * self.local_batch
+        indices = self._epoch_order()[start:start + self.local_batch]
+        self.batch += 1
+        if self.batch == self.batches_per_epoch:
+            self.epoch, self.batch, self._order = self.epoch + 1, 0, None
+        return indices
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "num_examples": self.num_examples,
+                "global_batch": self.global_batch}
+
+    def restore(self, state: dict) -> None:
+        for key in ("seed", "num_examples", "global_batch"):
+            if state[key] != getattr(self, key):
+                raise UserError(
+                    f"cannot resume the data position: the checkpoint's {key} is {state[key]}, "
+                    f"this run's is {getattr(self, key)} (was the data or batch size changed?)")
+        self.epoch, self.batch, self._order = state["epoch"], state["batch"], None

@@ -1,0 +1,76 @@
+"""The complete config schema with its default values.
+
+Every recipe in `configs/` starts from `get_config()` and changes values; it may not
+add keys. Validation (`flax_lm.config`) compares a recipe against this schema, so a
+key that is not here is a user error, and so is a value of another type.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the schema: every key flax_lm knows, with its default value."""
+    c = ml_collections.ConfigDict()
+    c.task = "causal_lm"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.family = "gpt2"
+    c.model.vocab_size = 4096          # tokens; a trained tokenizer gets this size
+    c.model.max_len = 128              # positions the model has (GPT-2 n_positions)
+    c.model.d_model = 256
+    c.model.n_layers = 4
+    c.model.n_heads = 4
+    c.model.d_ff = 0                   # 0 means 4 * d_model, as GPT-2
+    c.model.layer_norm_epsilon = 1e-5
+    c.model.dropout = 0.0              # residual and embedding dropout
+    c.model.attention_dropout = 0.0    # needs attention="reference"
+    c.model.initializer_range = 0.02
+    c.model.dtype = "float32"          # compute dtype: float32 | bfloat16 | float16
+    c.model.param_dtype = "float32"    # storage dtype of the parameters
+    c.model.scan_layers = False        # nn.scan over the blocks (one compiled block)
+    c.model.remat_policy = "none"      # see flax_lm.models.remat.POLICIES
+    c.model.attention = "xla"          # see flax_lm.attention.IMPLEMENTATIONS
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "default"          # "default" (embedded corpus) or comma-separated files/globs
+    c.data.tokenizer = ""              # a tokenizer.json to reuse; empty trains one
+    c.data.validation_fraction = 0.05  # tail of the token stream held out
+    c.data.max_bytes = 0               # read at most this many bytes of text; 0 = all
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0
+    c.train.steps = 300
+    c.train.batch_size = 32            # global, in sequences, per optimizer step
+    c.train.grad_accum_steps = 1       # micro-batches per step; batch_size must divide
+    c.train.log_every = 10
+    c.train.eval_every = 100
+    c.train.eval_batches = 8           # 0 evaluates the whole validation split
+    c.train.checkpoint_every = 100
+    c.train.keep_checkpoints = 3
+    c.train.async_checkpointing = True
+    c.train.progress_bar = True
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-3       # peak, after warmup
+    c.optim.warmup_steps = 30
+    c.optim.schedule = "cosine"        # cosine | linear | constant (after warmup)
+    c.optim.min_lr_ratio = 0.1         # final learning rate / peak
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.1         # not applied to biases, LayerNorm scales
+    c.optim.grad_clip_norm = 1.0       # 0 disables clipping
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.data = -1               # -1: all devices not used by the other axes
+    c.parallel.fsdp = 1
+    c.parallel.tensor = 1
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.prompt = "def "
+    c.sample.max_new_tokens = 64
+    c.sample.temperature = 0.8
+    c.sample.top_k = 40
+
+    c.peak_flops_per_device = 0.0      # for MFU; 0 looks the device kind up
+    return c

@@ -1,0 +1,1 @@
+"""Weight and config mappings between flax_lm and Hugging Face `transformers`."""

@@ -1,0 +1,193 @@
+"""GPT-2 as a Flax Linen module, layer for layer `transformers.GPT2LMHeadModel`.
+
+Pre-LayerNorm blocks, learned positions, tied input/output embeddings, tanh GELU and
+residual projections initialised with std 0.02 / sqrt(2 * n_layers). Parameters carry
+logical axis names (see `flax_lm.sharding`). Tensor names carry their shapes:
+B batch, T length, D d_model, N heads, H head size, F d_ff, V vocab.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from flax_lm.attention import dot_product_attention
+from flax_lm.models.remat import POLICIES
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int
+    max_len: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    layer_norm_epsilon: float = 1e-5
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+    attention: str = "xla"
+
+    @classmethod
+    def from_config(cls, model_cfg) -> "GPT2Config":
+        """Builds the model config from the `model` section of a run config."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in model_cfg.items() if k in fields}
+        values["d_ff"] = model_cfg.d_ff or 4 * model_cfg.d_model
+        return cls(**values)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def _dense_init(std: float, axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _zeros(axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _layer_norm(cfg: GPT2Config, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_epsilon, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=_zeros(("embed",)), name=name)
+
+
+class CausalSelfAttention(nn.Module):
+    cfg: GPT2Config
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_mask_BxT):
+        cfg = self.cfg
+        dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        # One fused projection, laid out (D, 3, N, H) so heads shard over "tensor"
+        # and GPT-2's Conv1D weight (D, 3*D) maps to it by a reshape.
+        qkv_BxTx3xNxH = nn.DenseGeneral(
+            features=(3, cfg.n_heads, cfg.head_dim), dtype=dtype, param_dtype=param_dtype,
+            kernel_init=_dense_init(cfg.initializer_range, ("embed", "qkv", "heads", "head_dim")),
+            bias_init=_zeros(("qkv", "heads", "head_dim")), name="c_attn")(x_BxTxD)
+        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = (qkv_BxTx3xNxH[:, :, i] for i in range(3))
+        dropout_rng = None
+        if cfg.attention_dropout > 0 and not self.deterministic:
+            dropout_rng = self.make_rng("dropout")
+        out_BxTxNxH = dot_product_attention(
+            q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, causal=True, kv_mask_BxS=kv_mask_BxT,
+            implementation=cfg.attention,
+            dropout_rate=0.0 if self.deterministic else cfg.attention_dropout, dropout_rng=dropout_rng)
+        out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
+        return nn.DenseGeneral(
+            features=cfg.d_model, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
+            kernel_init=_dense_init(cfg.initializer_range / math.sqrt(2 * cfg.n_layers),
+                                    ("heads", "head_dim", "embed")),
+            bias_init=_zeros(("embed",)), name="c_proj")(out_BxTxNxH)
+
+
+class MLP(nn.Module):
+    cfg: GPT2Config
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        cfg = self.cfg
+        dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        h_BxTxF = nn.Dense(
+            cfg.d_ff, dtype=dtype, param_dtype=param_dtype,
+            kernel_init=_dense_init(cfg.initializer_range, ("embed", "mlp")),
+            bias_init=_zeros(("mlp",)), name="c_fc")(x_BxTxD)
+        h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's "gelu_new"
+        h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
+        return nn.Dense(
+            cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+            kernel_init=_dense_init(cfg.initializer_range / math.sqrt(2 * cfg.n_layers), ("mlp", "embed")),
+            bias_init=_zeros(("embed",)), name="c_proj")(h_BxTxF)
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm Transformer block; scan-compatible (carry, mask) -> (carry, None)."""
+
+    cfg: GPT2Config
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_mask_BxT):
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        h_BxTxD = CausalSelfAttention(cfg, self.deterministic, name="attn")(
+            _layer_norm(cfg, "ln_1")(x_BxTxD), kv_mask_BxT)
+        x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
+        h_BxTxD = MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x_BxTxD))
+        x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out")
+        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed"))
+        return x_BxTxD, None
+
+
+class GPT2LMHeadModel(nn.Module):
+    """Decoder-only language model: token ids -> next-token logits."""
+
+    cfg: GPT2Config
+
+    @nn.compact
+    def __call__(self, input_ids_BxT, *, attention_mask_BxT=None, position_ids_BxT=None,
+                 deterministic: bool = True):
+        """Returns logits B x T x V (compute dtype).
+
+        `attention_mask_BxT` is 1 for real tokens and 0 for padding; `position_ids_BxT`
+        defaults to 0..T-1 (left-padded batches pass their own).
+        """
+        cfg = self.cfg
+        dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        if position_ids_BxT is None:
+            position_ids_BxT = jnp.broadcast_to(jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
+        kv_mask_BxT = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
+        wte = nn.Embed(
+            cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+            embedding_init=_dense_init(cfg.initializer_range, ("vocab", "embed")), name="wte")
+        wpe = nn.Embed(
+            cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+            embedding_init=_dense_init(cfg.initializer_range, ("positions", "embed")), name="wpe")
+        x_BxTxD = wte(input_ids_BxT) + wpe(position_ids_BxT)
+        x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
+        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed"))
+
+        block = Block
+        if cfg.remat_policy != "none":
+            block = nn.remat(block, policy=POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            x_BxTxD, _ = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast, length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, deterministic, name="h")(x_BxTxD, kv_mask_BxT)
+        else:
+            for i in range(cfg.n_layers):
+                x_BxTxD, _ = block(cfg, deterministic, name=f"h_{i}")(x_BxTxD, kv_mask_BxT)
+
+        x_BxTxD = _layer_norm(cfg, "ln_f")(x_BxTxD)
+        logits_BxTxV = wte.attend(x_BxTxD)
+        return nn.with_logical_constraint(logits_BxTxV, ("batch", "act_length", "act_vocab"))
+
+
+def num_params(cfg: GPT2Config, include_positions: bool = False) -> int:
+    """Parameter count (tied head counted once); nanoGPT's N excludes positions."""
+    d, f = cfg.d_model, cfg.d_ff
+    per_layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
+    n = cfg.vocab_size * d + cfg.n_layers * per_layer + 2 * d
+    return n + (cfg.max_len * d if include_positions else 0)
+
+
+def flops_per_token(cfg: GPT2Config, seq_len: int) -> float:
+    """Training FLOPs per token, nanoGPT/PaLM formula 6N + 12 L H Q T (fwd + bwd)."""
+    return 6 * num_params(cfg) + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len

@@ -1,0 +1,47 @@
+"""Logical axis names -> mesh axes: the one table that decides the parallelism.
+
+Models name axes logically ("embed", "heads", ...). Parameters use the parameter
+names, activations the `act_*` names, so that the batch and the parameters' embed
+dimension may both use the `fsdp` mesh axis without colliding.
+"""
+
+import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("positions", None),
+    ("qkv", None),
+    ("layers", None),
+)
+
+
+def logical_sharding(tree, mesh: jax.sharding.Mesh):
+    """Maps a pytree of logical PartitionSpecs (or boxed abstract params) to NamedShardings."""
+    specs = nn.get_partition_spec(tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of a batch array whose leading dimension is the global batch."""
+    mesh_axes = nn.logical_to_mesh_axes(("batch",), LOGICAL_AXIS_RULES)
+    return NamedSharding(mesh, PartitionSpec(*mesh_axes))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,36 @@
+"""Creating the train state directly in its sharded layout.
+
+`jax.eval_shape` of the initialiser gives the logically-annotated (boxed) structure;
+its logical specs become mesh shardings, and the real initialiser is jitted with
+those `out_shardings`, so no host ever holds the whole unsharded state.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flax_lm import sharding
+from flax_lm.train_state import TrainState
+
+
+def _init_fn(model, tx, seed: int, seq_len: int):
+    def init():
+        params_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+        dummy_ids = jnp.zeros((1, seq_len), jnp.int32)
+        params = model.init({"params": params_rng}, dummy_ids)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
+    return init
+
+
+def state_shardings(model, tx, mesh, seed: int, seq_len: int):
+    """(abstract unboxed TrainState, its NamedShardings)."""
+    boxed = jax.eval_shape(_init_fn(model, tx, seed, seq_len))
+    shardings = sharding.logical_sharding(boxed, mesh)
+    return nn.unbox(boxed), shardings
+
+
+def create_state(model, tx, mesh, seed: int, seq_len: int, shardings) -> TrainState:
+    """A freshly initialised TrainState, created sharded on `mesh`."""
+    init = _init_fn(model, tx, seed, seq_len)
+    with mesh, nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        return jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()

@@ -1,0 +1,39 @@
+"""Test setup: 8 CPU devices for every test, paths to the shared data, a tiny config."""
+
+import os
+
+# Before JAX is imported anywhere: sharding is tested on 8 devices everywhere.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+
+
+def tiny_config(**sections):
+    """A config small enough to train in seconds on CPU; `sections` update it, e.g.
+    tiny_config(train=dict(steps=4))."""
+    from flax_lm import config, defaults
+    c = defaults.get_config()
+    c.model.update(vocab_size=512, max_len=32, d_model=64, n_layers=2, n_heads=4)
+    c.data.update(source=str(SHAKESPEARE), max_bytes=200_000)
+    c.train.update(steps=20, batch_size=16, log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
+                   progress_bar=False, async_checkpointing=True)
+    c.optim.update(learning_rate=3e-3, warmup_steps=2)
+    c.sample.update(max_new_tokens=0)
+    for section, values in sections.items():
+        c[section].update(values)
+    config.validate(c)
+    return c
+
+
+@pytest.fixture
+def shakespeare():
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"shared data not found at {SHAKESPEARE}")
+    return SHAKESPEARE

@@ -1,0 +1,67 @@
+"""The command line as a user runs it: happy path and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+TINY = ["--config", "gpt2_tiny", "--config.model.d_model=32", "--config.model.n_layers=1",
+        "--config.model.n_heads=2", "--config.model.vocab_size=300", "--config.model.max_len=16",
+        "--config.data.max_bytes=40000", "--config.train.batch_size=8", "--config.train.progress_bar=false",
+        "--config.optim.warmup_steps=1", "--config.sample.max_new_tokens=8"]
+
+
+def flax_lm(*args, timeout=300):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    return subprocess.run([sys.executable, "-m", "flax_lm.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_train_resume_evaluate_generate(tmp_path):
+    work = str(tmp_path / "run")
+    done = flax_lm("train", *TINY, "--config.train.steps=4", "--config.train.eval_every=2", "--workdir", work)
+    assert done.returncode == 0, done.stderr
+    assert "validation loss" in done.stdout and "sample:" in done.stdout
+    more = flax_lm("train", *TINY, "--config.train.steps=6", "--config.train.eval_every=2",
+                   "--config.optim.warmup_steps=1", "--workdir", work)
+    assert more.returncode == 0, more.stderr
+    assert "resumed from step 4" in more.stdout
+    ev = flax_lm("evaluate", "--workdir", work)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert result["step"] == 6 and result["loss"] > 0
+    gen = flax_lm("generate", "--workdir", work, "--prompt", "def ", "--max-new-tokens", "5", "--temperature", "0")
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stdout.startswith("def ")
+    missing = flax_lm("evaluate", "--workdir", work, "--step", "3")
+    assert missing.returncode == 2 and "no such checkpoint" in missing.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.n_embd=8"], "unknown config key 'model.n_embd'"),
+    (["--config.train.steps=ten"], "config key 'train.steps' must be int"),
+    (["--config.data.source=/no/such/dir/*.txt"], "data.source: no file matches"),
+    (["--config.train.batch_size=12"], "must be divisible by the 8 data-parallel devices"),
+    (["--config.parallel.tensor=3"], "do not divide the 8 devices"),
+    ([], "EMPTY"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    if message == "EMPTY":
+        empty = tmp_path / "empty.txt"
+        empty.write_text("\n\n")
+        args, message = [f"--config.data.source={empty}"], "is empty"
+    result = flax_lm("train", *TINY, *args, "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_evaluate_on_a_workdir_that_is_not_a_run(tmp_path):
+    result = flax_lm("evaluate", "--workdir", str(tmp_path))
+    assert result.returncode == 2 and "no config.json there" in result.stderr
+
+

@@ -1,0 +1,40 @@
+"""Learning-rate schedules and the weight-decay mask."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_lm import defaults, optim
+from flax_lm.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_warmup_then_decay_to_the_floor(schedule):
+    c = defaults.get_config().optim
+    c.update(learning_rate=1.0, warmup_steps=10, schedule=schedule, min_lr_ratio=0.1)
+    lr = optim.learning_rate_schedule(c, total_steps=110)
+    np.testing.assert_allclose([lr(0), lr(5), lr(10)], [0.0, 0.5, 1.0], atol=1e-6)
+    assert float(lr(110)) == pytest.approx(1.0 if schedule == "constant" else 0.1, abs=1e-6)
+    if schedule == "cosine":
+        assert float(lr(60)) == pytest.approx(0.55, abs=1e-6)
+
+
+def test_decay_mask_skips_biases_and_layernorm():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=11, max_len=8, d_model=8, n_layers=1, n_heads=2, d_ff=16))
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    for tree in (params, nn.unbox(params)):
+        mask = nn.unbox(optim.decay_mask(tree))
+        assert mask["wte"]["embedding"] and mask["h_0"]["mlp"]["c_fc"]["kernel"]
+        assert not mask["h_0"]["mlp"]["c_fc"]["bias"] and not mask["ln_f"]["scale"]
+
+
+def test_clipping_and_decay_apply():
+    c = defaults.get_config().optim
+    c.update(learning_rate=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5, grad_clip_norm=1.0)
+    tx = optim.make_optimizer(c, total_steps=10)
+    params = {"dense": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.05)  # decay only
+    np.testing.assert_allclose(updates["dense"]["bias"], 0.0)
