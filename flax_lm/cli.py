@@ -72,7 +72,6 @@ def _restored_run(args):
 def _evaluate(args, _) -> int:
     import json
 
-    import flax.linen as nn
     import jax
 
     from flax_lm import sharding
@@ -83,7 +82,7 @@ def _evaluate(args, _) -> int:
     run, state = _restored_run(args)
     tokens = run.splits.validation if args.split == "validation" else run.splits.train
     t = run.cfg.train
-    with run.mesh, nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+    with sharding.activate(run.mesh):
         eval_step = jax.jit(make_eval_step(run.model, get_task(run.cfg.task)))
         metrics = evaluate(eval_step, state.params, tokens, run.cfg.model.max_len,
                            t.batch_size // t.grad_accum_steps, 0, run.to_global)

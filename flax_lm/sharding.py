@@ -5,6 +5,8 @@ names, activations the `act_*` names, so that the batch and the parameters' embe
 dimension may both use the `fsdp` mesh axis without colliding.
 """
 
+import contextlib
+
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -45,3 +47,10 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def activate(mesh: jax.sharding.Mesh):
+    """Makes `mesh` and the logical-axis rules ambient, for tracing and running steps."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        yield

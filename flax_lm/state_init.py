@@ -32,5 +32,5 @@ def state_shardings(model, tx, mesh, seed: int, seq_len: int):
 def create_state(model, tx, mesh, seed: int, seq_len: int, shardings) -> TrainState:
     """A freshly initialised TrainState, created sharded on `mesh`."""
     init = _init_fn(model, tx, seed, seq_len)
-    with mesh, nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+    with sharding.activate(mesh):
         return jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()

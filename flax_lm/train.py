@@ -93,7 +93,7 @@ def train(cfg, workdir: str | Path) -> dict:
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
 
     task = get_task(cfg.task)
-    with run.mesh, _rules():
+    with sharding.activate(run.mesh):
         train_step = jax.jit(
             make_train_step(run.model, task, run.tx, run.schedule, t.grad_accum_steps),
             in_shardings=(run.shardings, sharding.batch_sharding(run.mesh)),
@@ -103,7 +103,7 @@ def train(cfg, workdir: str | Path) -> dict:
     peak = hardware.peak_flops_per_device(cfg.peak_flops_per_device)
 
     def run_eval(step):
-        with run.mesh, _rules():
+        with sharding.activate(run.mesh):
             metrics = evaluate(eval_step, state.params, run.splits.validation, seq_len,
                                t.batch_size // t.grad_accum_steps, t.eval_batches, run.to_global)
         log.write(step, metrics, prefix="eval/")
@@ -112,22 +112,23 @@ def train(cfg, workdir: str | Path) -> dict:
     progress = tqdm(total=t.steps, initial=start, disable=not (t.progress_bar and is_primary),
                     unit="step", dynamic_ncols=True)
     pending, last_time, last_step = None, time.perf_counter(), start
+    postfix = {}  # shown after the progress bar: latest train loss, tokens/s, validation loss
     for step in range(start, t.steps):
         batch = run.to_global(lm_data.windows(run.splits.train, iterator.next_indices(), seq_len))
-        with run.mesh, _rules():
+        with sharding.activate(run.mesh):
             state, metrics = train_step(state, batch)
         if pending is not None and (pending[0] % t.log_every == 0):
-            last_time, last_step = _log_train(log, progress, *pending, last_time, last_step, flops_per_step,
-                                              peak, t.batch_size * seq_len)
+            last_time, last_step = _log_train(log, *pending, last_time, last_step, flops_per_step,
+                                              peak, t.batch_size * seq_len, postfix)
+            progress.set_postfix(postfix, refresh=False)
         pending = (step + 1, metrics)
         progress.update(1)
         run.checkpointer.save(step + 1, state, iterator.state())
         if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
-            eval_metrics = run_eval(step + 1)
-            progress.set_postfix_str(progress.postfix + f", val_loss={eval_metrics['loss']:.3f}" if progress.postfix
-                                     else f"val_loss={eval_metrics['loss']:.3f}")
+            postfix["val_loss"] = f"{run_eval(step + 1)['loss']:.3f}"
+            progress.set_postfix(postfix, refresh=False)
     if pending is not None:
-        _log_train(log, progress, *pending, last_time, last_step, flops_per_step, peak, t.batch_size * seq_len)
+        _log_train(log, *pending, last_time, last_step, flops_per_step, peak, t.batch_size * seq_len, postfix)
     progress.close()
 
     final_step = int(jax.device_get(state.step))
@@ -148,13 +149,13 @@ def sample_text(run: Run, params, prompt: str, **overrides) -> str:
     """Samples a continuation of `prompt` with the run's `sample` settings (or `overrides`)."""
     s = {**run.cfg.sample.to_dict(), **overrides}
     ids = run.tokenizer.encode(prompt).ids or [tokenizer_lib.eos_id(run.tokenizer)]
-    with run.mesh, _rules():
+    with sharding.activate(run.mesh):
         out = sample(run.model, params, ids, max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                      top_k=s["top_k"], seed=run.cfg.train.seed, max_len=run.cfg.model.max_len)
     return run.tokenizer.decode(out)
 
 
-def _log_train(log, progress, step, metrics, last_time, last_step, flops_per_step, peak, tokens_per_step):
+def _log_train(log, step, metrics, last_time, last_step, flops_per_step, peak, tokens_per_step, postfix):
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.perf_counter()
     steps = max(step - last_step, 1)
@@ -163,13 +164,8 @@ def _log_train(log, progress, step, metrics, last_time, last_step, flops_per_ste
         values["mfu"] = values["tokens_per_sec"] / tokens_per_step * flops_per_step / (peak * jax.device_count())
     del values["tokens"]
     log.write(step, values, prefix="train/")
-    progress.set_postfix_str(f"loss={values['loss']:.3f}, tok/s={values['tokens_per_sec']:,.0f}")
+    postfix.update(loss=f"{values['loss']:.3f}", tok_per_s=f"{values['tokens_per_sec']:,.0f}")
     return now, step
-
-
-def _rules():
-    import flax.linen as nn
-    return nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES)
 
 
 def _say(is_primary: bool, text: str) -> None:

@@ -46,7 +46,7 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": out.loss_sum / weight,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
             "tokens": out.weight_sum,
         }

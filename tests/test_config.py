@@ -20,9 +20,9 @@ def test_gpt2_small_is_the_124m_model():
 
 def test_overrides_parse_to_the_schema_types():
     cfg = config.load("gpt2_tiny", [
-        "--config.train.steps=7", "--config.optim.learning_rate=1", "--config.model.scan_layers=true",
+        "--config.train.steps=70", "--config.optim.learning_rate=1", "--config.model.scan_layers=true",
         "--config.data.source=a.txt,b.txt", "--config.optim.b2=0.99"])
-    assert cfg.train.steps == 7
+    assert cfg.train.steps == 70
     assert cfg.optim.learning_rate == 1.0 and isinstance(cfg.optim.learning_rate, float)
     assert cfg.model.scan_layers is True
     assert cfg.data.source == "a.txt,b.txt"
@@ -61,5 +61,5 @@ def test_missing_recipe_lists_the_known_ones():
 
 
 def test_saved_json_round_trips():
-    cfg = config.load("gpt2_tiny", ["--config.train.steps=9"])
+    cfg = config.load("gpt2_tiny", ["--config.train.steps=90"])
     assert config.from_json(cfg.to_json()).to_dict() == cfg.to_dict()

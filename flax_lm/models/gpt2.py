@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
+from flax_lm.models.layers import Projection
 from flax_lm.models.remat import POLICIES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -51,7 +52,16 @@ class GPT2Config:
         return self.d_model // self.n_heads
 
 
-def _dense_init(std: float, axes: tuple):
+def _normal(std: float):
+    return nn.initializers.normal(std)
+
+
+def _residual_std(cfg: GPT2Config) -> float:
+    # GPT-2 scales the init of projections into the residual stream by 1/sqrt(2 * layers).
+    return cfg.initializer_range / math.sqrt(2 * cfg.n_layers)
+
+
+def _embedding_init(std: float, axes: tuple):
     return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
 
@@ -76,10 +86,10 @@ class CausalSelfAttention(nn.Module):
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         # One fused projection, laid out (D, 3, N, H) so heads shard over "tensor"
         # and GPT-2's Conv1D weight (D, 3*D) maps to it by a reshape.
-        qkv_BxTx3xNxH = nn.DenseGeneral(
-            features=(3, cfg.n_heads, cfg.head_dim), dtype=dtype, param_dtype=param_dtype,
-            kernel_init=_dense_init(cfg.initializer_range, ("embed", "qkv", "heads", "head_dim")),
-            bias_init=_zeros(("qkv", "heads", "head_dim")), name="c_attn")(x_BxTxD)
+        qkv_BxTx3xNxH = Projection(
+            (3, cfg.n_heads, cfg.head_dim), ("embed",), ("qkv", "heads", "head_dim"),
+            _normal(cfg.initializer_range), bias_axes=("qkv", "heads", "head_dim"), dtype=dtype,
+            param_dtype=param_dtype, name="c_attn")(x_BxTxD)
         q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = (qkv_BxTx3xNxH[:, :, i] for i in range(3))
         dropout_rng = None
         if cfg.attention_dropout > 0 and not self.deterministic:
@@ -89,11 +99,9 @@ class CausalSelfAttention(nn.Module):
             implementation=cfg.attention,
             dropout_rate=0.0 if self.deterministic else cfg.attention_dropout, dropout_rng=dropout_rng)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
-        return nn.DenseGeneral(
-            features=cfg.d_model, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
-            kernel_init=_dense_init(cfg.initializer_range / math.sqrt(2 * cfg.n_layers),
-                                    ("heads", "head_dim", "embed")),
-            bias_init=_zeros(("embed",)), name="c_proj")(out_BxTxNxH)
+        return Projection(
+            (cfg.d_model,), ("heads", "head_dim"), ("embed",), _normal(_residual_std(cfg)), bias_axes=("embed",),
+            dtype=dtype, param_dtype=param_dtype, name="c_proj")(out_BxTxNxH)
 
 
 class MLP(nn.Module):
@@ -103,16 +111,14 @@ class MLP(nn.Module):
     def __call__(self, x_BxTxD):
         cfg = self.cfg
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-        h_BxTxF = nn.Dense(
-            cfg.d_ff, dtype=dtype, param_dtype=param_dtype,
-            kernel_init=_dense_init(cfg.initializer_range, ("embed", "mlp")),
-            bias_init=_zeros(("mlp",)), name="c_fc")(x_BxTxD)
+        h_BxTxF = Projection(
+            (cfg.d_ff,), ("embed",), ("mlp",), _normal(cfg.initializer_range), bias_axes=("mlp",), dtype=dtype,
+            param_dtype=param_dtype, name="c_fc")(x_BxTxD)
         h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's "gelu_new"
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
-        return nn.Dense(
-            cfg.d_model, dtype=dtype, param_dtype=param_dtype,
-            kernel_init=_dense_init(cfg.initializer_range / math.sqrt(2 * cfg.n_layers), ("mlp", "embed")),
-            bias_init=_zeros(("embed",)), name="c_proj")(h_BxTxF)
+        return Projection(
+            (cfg.d_model,), ("mlp",), ("embed",), _normal(_residual_std(cfg)), bias_axes=("embed",), dtype=dtype,
+            param_dtype=param_dtype, name="c_proj")(h_BxTxF)
 
 
 class Block(nn.Module):
@@ -154,10 +160,10 @@ class GPT2LMHeadModel(nn.Module):
         kv_mask_BxT = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
         wte = nn.Embed(
             cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
-            embedding_init=_dense_init(cfg.initializer_range, ("vocab", "embed")), name="wte")
+            embedding_init=_embedding_init(cfg.initializer_range, ("vocab", "embed")), name="wte")
         wpe = nn.Embed(
             cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
-            embedding_init=_dense_init(cfg.initializer_range, ("positions", "embed")), name="wpe")
+            embedding_init=_embedding_init(cfg.initializer_range, ("positions", "embed")), name="wpe")
         x_BxTxD = wte(input_ids_BxT) + wpe(position_ids_BxT)
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed"))
