@@ -41,7 +41,7 @@ def flax_trainer(cfg, batch):
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
     _, shardings = state_init.state_shardings(model, tx, mesh, 0, cfg.model.max_len)
     state = state_init.create_state(model, tx, mesh, 0, cfg.model.max_len, shardings)
-    step_fn = jax.jit(make_train_step(model, get_task("causal_lm"), tx, schedule, cfg.train.grad_accum_steps),
+    step_fn = jax.jit(make_train_step(model, get_task(cfg), tx, schedule, cfg.train.grad_accum_steps),
                       donate_argnums=0)
     device_batch = jax.device_put(batch)
     params0 = jax.device_get(state.params)
@@ -58,8 +58,9 @@ def torch_trainer(cfg, batch, params0, compile_model: bool):
     import transformers
     model_cfg = build_model(cfg.model).cfg
     hf_cfg = transformers.GPT2Config(**interop.config_to_hf(model_cfg), bos_token_id=0, eos_token_id=0)
+    hf_cfg._attn_implementation = "sdpa"
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
-    model = transformers.GPT2LMHeadModel(hf_cfg, attn_implementation="sdpa")
+    model = transformers.GPT2LMHeadModel(hf_cfg)
     state_dict = {k: torch.from_numpy(np.array(v)) for k, v in interop.params_to_hf(params0, model_cfg).items()}
     model.load_state_dict(state_dict, strict=False)
     model.train()

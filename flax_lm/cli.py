@@ -83,7 +83,7 @@ def _evaluate(args, _) -> int:
     tokens = run.splits.validation if args.split == "validation" else run.splits.train
     t = run.cfg.train
     with sharding.activate(run.mesh):
-        eval_step = jax.jit(make_eval_step(run.model, get_task(run.cfg.task)))
+        eval_step = jax.jit(make_eval_step(run.model, get_task(run.cfg)))
         metrics = evaluate(eval_step, state.params, tokens, run.cfg.model.max_len,
                            t.batch_size // t.grad_accum_steps, 0, run.to_global)
     print(json.dumps({"step": int(state.step), "split": args.split, **metrics}))

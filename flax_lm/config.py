@@ -31,6 +31,9 @@ POSITIVE = (
     "train.steps", "train.batch_size", "train.grad_accum_steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
 )
+NON_NEGATIVE = (
+    "train.loss_chunk_len", "train.eval_batches", "data.max_bytes", "sample.max_new_tokens", "sample.top_k",
+)
 
 
 def load(path_or_name: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
@@ -162,6 +165,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for name in POSITIVE:
         if _get(cfg, name) <= 0:
             raise UserError(f"config key {name!r} must be positive; got {_get(cfg, name)}")
+    for name in NON_NEGATIVE:
+        if _get(cfg, name) < 0:
+            raise UserError(f"config key {name!r} must be >= 0; got {_get(cfg, name)}")
     m, t, o = cfg.model, cfg.train, cfg.optim
     if m.d_model % m.n_heads:
         raise UserError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"    # storage dtype of the parameters
     c.model.scan_layers = False        # nn.scan over the blocks (one compiled block)
     c.model.remat_policy = "none"      # see flax_lm.models.remat.POLICIES
-    c.model.attention = "xla"          # see flax_lm.attention.IMPLEMENTATIONS
+    c.model.attention = "auto"         # see flax_lm.attention.IMPLEMENTATIONS
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "default"          # "default" (embedded corpus) or comma-separated files/globs
@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.steps = 300
     c.train.batch_size = 32            # global, in sequences, per optimizer step
     c.train.grad_accum_steps = 1       # micro-batches per step; batch_size must divide
+    c.train.loss_chunk_len = 16        # positions per chunk of the fused output-projection loss; 0: unfused
     c.train.log_every = 10
     c.train.eval_every = 100
     c.train.eval_batches = 8           # 0 evaluates the whole validation split

@@ -92,7 +92,7 @@ def train(cfg, workdir: str | Path) -> dict:
         iterator.restore(data_state)
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
 
-    task = get_task(cfg.task)
+    task = get_task(cfg)
     with sharding.activate(run.mesh):
         train_step = jax.jit(
             make_train_step(run.model, task, run.tx, run.schedule, t.grad_accum_steps),

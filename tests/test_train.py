@@ -68,7 +68,7 @@ def test_grad_accumulation_equals_one_larger_batch(shakespeare):
     results = []
     for k in (1, 4):
         state = create_state(model, tx, mesh, 0, cfg.model.max_len, shardings)
-        step = jax.jit(make_train_step(model, get_task("causal_lm"), tx, schedule, k))
+        step = jax.jit(make_train_step(model, get_task(cfg), tx, schedule, k))
         for _ in range(2):
             state, metrics = step(state, batch)
         results.append((jax.device_get(state.params), float(metrics["loss"])))

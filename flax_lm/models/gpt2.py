@@ -37,7 +37,7 @@ class GPT2Config:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
-    attention: str = "xla"
+    attention: str = "auto"
 
     @classmethod
     def from_config(cls, model_cfg) -> "GPT2Config":
@@ -147,11 +147,13 @@ class GPT2LMHeadModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BxT, *, attention_mask_BxT=None, position_ids_BxT=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, return_hidden: bool = False):
         """Returns logits B x T x V (compute dtype).
 
         `attention_mask_BxT` is 1 for real tokens and 0 for padding; `position_ids_BxT`
-        defaults to 0..T-1 (left-padded batches pass their own).
+        defaults to 0..T-1 (left-padded batches pass their own). With `return_hidden`,
+        returns (final hidden states B x T x D, output embedding V x D) instead, for
+        losses that fuse the output projection (`flax_lm.losses`).
         """
         cfg = self.cfg
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
@@ -182,6 +184,8 @@ class GPT2LMHeadModel(nn.Module):
                 x_BxTxD, _ = block(cfg, deterministic, name=f"h_{i}")(x_BxTxD, kv_mask_BxT)
 
         x_BxTxD = _layer_norm(cfg, "ln_f")(x_BxTxD)
+        if return_hidden:
+            return x_BxTxD, wte.embedding.astype(dtype)
         logits_BxTxV = wte.attend(x_BxTxD)
         return nn.with_logical_constraint(logits_BxTxV, ("batch", "act_length", "act_vocab"))
 

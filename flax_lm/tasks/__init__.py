@@ -3,8 +3,8 @@
 from flax_lm.tasks.base import LossOutput, Task
 from flax_lm.tasks.causal_lm import CausalLM
 
-TASKS = {"causal_lm": CausalLM}
-
-
-def get_task(name: str) -> Task:
-    return TASKS[name]()
+def get_task(cfg) -> Task:
+    """The task a run config names, with its settings."""
+    if cfg.task == "causal_lm":
+        return CausalLM(loss_chunk_len=cfg.train.loss_chunk_len)
+    raise ValueError(f"unknown task {cfg.task!r}")
