@@ -105,7 +105,8 @@ def _explicit_fwd(q, k, v, allowed_Bx1xTxS):
     scale = q.shape[-1] ** -0.5
     q_XxTxH, k_XxSxH, v_XxSxH = _heads_first(q * jnp.asarray(scale, q.dtype)), _heads_first(k), _heads_first(v)
     p_XxTxS = jax.nn.softmax(_masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS), axis=-1)
-    o_XxTxH = jnp.einsum("xts,xsh->xth", p_XxTxS.astype(v.dtype), v_XxSxH)
+    o_XxTxH = jnp.einsum("xts,xsh->xth", p_XxTxS.astype(v.dtype), v_XxSxH, preferred_element_type=jnp.float32)
+    o_XxTxH = o_XxTxH.astype(v.dtype)
     return _heads_last(o_XxTxH, b), (q_XxTxH, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed_Bx1xTxS)
 
 
@@ -114,12 +115,13 @@ def _explicit_bwd(residuals, do_BxTxNxH):
     b = do_BxTxNxH.shape[0]
     scale = q_XxTxH.shape[-1] ** -0.5
     do_XxTxH = _heads_first(do_BxTxNxH)
-    dv = jnp.einsum("xts,xth->xsh", p_XxTxS.astype(do_XxTxH.dtype), do_XxTxH)
-    dp_XxTxS = jnp.einsum("xth,xsh->xts", do_XxTxH, v_XxSxH, preferred_element_type=jnp.float32)
+    f32 = {"preferred_element_type": jnp.float32}  # bf16 inputs, f32 accumulation
+    dv = jnp.einsum("xts,xth->xsh", p_XxTxS.astype(do_XxTxH.dtype), do_XxTxH, **f32).astype(do_XxTxH.dtype)
+    dp_XxTxS = jnp.einsum("xth,xsh->xts", do_XxTxH, v_XxSxH, **f32)
     delta_XxTx1 = jnp.sum(do_XxTxH.astype(jnp.float32) * o_XxTxH.astype(jnp.float32), axis=-1, keepdims=True)
     ds_XxTxS = (p_XxTxS * (dp_XxTxS - delta_XxTx1)).astype(q_XxTxH.dtype)
-    dq = jnp.einsum("xts,xsh->xth", ds_XxTxS, k_XxSxH) * jnp.asarray(scale, q_XxTxH.dtype)
-    dk = jnp.einsum("xts,xth->xsh", ds_XxTxS, q_XxTxH)  # q already carries the scale
+    dq = (jnp.einsum("xts,xsh->xth", ds_XxTxS, k_XxSxH, **f32) * scale).astype(q_XxTxH.dtype)
+    dk = jnp.einsum("xts,xth->xsh", ds_XxTxS, q_XxTxH, **f32).astype(k_XxSxH.dtype)  # q carries the scale
     zeros = jax.tree.map(jnp.zeros_like, allowed)
     return _heads_last(dq, b), _heads_last(dk, b), _heads_last(dv, b), zeros
 

@@ -75,7 +75,8 @@ def _chunked_fwd(chunk_len, hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT):
         # d loss / d logits = (softmax - onehot) * weight
         dlogits_cxBxV = (jnp.exp(logits_cxBxV - lse_cxB[..., None]) - jax.nn.one_hot(y_cxB, vocab)) * w_cxB[..., None]
         dlogits_cxBxV = dlogits_cxBxV.astype(hidden_BxTxD.dtype)
-        dh_cxBxD = jnp.einsum("cbv,vd->cbd", dlogits_cxBxV, weight_VxD.astype(hidden_BxTxD.dtype))
+        dh_cxBxD = jnp.einsum("cbv,vd->cbd", dlogits_cxBxV, weight_VxD.astype(hidden_BxTxD.dtype),
+                              preferred_element_type=jnp.float32).astype(hidden_BxTxD.dtype)
         dweight_VxD = dweight_VxD + jnp.einsum("cbv,cbd->vd", dlogits_cxBxV, h_cxBxD,
                                                preferred_element_type=jnp.float32)
         return (total, dweight_VxD), dh_cxBxD
