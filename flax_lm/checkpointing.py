@@ -29,6 +29,14 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
             force=force)
 
+    def save_final(self, step: int, state, data_state: dict) -> None:
+        """Saves `step` unless a checkpoint of it exists already (a resumed, finished run)."""
+        if step not in self.manager.all_steps():
+            self.save(step, state, data_state, force=True)
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
     def restore(self, step: int, abstract_state):
         """Restores (state, data_state) at `step` onto the shardings of `abstract_state`."""
         restored = self.manager.restore(step, args=ocp.args.Composite(

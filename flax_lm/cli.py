@@ -60,7 +60,7 @@ def _restored_run(args):
     from flax_lm import train, workdir
     cfg = workdir.load_config(args.workdir)
     run = train.setup(cfg, args.workdir)
-    steps = run.checkpointer.manager.all_steps()
+    steps = run.checkpointer.all_steps()
     if not steps:
         raise UserError(f"--workdir {args.workdir}: no checkpoint there yet")
     if args.step is not None and args.step not in steps:

@@ -99,8 +99,8 @@ def train(cfg, workdir: str | Path) -> dict:
             in_shardings=(run.shardings, sharding.batch_sharding(run.mesh)),
             out_shardings=(run.shardings, sharding.replicated(run.mesh)), donate_argnums=0)
         eval_step = jax.jit(make_eval_step(run.model, task))
-    flops_per_step = gpt2.flops_per_token(run.model.cfg, seq_len) * t.batch_size * seq_len
-    peak = hardware.peak_flops_per_device(cfg.peak_flops_per_device)
+    reporter = _Reporter(log, cfg, start, flops_per_token=gpt2.flops_per_token(run.model.cfg, seq_len),
+                         enabled=is_primary)
 
     def run_eval(step):
         with sharding.activate(run.mesh):
@@ -109,31 +109,25 @@ def train(cfg, workdir: str | Path) -> dict:
         log.write(step, metrics, prefix="eval/")
         return metrics
 
-    progress = tqdm(total=t.steps, initial=start, disable=not (t.progress_bar and is_primary),
-                    unit="step", dynamic_ncols=True)
-    pending, last_time, last_step = None, time.perf_counter(), start
-    postfix = {}  # shown after the progress bar: latest train loss, tokens/s, validation loss
+    pending = None  # (step, metrics on device): read one step late, so the device never waits
     for step in range(start, t.steps):
         batch = run.to_global(lm_data.windows(run.splits.train, iterator.next_indices(), seq_len))
         with sharding.activate(run.mesh):
             state, metrics = train_step(state, batch)
-        if pending is not None and (pending[0] % t.log_every == 0):
-            last_time, last_step = _log_train(log, *pending, last_time, last_step, flops_per_step,
-                                              peak, t.batch_size * seq_len, postfix)
-            progress.set_postfix(postfix, refresh=False)
+        if pending is not None and pending[0] % t.log_every == 0:
+            reporter.train_metrics(*pending)
         pending = (step + 1, metrics)
-        progress.update(1)
+        reporter.advance()
         run.checkpointer.save(step + 1, state, iterator.state())
         if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
-            postfix["val_loss"] = f"{run_eval(step + 1)['loss']:.3f}"
-            progress.set_postfix(postfix, refresh=False)
+            reporter.eval_loss(run_eval(step + 1)["loss"])
     if pending is not None:
-        _log_train(log, *pending, last_time, last_step, flops_per_step, peak, t.batch_size * seq_len, postfix)
-    progress.close()
+        reporter.train_metrics(*pending)
+    reporter.close()
 
     final_step = int(jax.device_get(state.step))
     eval_metrics = run_eval(final_step)
-    run.checkpointer.save(final_step, state, iterator.state(), force=final_step not in run.checkpointer.manager.all_steps())
+    run.checkpointer.save_final(final_step, state, iterator.state())
     run.checkpointer.wait()
     run.checkpointer.close()
     log.close()
@@ -155,17 +149,41 @@ def sample_text(run: Run, params, prompt: str, **overrides) -> str:
     return run.tokenizer.decode(out)
 
 
-def _log_train(log, step, metrics, last_time, last_step, flops_per_step, peak, tokens_per_step, postfix):
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    now = time.perf_counter()
-    steps = max(step - last_step, 1)
-    values["tokens_per_sec"] = steps * tokens_per_step / max(now - last_time, 1e-9)
-    if peak:
-        values["mfu"] = values["tokens_per_sec"] / tokens_per_step * flops_per_step / (peak * jax.device_count())
-    del values["tokens"]
-    log.write(step, values, prefix="train/")
-    postfix.update(loss=f"{values['loss']:.3f}", tok_per_s=f"{values['tokens_per_sec']:,.0f}")
-    return now, step
+class _Reporter:
+    """Train metrics to the log (with tokens/s and MFU) and to the console progress bar."""
+
+    def __init__(self, log: MetricsLog, cfg, start_step: int, flops_per_token: float, enabled: bool):
+        self.log = log
+        self.tokens_per_step = cfg.train.batch_size * cfg.model.max_len
+        self.flops_per_token = flops_per_token
+        self.peak = hardware.peak_flops_per_device(cfg.peak_flops_per_device)
+        self.last_time, self.last_step = time.perf_counter(), start_step
+        self.postfix = {}
+        self.bar = tqdm(total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        disable=not (cfg.train.progress_bar and enabled))
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def train_metrics(self, step: int, metrics) -> None:
+        """Reads `metrics` (blocking on that step only) and reports them with throughput."""
+        values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
+        now = time.perf_counter()
+        steps = max(step - self.last_step, 1)
+        values["tokens_per_sec"] = steps * self.tokens_per_step / max(now - self.last_time, 1e-9)
+        if self.peak:
+            values["mfu"] = values["tokens_per_sec"] * self.flops_per_token / (self.peak * jax.device_count())
+        self.log.write(step, values, prefix="train/")
+        self.last_time, self.last_step = now, step
+        self.postfix.update(loss=f"{values['loss']:.3f}", tok_per_s=f"{values['tokens_per_sec']:,.0f}")
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def eval_loss(self, loss: float) -> None:
+        self.postfix["val_loss"] = f"{loss:.3f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _say(is_primary: bool, text: str) -> None:

@@ -38,7 +38,7 @@ def test_overrides_parse_to_the_schema_types():
     ("--config.train.grad_accum_steps=5", "train.batch_size (32) must be divisible by train.grad_accum_steps (5)"),
     ("--config.model.dtype=float64", "config key 'model.dtype' must be one of"),
     ("--config.model.attention_dropout=0.1", "needs model.attention=reference"),
-    ("--config.optim.warmup_steps=1000", "optim.warmup_steps (1000) must be in [0, train.steps=300]"),
+    ("--config.optim.warmup_steps=1000", "optim.warmup_steps (1000) must be in [0, train.steps=400]"),
     ("--config.model.remat_policy=some", "model.remat_policy must be one of"),
 ])
 def test_bad_overrides_name_the_key(override, message):
