@@ -139,7 +139,7 @@ def main(argv=None):
     tokens_per_step = b * t
     fpt = flops_per_token(build_model(cfg.model).cfg, t)
     result = {
-        "benchmark": "gpt2_train", "config": args.config, "batch": b, "seq": t, "dtype": args.dtype,
+        "benchmark": "gpt2_train", "config": args.config, "batch": b, "seq": t, "vocab": v, "dtype": args.dtype,
         "params": int(sum(np.size(x) for x in jax.tree.leaves(params0))),
         "device": jax.devices()[0].device_kind, "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -168,7 +168,7 @@ def main(argv=None):
 def record(r: dict) -> None:
     """Appends one row to the table in bench/RESULTS.md."""
     compiled = f"{r['speedup_vs_torch_compile']:.2f}x" if "speedup_vs_torch_compile" in r else "-"
-    row = (f"| {r['date']} | {r['config']} B={r['batch']} T={r['seq']} {r['dtype']} | {r['device']}, "
+    row = (f"| {r['date']} | {r['config']} B={r['batch']} T={r['seq']} V={r['vocab']} {r['dtype']} | {r['device']}, "
            f"{r['cores']} cores | {r['flax_lm']['tokens_per_s']:,.0f} | {r['torch_eager']['tokens_per_s']:,.0f} | "
            f"**{r['speedup_vs_torch_eager']:.2f}x** | {compiled} | jax {r['versions']['jax']}, torch "
            f"{r['versions']['torch']} | `{r['command']}` |\n")
