@@ -28,6 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None, help="0 is greedy")
     p.add_argument("--top-k", type=int, default=None, help="0 keeps all tokens")
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model directory")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="the directory to write")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+
+    p = sub.add_parser("import", help="make a workdir from a Hugging Face model directory or hub id")
+    p.add_argument("--hf", required=True, help="a local model directory or a hub id")
+    p.add_argument("--workdir", required=True, help="a new directory")
     return parser
 
 
@@ -56,19 +66,6 @@ def _train(args, overrides) -> int:
     return 0
 
 
-def _restored_run(args):
-    from flax_lm import train, workdir
-    cfg = workdir.load_config(args.workdir)
-    run = train.setup(cfg, args.workdir)
-    steps = run.checkpointer.all_steps()
-    if not steps:
-        raise UserError(f"--workdir {args.workdir}: no checkpoint there yet")
-    if args.step is not None and args.step not in steps:
-        raise UserError(f"--step {args.step}: no such checkpoint (have {', '.join(map(str, sorted(steps)))})")
-    state, _ = train.restore_or_init(run, args.step)
-    return run, state
-
-
 def _evaluate(args, _) -> int:
     import json
 
@@ -79,7 +76,8 @@ def _evaluate(args, _) -> int:
     from flax_lm.tasks import get_task
     from flax_lm.train_step import make_eval_step
 
-    run, state = _restored_run(args)
+    from flax_lm import train
+    run, state = train.load_run(args.workdir, args.step, with_data=True)
     tokens = run.splits.validation if args.split == "validation" else run.splits.train
     t = run.cfg.train
     with sharding.activate(run.mesh):
@@ -96,14 +94,28 @@ def _generate(args, _) -> int:
         raise UserError("--prompt is empty")
     if args.temperature is not None and args.temperature < 0:
         raise UserError(f"--temperature must be >= 0; got {args.temperature}")
-    run, state = _restored_run(args)
+    run, state = train.load_run(args.workdir, args.step)
     overrides = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
                                    ("top_k", args.top_k)) if v is not None}
     print(train.sample_text(run, state.params, args.prompt, **overrides))
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "generate": _generate}
+def _export(args, _) -> int:
+    from flax_lm.interop.export import export
+    out = export(args.workdir, args.out, args.step, args.dtype)
+    print(f"exported to {out}")
+    return 0
+
+
+def _import(args, _) -> int:
+    from flax_lm.interop.hf_import import import_hf
+    workdir = import_hf(args.hf, args.workdir)
+    print(f"imported {args.hf} into {workdir}")
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "generate": _generate, "export": _export, "import": _import}
 
 
 def entry_point() -> None:

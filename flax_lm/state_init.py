@@ -13,9 +13,15 @@ from flax_lm import sharding
 from flax_lm.train_state import TrainState
 
 
+def rngs(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(parameter-init key, the train state's key for dropout) derived from the seed."""
+    params_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+    return params_rng, state_rng
+
+
 def _init_fn(model, tx, seed: int, seq_len: int):
     def init():
-        params_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+        params_rng, state_rng = rngs(seed)
         dummy_ids = jnp.zeros((1, seq_len), jnp.int32)
         params = model.init({"params": params_rng}, dummy_ids)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)

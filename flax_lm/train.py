@@ -15,6 +15,7 @@ from flax_lm import checkpointing, hardware, mesh as mesh_lib, optim, sharding, 
 from flax_lm import workdir as workdir_lib
 from flax_lm.data import lm_data, pipeline
 from flax_lm.data import tokenizer as tokenizer_lib
+from flax_lm.errors import UserError
 from flax_lm.evaluate import evaluate
 from flax_lm.metrics_log import MetricsLog
 from flax_lm.models import build_model, gpt2
@@ -32,7 +33,7 @@ class Run:
     mesh: jax.sharding.Mesh
     model: object
     tokenizer: object
-    splits: lm_data.Splits
+    splits: lm_data.Splits | None  # None when set up without data (generate, export)
     tx: object
     schedule: object
     abstract_state: object
@@ -45,14 +46,20 @@ class Run:
         return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
 
 
-def setup(cfg, workdir: Path) -> Run:
-    """Builds the mesh, data, model, optimizer and checkpointer for a run (no state yet)."""
+def setup(cfg, workdir: Path, with_data: bool = True) -> Run:
+    """Builds the mesh, data, model, optimizer and checkpointer for a run (no state yet).
+
+    Without data, the tokenizer comes from the workdir and the corpus is not read.
+    """
     workdir = Path(workdir)
     mesh = mesh_lib.make_mesh(cfg)
     is_primary = jax.process_index() == 0
     if is_primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer, splits = pipeline.prepare(cfg, workdir, is_primary)
+    if with_data:
+        tokenizer, splits = pipeline.prepare(cfg, workdir, is_primary)
+    else:
+        tokenizer, splits = tokenizer_lib.load(workdir / workdir_lib.TOKENIZER), None
     model = build_model(cfg.model)
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
     tx = optim.make_optimizer(cfg.optim, cfg.train.steps)
@@ -74,6 +81,19 @@ def restore_or_init(run: Run, step: int | None = None):
     return run.checkpointer.restore(step, target)
 
 
+def load_run(workdir: str | Path, step: int | None = None, with_data: bool = False):
+    """(Run, TrainState) of an existing workdir at checkpoint `step` (default: latest)."""
+    cfg = workdir_lib.load_config(workdir)
+    run = setup(cfg, workdir, with_data=with_data)
+    steps = run.checkpointer.all_steps()
+    if not steps:
+        raise UserError(f"--workdir {workdir}: no checkpoint there yet")
+    if step is not None and step not in steps:
+        raise UserError(f"--step {step}: no such checkpoint (have {', '.join(map(str, sorted(steps)))})")
+    state, _ = restore_or_init(run, step)
+    return run, state
+
+
 def train(cfg, workdir: str | Path) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final validation metrics."""
     run = setup(cfg, workdir)
@@ -88,7 +108,7 @@ def train(cfg, workdir: str | Path) -> dict:
     iterator = lm_data.BatchIterator(
         lm_data.num_windows(run.splits.train, seq_len), t.batch_size, t.seed,
         jax.process_index(), jax.process_count())
-    if data_state is not None:
+    if data_state:  # an imported checkpoint has no data position yet
         iterator.restore(data_state)
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
 

@@ -7,7 +7,10 @@ Arrays are numpy on both sides (`state_dict` values as float numpy arrays).
 
 import numpy as np
 
+from flax_lm.errors import UserError
 from flax_lm.models.gpt2 import GPT2Config
+
+ARCHITECTURE = "GPT2LMHeadModel"
 
 
 def config_to_hf(cfg: GPT2Config) -> dict:
@@ -18,6 +21,43 @@ def config_to_hf(cfg: GPT2Config) -> dict:
         resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.attention_dropout,
         layer_norm_epsilon=cfg.layer_norm_epsilon, initializer_range=cfg.initializer_range,
         tie_word_embeddings=True)
+
+
+def config_from_hf(hf: dict) -> dict:
+    """The flax_lm `model` config values for a Hugging Face GPT-2 config.json; settings
+    flax_lm's GPT-2 does not implement are refused, naming the key."""
+    unsupported = {
+        "activation_function": ("gelu_new", hf.get("activation_function", "gelu_new")),
+        "scale_attn_weights": (True, hf.get("scale_attn_weights", True)),
+        "scale_attn_by_inverse_layer_idx": (False, hf.get("scale_attn_by_inverse_layer_idx", False)),
+        "tie_word_embeddings": (True, hf.get("tie_word_embeddings", True)),
+    }
+    for key, (supported, value) in unsupported.items():
+        if value != supported:
+            raise UserError(f"GPT-2 config.json: {key}={value!r} is not supported (flax_lm needs {supported!r})")
+    return dict(
+        family="gpt2", vocab_size=hf["vocab_size"], max_len=hf["n_positions"], d_model=hf["n_embd"],
+        n_layers=hf["n_layer"], n_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+        layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
+        dropout=float(hf.get("resid_pdrop", 0.1)), attention_dropout=0.0,
+        initializer_range=float(hf.get("initializer_range", 0.02)))
+
+
+def expected_shapes(cfg: GPT2Config) -> dict[str, tuple]:
+    """The shape of every tensor a HF GPT-2 state dict must hold for `cfg`."""
+    d, f = cfg.d_model, cfg.d_ff
+    shapes = {"transformer.wte.weight": (cfg.vocab_size, d), "transformer.wpe.weight": (cfg.max_len, d),
+              "transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)}
+    for i in range(cfg.n_layers):
+        p = f"transformer.h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
+            p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
+            p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
+            p + "mlp.c_fc.weight": (d, f), p + "mlp.c_fc.bias": (f,),
+            p + "mlp.c_proj.weight": (f, d), p + "mlp.c_proj.bias": (d,),
+        })
+    return shapes
 
 
 def params_to_hf(params: dict, cfg: GPT2Config) -> dict[str, np.ndarray]:
@@ -51,8 +91,17 @@ def params_to_hf(params: dict, cfg: GPT2Config) -> dict[str, np.ndarray]:
 
 
 def params_from_hf(state_dict: dict, cfg: GPT2Config) -> dict:
-    """HF GPT-2 state dict arrays -> flax_lm GPT-2 parameters (unscanned layout)."""
+    """HF GPT-2 state dict arrays -> flax_lm GPT-2 parameters, in the scanned layout
+    (layers stacked under "h") when `cfg.scan_layers`, else one "h_i" per layer."""
     n, h, d = cfg.n_heads, cfg.head_dim, cfg.d_model
+    # Checkpoints of GPT2Model name tensors without the "transformer." prefix.
+    state_dict = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v
+                  for k, v in state_dict.items()}
+    for name, shape in expected_shapes(cfg).items():
+        if name not in state_dict:
+            raise UserError(f"the checkpoint has no tensor {name!r}")
+        if tuple(state_dict[name].shape) != shape:
+            raise UserError(f"tensor {name!r} has shape {tuple(state_dict[name].shape)}, the config needs {shape}")
     sd = {k.removeprefix("transformer."): np.asarray(v) for k, v in state_dict.items()}
     params = {
         "wte": {"embedding": sd["wte.weight"]},
@@ -75,7 +124,16 @@ def params_from_hf(state_dict: dict, cfg: GPT2Config) -> dict:
                 "c_proj": {"kernel": sd[p + "mlp.c_proj.weight"], "bias": sd[p + "mlp.c_proj.bias"]},
             },
         }
+    if cfg.scan_layers:
+        layers = [params.pop(f"h_{i}") for i in range(cfg.n_layers)]
+        params["h"] = _stack(layers)
     return params
+
+
+def _stack(trees: list):
+    if isinstance(trees[0], dict):
+        return {k: _stack([t[k] for t in trees]) for k in trees[0]}
+    return np.stack(trees)
 
 
 def _layer(params: dict, i: int, scanned: bool) -> dict:

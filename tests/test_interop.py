@@ -1,0 +1,159 @@
+"""Import from and export to Hugging Face transformers: exact logits, exact round trips."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from conftest import tiny_config  # noqa: E402
+from flax_lm import train  # noqa: E402
+from flax_lm.interop.export import export  # noqa: E402
+from flax_lm.interop.hf_import import import_hf  # noqa: E402
+from flax_lm.errors import UserError  # noqa: E402
+
+HF_TINY = dict(vocab_size=120, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+
+
+def _tokenizer_json(path, vocab_size=120):
+    from flax_lm.data import tokenizer as tokenizer_lib
+    docs = ["def f(x):\n    return x + 1\n", "import os, sys\nprint(os.path.join('a', 'b'))\n"] * 50
+    tokenizer_lib.train_bpe(docs, vocab_size).save(str(path))
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_TINY)).eval()
+    out = tmp_path / "hf"
+    model.save_pretrained(out)
+    _tokenizer_json(out / "tokenizer.json")
+    return out, model
+
+
+def _flax_logits(workdir, ids):
+    run, state = train.load_run(workdir)
+    run.checkpointer.close()
+    return np.asarray(run.model.apply({"params": state.params}, ids)), run, state
+
+
+def test_import_gives_the_same_logits_and_export_the_same_tensors(tmp_path, hf_dir):
+    src, hf_model = hf_dir
+    import_hf(str(src), tmp_path / "work")
+    ids = np.random.RandomState(0).randint(0, 120, (2, 17))
+    ours, _, _ = _flax_logits(tmp_path / "work", ids)
+    with torch.no_grad():
+        ref = hf_model(torch.tensor(ids)).logits.numpy()
+    assert np.abs(ours - ref).max() <= 1e-5
+    export(tmp_path / "work", tmp_path / "back")
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back")
+    original = hf_model.state_dict()
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+
+
+def test_pytorch_bin_weights_load_with_weights_only(tmp_path, hf_dir):
+    src, hf_model = hf_dir
+    (src / "model.safetensors").unlink()
+    torch.save(hf_model.state_dict(), src / "pytorch_model.bin")
+    import_hf(str(src), tmp_path / "work")
+    ids = np.arange(10)[None]
+    with torch.no_grad():
+        ref = hf_model(torch.tensor(ids)).logits.numpy()
+    assert np.abs(_flax_logits(tmp_path / "work", ids)[0] - ref).max() <= 1e-5
+
+
+def test_trained_model_exports_and_hf_greedy_generate_matches(tmp_path, shakespeare):
+    cfg = tiny_config(train=dict(steps=30, eval_every=30), sample=dict(max_new_tokens=0))
+    train.train(cfg, tmp_path / "run")
+    out = export(tmp_path / "run", tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    run, state = train.load_run(tmp_path / "run")
+    prompt = "ROMEO:"
+    ours = train.sample_text(run, state.params, prompt, max_new_tokens=12, temperature=0.0)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    ref = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert run.tokenizer.encode(ours).ids == ref[0].tolist()
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["GPT2LMHeadModel"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"):
+        assert (out / name).is_file()
+
+
+def test_bfloat16_export_loads_as_bfloat16(tmp_path, hf_dir):
+    src, _ = hf_dir
+    import_hf(str(src), tmp_path / "work")
+    export(tmp_path / "work", tmp_path / "bf16", dtype="bfloat16")
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "bf16", dtype="auto")
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+
+
+def _cli(*args):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    return subprocess.run([sys.executable, "-m", "flax_lm.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_weights", "no weights"),
+    ("truncated", "cannot read the safetensors file"),
+    ("unsupported", "architecture BertModel is not supported"),
+    ("bad_shape", "has shape"),
+])
+def test_bad_sources_are_one_line(tmp_path, hf_dir, damage, message):
+    src, _ = hf_dir
+    weights = src / "model.safetensors"
+    if damage == "no_weights":
+        weights.unlink()
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "unsupported":
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
+    elif damage == "bad_shape":
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**config, "n_embd": 64}))
+    result = _cli("import", "--hf", str(src), "--workdir", str(tmp_path / "w"))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_export_of_a_missing_step_is_one_line(tmp_path, hf_dir):
+    src, _ = hf_dir
+    assert _cli("import", "--hf", str(src), "--workdir", str(tmp_path / "w")).returncode == 0
+    result = _cli("export", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--step", "7")
+    assert result.returncode == 2 and "no such checkpoint (have 0)" in result.stderr
+
+
+def test_importing_over_an_existing_run_is_refused(tmp_path, hf_dir):
+    src, _ = hf_dir
+    import_hf(str(src), tmp_path / "w")
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        import_hf(str(src), tmp_path / "w")
+
+
+def test_scanned_runs_export_and_import_exactly(tmp_path, shakespeare):
+    cfg = tiny_config(model=dict(scan_layers=True), train=dict(steps=2, eval_every=2))
+    train.train(cfg, tmp_path / "run")
+    out = export(tmp_path / "run", tmp_path / "hf")
+    ids = np.random.RandomState(1).randint(0, 300, (2, 16))
+    ours, _, _ = _flax_logits(tmp_path / "run", ids)
+    with torch.no_grad():
+        ref = transformers.GPT2LMHeadModel.from_pretrained(out)(torch.tensor(ids)).logits.numpy()
+    assert np.abs(ours - ref).max() <= 1e-5
+    from flax_lm.interop import gpt2 as interop
+    from flax_lm.models.gpt2 import GPT2Config
+    scanned = GPT2Config.from_config(cfg.model)
+    _, _, state = _flax_logits(tmp_path / "run", ids)
+    params = jax.device_get(state.params)
+    back = interop.params_from_hf(interop.params_to_hf(params, scanned), scanned)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
