@@ -76,8 +76,8 @@ def _evaluate(args, _) -> int:
     from flax_lm.tasks import get_task
     from flax_lm.train_step import make_eval_step
 
-    from flax_lm import train
-    run, state = train.load_run(args.workdir, args.step, with_data=True)
+    from flax_lm.run import load_run
+    run, state = load_run(args.workdir, args.step, with_data=True)
     tokens = run.splits.validation if args.split == "validation" else run.splits.train
     t = run.cfg.train
     with sharding.activate(run.mesh):
@@ -89,15 +89,15 @@ def _evaluate(args, _) -> int:
 
 
 def _generate(args, _) -> int:
-    from flax_lm import train
+    from flax_lm.run import load_run, sample_text
     if not args.prompt:
         raise UserError("--prompt is empty")
     if args.temperature is not None and args.temperature < 0:
         raise UserError(f"--temperature must be >= 0; got {args.temperature}")
-    run, state = train.load_run(args.workdir, args.step)
+    run, state = load_run(args.workdir, args.step)
     overrides = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
                                    ("top_k", args.top_k)) if v is not None}
-    print(train.sample_text(run, state.params, args.prompt, **overrides))
+    print(sample_text(run, state.params, args.prompt, **overrides))
     return 0
 
 

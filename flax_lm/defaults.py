@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.async_checkpointing = True
     c.train.progress_bar = True
+    c.train.init_from = ""             # a flax_lm workdir or HF model dir/hub id: initial weights and tokenizer
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3       # peak, after warmup

@@ -8,6 +8,7 @@ those `out_shardings`, so no host ever holds the whole unsharded state.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flax_lm import sharding
 from flax_lm.train_state import TrainState
@@ -33,6 +34,15 @@ def state_shardings(model, tx, mesh, seed: int, seq_len: int):
     boxed = jax.eval_shape(_init_fn(model, tx, seed, seq_len))
     shardings = sharding.logical_sharding(boxed, mesh)
     return nn.unbox(boxed), shardings
+
+
+def state_from_params(params, tx, abstract_state, shardings, seed: int) -> TrainState:
+    """A step-0 TrainState around given host `params` (e.g. imported), with a fresh optimizer
+    state; every array is placed on its sharding."""
+    params = jax.tree.map(lambda x, like, s: jax.device_put(np.asarray(x, like.dtype), s), params,
+                          abstract_state.params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rngs(seed)[1])
 
 
 def create_state(model, tx, mesh, seed: int, seq_len: int, shardings) -> TrainState:

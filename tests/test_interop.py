@@ -13,15 +13,16 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import tiny_config  # noqa: E402
+from flax_lm import run as run_lib  # noqa: E402
 from flax_lm import train  # noqa: E402
 from flax_lm.interop.export import export  # noqa: E402
 from flax_lm.interop.hf_import import import_hf  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 
-HF_TINY = dict(vocab_size=120, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+HF_TINY = dict(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
 
 
-def _tokenizer_json(path, vocab_size=120):
+def _tokenizer_json(path, vocab_size=300):
     from flax_lm.data import tokenizer as tokenizer_lib
     docs = ["def f(x):\n    return x + 1\n", "import os, sys\nprint(os.path.join('a', 'b'))\n"] * 50
     tokenizer_lib.train_bpe(docs, vocab_size).save(str(path))
@@ -38,7 +39,7 @@ def hf_dir(tmp_path):
 
 
 def _flax_logits(workdir, ids):
-    run, state = train.load_run(workdir)
+    run, state = run_lib.load_run(workdir)
     run.checkpointer.close()
     return np.asarray(run.model.apply({"params": state.params}, ids)), run, state
 
@@ -75,9 +76,9 @@ def test_trained_model_exports_and_hf_greedy_generate_matches(tmp_path, shakespe
     out = export(tmp_path / "run", tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    run, state = train.load_run(tmp_path / "run")
+    run, state = run_lib.load_run(tmp_path / "run")
     prompt = "ROMEO:"
-    ours = train.sample_text(run, state.params, prompt, max_new_tokens=12, temperature=0.0)
+    ours = run_lib.sample_text(run, state.params, prompt, max_new_tokens=12, temperature=0.0)
     ids = tok(prompt, return_tensors="pt").input_ids
     ref = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert run.tokenizer.encode(ours).ids == ref[0].tolist()
@@ -157,3 +158,41 @@ def test_scanned_runs_export_and_import_exactly(tmp_path, shakespeare):
     back = interop.params_from_hf(interop.params_to_hf(params, scanned), scanned)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_hf_and_from_a_workdir_start_from_those_weights(tmp_path, hf_dir, shakespeare):
+    src, hf_model = hf_dir
+    model = dict(vocab_size=300, max_len=32, d_model=32, n_layers=2, n_heads=4, scan_layers=True)
+    cfg = tiny_config(model=model, train=dict(steps=2, eval_every=2, init_from=str(src)))
+    run, _ = run_lib.load_run(import_hf(str(src), tmp_path / "imported"))
+    source_tokenizer = json.loads((src / "tokenizer.json").read_text())
+    assert json.loads(run.tokenizer.to_str()) == source_tokenizer
+    state, _ = run_lib.restore_or_init(run_lib.setup(cfg, tmp_path / "from_hf"))
+    ids = np.arange(12)[None]
+    with torch.no_grad():
+        ref = hf_model(torch.tensor(ids)).logits.numpy()
+    ours = run_lib.setup(cfg, tmp_path / "from_hf").model.apply({"params": state.params}, ids)
+    assert np.abs(np.asarray(ours) - ref).max() <= 1e-5
+    train.train(cfg, tmp_path / "from_hf")
+    assert json.loads((tmp_path / "from_hf" / "tokenizer.json").read_text()) == source_tokenizer
+    cfg_from_run = tiny_config(model={**model, "scan_layers": False},
+                               train=dict(steps=2, eval_every=2, init_from=str(tmp_path / "imported")))
+    state, _ = run_lib.restore_or_init(run_lib.setup(cfg_from_run, tmp_path / "from_workdir"))
+    ours = run_lib.setup(cfg_from_run, tmp_path / "from_workdir").model.apply({"params": state.params}, ids)
+    assert np.abs(np.asarray(ours) - ref).max() <= 1e-5
+
+
+def test_init_from_with_another_model_shape_names_the_tensor(tmp_path, hf_dir, shakespeare):
+    src, _ = hf_dir
+    cfg = tiny_config(train=dict(steps=2, init_from=str(src)))
+    with pytest.raises(UserError, match="train.init_from .*has shape .*does the model config match it"):
+        run_lib.restore_or_init(run_lib.setup(cfg, tmp_path / "w"))
+
+
+def test_a_hub_id_without_network_is_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run([sys.executable, "-m", "flax_lm.cli", "import", "--hf", "openai-community/gpt2",
+                             "--workdir", str(tmp_path / "w")], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1
+    assert "the hub could not provide it" in lines[0] and "give a local model directory" in lines[0]

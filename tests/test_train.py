@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from flax_lm import run as run_lib
 from flax_lm import train
 from flax_lm.models import build_model
 from flax_lm.state_init import create_state, state_shardings
@@ -22,8 +23,8 @@ def _metrics(workdir, prefix):
 
 
 def _final_params(cfg, workdir):
-    run = train.setup(cfg, workdir)
-    state, data_state = train.restore_or_init(run)
+    run = run_lib.setup(cfg, workdir)
+    state, data_state = run_lib.restore_or_init(run)
     run.checkpointer.close()
     return jax.device_get(state), data_state
 
@@ -98,7 +99,7 @@ def test_remat_trains_the_same_as_no_remat(tmp_path, shakespeare):
 def test_sharded_state_lives_on_all_devices(tmp_path, shakespeare):
     cfg = tiny_config(parallel=dict(data=2, fsdp=2, tensor=2), train=dict(steps=2, eval_every=2))
     train.train(cfg, tmp_path)
-    state, _ = train.restore_or_init(train.setup(cfg, tmp_path))
+    state, _ = run_lib.restore_or_init(run_lib.setup(cfg, tmp_path))
     kernel = state.params["h_0"]["mlp"]["c_fc"]["kernel"]  # ("embed", "mlp") -> (fsdp, tensor)
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert len(kernel.sharding.device_set) == 8

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from flax_lm import train
+from flax_lm.run import load_run
 from flax_lm import workdir as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
@@ -28,7 +28,7 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     """Writes the checkpoint at `step` (default: latest) of `workdir` to `out_dir`; returns it."""
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    run, state = train.load_run(workdir, step)
+    run, state = load_run(workdir, step)
     arch, module, _ = families.for_family(run.cfg.model.family)
     model_cfg = run.model.cfg
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)

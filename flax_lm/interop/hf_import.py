@@ -9,17 +9,14 @@ and `train` (fine-tuning) all work on it. `.bin` weights load only with
 import json
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors
 
 from flax_lm import config as config_lib
-from flax_lm import defaults, state_init, train
+from flax_lm import defaults, state_init
 from flax_lm import workdir as workdir_lib
 from flax_lm.errors import UserError
 from flax_lm.interop import families
-from flax_lm.train_state import TrainState
 
 
 def resolve_source(source: str) -> Path:
@@ -91,6 +88,7 @@ def _import_tokenizer(directory: Path, workdir: Path) -> None:
 
 def import_hf(source: str, workdir: str | Path) -> Path:
     """Creates `workdir` from the HF model `source`; returns the workdir."""
+    from flax_lm.run import setup  # run.py imports this module (through init_from)
     directory = resolve_source(source)
     config_file = directory / "config.json"
     if not config_file.is_file():
@@ -107,13 +105,9 @@ def import_hf(source: str, workdir: str | Path) -> Path:
         raise UserError(f"--workdir {workdir} already holds checkpoints; import into a new directory")
     workdir.mkdir(parents=True, exist_ok=True)
     _import_tokenizer(directory, workdir)
-    run = train.setup(cfg, workdir, with_data=False)
+    run = setup(cfg, workdir, with_data=False)
     params = module.params_from_hf(state_dict, run.model.cfg)
-    params = jax.tree.map(lambda x, like, s: jax.device_put(np.asarray(x, like.dtype), s), params,
-                          run.abstract_state.params, run.shardings.params)
-    opt_state = jax.jit(run.tx.init, out_shardings=run.shardings.opt_state)(params)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                       rng=state_init.rngs(cfg.train.seed)[1])
+    state = state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings, cfg.train.seed)
     workdir_lib.save_config(workdir, cfg)
     run.checkpointer.save(0, state, {}, force=True)
     run.checkpointer.wait()
