@@ -31,7 +31,7 @@ class Checkpointer:
 
     def save_final(self, step: int, state, data_state: dict) -> None:
         """Saves `step` unless a checkpoint of it exists already (a resumed, finished run)."""
-        if step not in self.manager.all_steps():
+        if step not in self.all_steps():
             self.save(step, state, data_state, force=True)
 
     def all_steps(self) -> list[int]:

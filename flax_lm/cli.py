@@ -69,21 +69,13 @@ def _train(args, overrides) -> int:
 def _evaluate(args, _) -> int:
     import json
 
-    import jax
-
-    from flax_lm import sharding
-    from flax_lm.evaluate import evaluate
-    from flax_lm.tasks import get_task
-    from flax_lm.train_step import make_eval_step
-
+    from flax_lm.evaluate import make_evaluator
     from flax_lm.run import load_run
+    from flax_lm.tasks import get_task
+
     run, state = load_run(args.workdir, args.step, with_data=True)
     tokens = run.splits.validation if args.split == "validation" else run.splits.train
-    t = run.cfg.train
-    with sharding.activate(run.mesh):
-        eval_step = jax.jit(make_eval_step(run.model, get_task(run.cfg)))
-        metrics = evaluate(eval_step, state.params, tokens, run.cfg.model.max_len,
-                           t.batch_size // t.grad_accum_steps, 0, run.to_global)
+    metrics = make_evaluator(run, get_task(run.cfg))(state.params, tokens)
     print(json.dumps({"step": int(state.step), "split": args.split, **metrics}))
     return 0
 

@@ -5,7 +5,24 @@ import math
 import jax
 import numpy as np
 
+from flax_lm import sharding
 from flax_lm.data import lm_data
+from flax_lm.train_step import make_eval_step
+
+
+def make_evaluator(run, task):
+    """Returns evaluate_tokens(params, tokens, max_batches=0) -> metrics for a run, with its
+    eval step compiled once; batches are the run's micro-batch size."""
+    with sharding.activate(run.mesh):
+        eval_step = jax.jit(make_eval_step(run.model, task))
+    t = run.cfg.train
+
+    def evaluate_tokens(params, tokens: np.ndarray, max_batches: int = 0) -> dict[str, float]:
+        with sharding.activate(run.mesh):
+            return evaluate(eval_step, params, tokens, run.cfg.model.max_len, t.batch_size // t.grad_accum_steps,
+                            max_batches, run.to_global)
+
+    return evaluate_tokens
 
 
 def evaluate(eval_step, params, tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int,

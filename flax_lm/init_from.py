@@ -13,7 +13,8 @@ import numpy as np
 
 from flax_lm import workdir as workdir_lib
 from flax_lm.errors import UserError
-from flax_lm.interop import families, hf_import
+from flax_lm.data import tokenizer as tokenizer_lib
+from flax_lm.interop import families, hf_files
 
 
 def is_workdir(source: str) -> bool:
@@ -23,7 +24,7 @@ def is_workdir(source: str) -> bool:
 
 def load_params(source: str, model_cfg, family: str) -> dict:
     """Host (numpy) parameters of `source` in the layout of `model_cfg`."""
-    _, module, _ = families.for_family(family)
+    _, module = families.for_family(family)
     if is_workdir(source):
         from flax_lm.run import load_run  # run.py imports this module
         run, state = load_run(source)
@@ -32,17 +33,16 @@ def load_params(source: str, model_cfg, family: str) -> dict:
             raise UserError(f"train.init_from: {source} holds a {run.cfg.model.family} model, not {family}")
         state_dict = module.params_to_hf(jax.tree.map(np.asarray, jax.device_get(state.params)), run.model.cfg)
     else:
-        directory = hf_import.resolve_source(source)
-        state_dict = hf_import.load_state_dict(directory)
+        state_dict = hf_files.load_state_dict(hf_files.resolve_source(source))
     try:
         return module.params_from_hf(state_dict, model_cfg)
     except UserError as e:
         raise UserError(f"train.init_from {source}: {e}; does the model config match it?") from None
 
 
-def tokenizer_file(source: str) -> Path | None:
-    """The source's tokenizer.json, if it has one."""
-    path = Path(source) / workdir_lib.TOKENIZER
-    if not path.is_file() and not Path(source).exists():
-        path = hf_import.resolve_source(source) / workdir_lib.TOKENIZER
-    return path if path.is_file() else None
+def tokenizer(source: str):
+    """The source's tokenizer: a workdir's tokenizer.json, or an HF directory's (converted
+    through transformers when it has only vocab/merges files)."""
+    if is_workdir(source):
+        return tokenizer_lib.load(Path(source) / workdir_lib.TOKENIZER)
+    return hf_files.load_tokenizer(hf_files.resolve_source(source))

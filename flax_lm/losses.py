@@ -34,9 +34,14 @@ def _logits(hidden, weight_VxD):
     return jnp.einsum("...d,vd->...v", hidden, weight_VxD, preferred_element_type=jnp.float32)
 
 
-def _token_loss(logits_BxTxV, targets_BxT):
+def _lse_and_target(logits_BxTxV, targets_BxT):
+    """(log-sum-exp over the vocabulary, the target's logit), both B x T."""
     lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-    target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    return lse_BxT, jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+
+
+def _token_loss(logits_BxTxV, targets_BxT):
+    lse_BxT, target_BxT = _lse_and_target(logits_BxTxV, targets_BxT)
     return lse_BxT - target_BxT
 
 
@@ -69,8 +74,7 @@ def _chunked_fwd(chunk_len, hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT):
         total, dweight_VxD = carry
         h_cxBxD, y_cxB, w_cxB = chunk
         logits_cxBxV = _logits(h_cxBxD, weight_VxD)
-        lse_cxB = jax.nn.logsumexp(logits_cxBxV, axis=-1)
-        target_cxB = jnp.take_along_axis(logits_cxBxV, y_cxB[..., None], axis=-1)[..., 0]
+        lse_cxB, target_cxB = _lse_and_target(logits_cxBxV, y_cxB)
         total = total + jnp.sum((lse_cxB - target_cxB) * w_cxB)
         # d loss / d logits = (softmax - onehot) * weight
         dlogits_cxBxV = (jnp.exp(logits_cxBxV - lse_cxB[..., None]) - jax.nn.one_hot(y_cxB, vocab)) * w_cxB[..., None]

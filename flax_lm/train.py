@@ -13,12 +13,12 @@ from tqdm import tqdm
 from flax_lm import hardware, sharding
 from flax_lm import workdir as workdir_lib
 from flax_lm.data import lm_data
-from flax_lm.evaluate import evaluate
+from flax_lm.evaluate import make_evaluator
 from flax_lm.metrics_log import MetricsLog
 from flax_lm.models import gpt2
 from flax_lm.run import restore_or_init, sample_text, setup
 from flax_lm.tasks import get_task
-from flax_lm.train_step import make_eval_step, make_train_step
+from flax_lm.train_step import make_train_step
 
 
 def train(cfg, workdir: str | Path) -> dict:
@@ -45,14 +45,12 @@ def train(cfg, workdir: str | Path) -> dict:
             make_train_step(run.model, task, run.tx, run.schedule, t.grad_accum_steps),
             in_shardings=(run.shardings, sharding.batch_sharding(run.mesh)),
             out_shardings=(run.shardings, sharding.replicated(run.mesh)), donate_argnums=0)
-        eval_step = jax.jit(make_eval_step(run.model, task))
+    evaluate_tokens = make_evaluator(run, task)
     reporter = _Reporter(log, cfg, start, flops_per_token=gpt2.flops_per_token(run.model.cfg, seq_len),
                          enabled=is_primary)
 
     def run_eval(step):
-        with sharding.activate(run.mesh):
-            metrics = evaluate(eval_step, state.params, run.splits.validation, seq_len,
-                               t.batch_size // t.grad_accum_steps, t.eval_batches, run.to_global)
+        metrics = evaluate_tokens(state.params, run.splits.validation, t.eval_batches)
         log.write(step, metrics, prefix="eval/")
         return metrics
 

@@ -196,3 +196,15 @@ def test_a_hub_id_without_network_is_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1
     assert "the hub could not provide it" in lines[0] and "give a local model directory" in lines[0]
+
+
+def test_a_vocab_and_merges_tokenizer_is_converted_on_import(tmp_path, hf_dir):
+    from flax_lm.data import tokenizer as tokenizer_lib
+    src, _ = hf_dir
+    original = tokenizer_lib.load(src / "tokenizer.json")
+    original.model.save(str(src))  # writes vocab.json and merges.txt
+    (src / "tokenizer.json").unlink()
+    import_hf(str(src), tmp_path / "w")
+    imported = tokenizer_lib.load(tmp_path / "w" / "tokenizer.json")
+    text = "def f(x):\n    return os.path.join(x, 'b')\n"
+    assert imported.encode(text).ids == original.encode(text).ids

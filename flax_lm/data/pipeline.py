@@ -19,8 +19,8 @@ def prepare(cfg, workdir: Path, is_primary: bool = True):
         tokenizer = tokenizer_lib.load(saved)
     elif cfg.data.tokenizer:
         tokenizer = tokenizer_lib.load(cfg.data.tokenizer)
-    elif cfg.train.init_from and init_from.tokenizer_file(cfg.train.init_from):
-        tokenizer = tokenizer_lib.load(init_from.tokenizer_file(cfg.train.init_from))
+    elif cfg.train.init_from:
+        tokenizer = init_from.tokenizer(cfg.train.init_from)
     else:
         tokenizer = tokenizer_lib.train_bpe(documents, cfg.model.vocab_size)
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:

@@ -2,8 +2,9 @@
 
 The directory loads with `transformers.AutoConfig` / `AutoModelFor...from_pretrained`,
 `AutoTokenizer` and `pipeline(...)` with no extra code: config.json, model.safetensors,
-tokenizer files and generation_config.json. Tensors are gathered to the host one at a
-time, so a sharded model is never held twice.
+tokenizer files and generation_config.json. Parameters are gathered from their shards
+into one host copy; the re-layout uses views and converts without copying where the
+dtype already matches.
 """
 
 import json
@@ -15,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from flax_lm.run import load_run
 from flax_lm import workdir as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.interop import families
+from flax_lm.run import load_run
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 
@@ -29,12 +30,12 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     run, state = load_run(workdir, step)
-    arch, module, _ = families.for_family(run.cfg.model.family)
+    arch, module = families.for_family(run.cfg.model.family)
     model_cfg = run.model.cfg
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)
     tensors = module.params_to_hf(host_params, model_cfg)
     tensors.pop("lm_head.weight", None)  # tied to the input embedding; transformers re-ties it
-    tensors = {k: np.ascontiguousarray(v.astype(DTYPES[dtype])) for k, v in tensors.items()}
+    tensors = {k: np.ascontiguousarray(v.astype(DTYPES[dtype], copy=False)) for k, v in tensors.items()}
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,10 @@
 
 from flax_lm.errors import UserError
 from flax_lm.interop import gpt2
-from flax_lm.models import gpt2 as gpt2_model
 
-# HF architecture -> (family, interop module, model config class)
-ARCHITECTURES = {gpt2.ARCHITECTURE: ("gpt2", gpt2, gpt2_model.GPT2Config)}
-FAMILIES = {family: (arch, module, config_cls) for arch, (family, module, config_cls) in ARCHITECTURES.items()}
+# HF architecture -> (flax_lm model family, interop module)
+ARCHITECTURES = {gpt2.ARCHITECTURE: ("gpt2", gpt2)}
+FAMILIES = {family: (arch, module) for arch, (family, module) in ARCHITECTURES.items()}
 
 
 def for_hf_config(hf_config: dict):
@@ -22,7 +21,7 @@ def for_hf_config(hf_config: dict):
 
 
 def for_family(family: str):
-    """(architecture, interop module, model config class) for a flax_lm model family."""
+    """(HF architecture, interop module) for a flax_lm model family."""
     if family not in FAMILIES:
-        raise UserError(f"model family {family!r} cannot be exported yet")
+        raise UserError(f"model family {family!r} has no Hugging Face mapping yet")
     return FAMILIES[family]

@@ -3,6 +3,9 @@
 from flax_lm.tasks.base import LossOutput, Task
 from flax_lm.tasks.causal_lm import CausalLM
 
+__all__ = ["CausalLM", "LossOutput", "Task", "get_task"]
+
+
 def get_task(cfg) -> Task:
     """The task a run config names, with its settings."""
     if cfg.task == "causal_lm":
