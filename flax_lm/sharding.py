@@ -24,6 +24,7 @@ LOGICAL_AXIS_RULES = (
     # parameters
     ("vocab", "tensor"),
     ("embed", "fsdp"),
+    ("embed_out", None),  # the output side of a D x D layer (pooler, MLM transform)
     ("heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),

@@ -8,9 +8,11 @@ Arrays are numpy on both sides (`state_dict` values as float numpy arrays).
 import numpy as np
 
 from flax_lm.errors import UserError
+from flax_lm.interop import layout
 from flax_lm.models.gpt2 import GPT2Config
 
 ARCHITECTURE = "GPT2LMHeadModel"
+ARCHITECTURES = {ARCHITECTURE: "causal_lm"}  # HF class -> flax_lm head
 
 
 def config_to_hf(cfg: GPT2Config) -> dict:
@@ -60,8 +62,9 @@ def expected_shapes(cfg: GPT2Config) -> dict[str, tuple]:
     return shapes
 
 
-def params_to_hf(params: dict, cfg: GPT2Config) -> dict[str, np.ndarray]:
-    """flax_lm GPT-2 parameters (unboxed, unscanned or scanned) -> HF state dict arrays."""
+def params_to_hf(params: dict, cfg: GPT2Config, head: str = "causal_lm") -> dict[str, np.ndarray]:
+    """flax_lm GPT-2 parameters (unboxed, unscanned or scanned) -> HF state dict arrays.
+    GPT-2 has one head, the tied LM head."""
     d = cfg.d_model
     out = {
         "transformer.wte.weight": params["wte"]["embedding"],
@@ -70,7 +73,7 @@ def params_to_hf(params: dict, cfg: GPT2Config) -> dict[str, np.ndarray]:
         "transformer.ln_f.bias": params["ln_f"]["bias"],
     }
     for i in range(cfg.n_layers):
-        layer = _layer(params, i, cfg.scan_layers)
+        layer = layout.layer(params, i, cfg.scan_layers, "h", "h")
         prefix = f"transformer.h.{i}."
         out.update({
             prefix + "ln_1.weight": layer["ln_1"]["scale"],
@@ -90,9 +93,10 @@ def params_to_hf(params: dict, cfg: GPT2Config) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def params_from_hf(state_dict: dict, cfg: GPT2Config) -> dict:
+def params_from_hf(state_dict: dict, cfg: GPT2Config, head: str = "causal_lm", fresh: dict | None = None) -> dict:
     """HF GPT-2 state dict arrays -> flax_lm GPT-2 parameters, in the scanned layout
-    (layers stacked under "h") when `cfg.scan_layers`, else one "h_i" per layer."""
+    (layers stacked under "h") when `cfg.scan_layers`, else one "h_i" per layer. Every tensor
+    must be there (`fresh`, for heads a checkpoint may lack, is unused: GPT-2's head is tied)."""
     n, h, d = cfg.n_heads, cfg.head_dim, cfg.d_model
     # Checkpoints of GPT2Model name tensors without the "transformer." prefix.
     state_dict = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v
@@ -125,24 +129,5 @@ def params_from_hf(state_dict: dict, cfg: GPT2Config) -> dict:
             },
         }
     if cfg.scan_layers:
-        layers = [params.pop(f"h_{i}") for i in range(cfg.n_layers)]
-        params["h"] = _stack(layers)
+        params = layout.stack_layers(params, cfg.n_layers, "h", "h")
     return params
-
-
-def _stack(trees: list):
-    if isinstance(trees[0], dict):
-        return {k: _stack([t[k] for t in trees]) for k in trees[0]}
-    return np.stack(trees)
-
-
-def _layer(params: dict, i: int, scanned: bool) -> dict:
-    if scanned:
-        return _index_tree(params["h"], i)
-    return params[f"h_{i}"]
-
-
-def _index_tree(tree, i):
-    if isinstance(tree, dict):
-        return {k: _index_tree(v, i) for k, v in tree.items()}
-    return np.asarray(tree)[i]

@@ -1,10 +1,25 @@
 """Model families. Each module owns its module classes; `interop/` owns the HF mappings."""
 
-from flax_lm.models import gpt2
+from flax_lm.models import bert, gpt2
+
+# task -> the encoder head that serves it
+_BERT_HEADS = {"classification": "sequence_classification", "token_classification": "token_classification",
+               "question_answering": "question_answering"}
 
 
-def build_model(model_cfg):
-    """The Linen module for the `model` section of a run config."""
+def head_name(cfg) -> str:
+    """The head a run config's task needs: "causal_lm" for GPT-2, a `bert.HEADS` key for encoders."""
+    if cfg.model.family == "gpt2":
+        return "causal_lm"
+    if cfg.task == "masked_lm":
+        return "pretraining" if cfg.data.nsp else "masked_lm"
+    return _BERT_HEADS[cfg.task]
+
+
+def build_model(model_cfg, head: str = "causal_lm"):
+    """The Linen module for the `model` section of a run config, with the given head."""
     if model_cfg.family == "gpt2":
         return gpt2.GPT2LMHeadModel(gpt2.GPT2Config.from_config(model_cfg))
+    if model_cfg.family == "bert":
+        return bert.HEADS[head](bert.BertConfig.from_config(model_cfg))
     raise ValueError(f"unknown model family {model_cfg.family!r}")
