@@ -37,7 +37,7 @@ def flax_trainer(cfg, batch):
     cfg.parallel.update(data=1, fsdp=1, tensor=1)
     mesh = mesh_lib.make_mesh(cfg, jax.devices()[:1])
     model = build_model(cfg.model)
-    tx = optim.make_optimizer(cfg.optim, cfg.train.steps)
+    tx = optim.make_optimizer(cfg.optim, cfg.train.steps, cfg.model.n_layers)
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
     _, shardings = state_init.state_shardings(model, tx, mesh, 0, cfg.model.max_len)
     state = state_init.create_state(model, tx, mesh, 0, cfg.model.max_len, shardings)

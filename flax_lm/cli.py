@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from flax_lm.errors import UserError
 
@@ -16,10 +17,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
     p.add_argument("--workdir", required=True, help="the run's directory; an existing one is resumed")
 
-    p = sub.add_parser("evaluate", help="validation loss and perplexity of a run's checkpoint")
+    p = sub.add_parser("evaluate", help="loss and task metrics of a run's checkpoint on a split; saved in the workdir")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--split", default="validation", choices=("validation", "train"))
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
+    p.add_argument("--split", default="validation", choices=("validation", "dev", "test", "train"),
+                   help="dev is validation")
+
+    p = sub.add_parser("predict", help="label the text of a file with a fine-tuned run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--input", required=True, help="classification: .csv/.tsv/.jsonl; NER: CoNLL; QA: SQuAD .json")
+    p.add_argument("--output", required=True, help="classification: JSON lines; NER: CoNLL; QA: {id: answer} JSON")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
 
     p = sub.add_parser("generate", help="sample text from a run's checkpoint")
     p.add_argument("--workdir", required=True)
@@ -38,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="make a workdir from a Hugging Face model directory or hub id")
     p.add_argument("--hf", required=True, help="a local model directory or a hub id")
     p.add_argument("--workdir", required=True, help="a new directory")
+    p.add_argument("--task", default=None, help="the task head of a bare encoder (e.g. classification)")
     return parser
 
 
@@ -74,9 +83,21 @@ def _evaluate(args, _) -> int:
     from flax_lm.tasks import get_task
 
     run, state = load_run(args.workdir, args.step, with_data=True)
-    tokens = run.splits.validation if args.split == "validation" else run.splits.train
-    metrics = make_evaluator(run, get_task(run.cfg))(state.params, tokens)
-    print(json.dumps({"step": int(state.step), "split": args.split, **metrics}))
+    split = "validation" if args.split == "dev" else args.split
+    if split not in run.splits:
+        raise UserError(f"--split {args.split}: this run has no such split (set data.{split} in its config)")
+    metrics = make_evaluator(run, get_task(run.cfg, run.label_names))(state.params, run.splits[split])
+    result = {"step": int(state.step), "split": split, **metrics}
+    path = Path(args.workdir) / f"eval_{split}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result))
+    return 0
+
+
+def _predict(args, _) -> int:
+    from flax_lm.predict import predict
+    n = predict(args.workdir, args.input, args.output, args.step)
+    print(f"labelled {n} examples into {args.output}")
     return 0
 
 
@@ -102,12 +123,12 @@ def _export(args, _) -> int:
 
 def _import(args, _) -> int:
     from flax_lm.interop.hf_import import import_hf
-    workdir = import_hf(args.hf, args.workdir)
+    workdir = import_hf(args.hf, args.workdir, args.task)
     print(f"imported {args.hf} into {workdir}")
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "generate": _generate, "export": _export, "import": _import}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate, "export": _export, "import": _import}
 
 
 def entry_point() -> None:

@@ -20,8 +20,9 @@ from flax_lm.errors import UserError
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 CHOICES = {
-    "task": ("causal_lm",),
-    "model.family": ("gpt2",),
+    "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering"),
+    "model.family": ("gpt2", "bert"),
+    "model.variant": ("bert", "roberta"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.schedule": ("cosine", "linear", "constant"),
@@ -29,11 +30,15 @@ CHOICES = {
 POSITIVE = (
     "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
     "train.steps", "train.batch_size", "train.grad_accum_steps", "train.log_every",
-    "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "model.type_vocab_size",
+    "data.doc_stride", "data.max_query_len",
 )
 NON_NEGATIVE = (
     "train.loss_chunk_len", "train.eval_batches", "data.max_bytes", "sample.max_new_tokens", "sample.top_k",
+    "model.num_labels", "model.pad_token_id", "data.seq_len", "data.max_predictions", "train.early_stopping_patience",
+    "optim.unfreeze_top_layers", "optim.unfreeze_every",
 )
+
 
 
 def load(path_or_name: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
@@ -183,6 +188,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise UserError("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
     if o.warmup_steps < 0 or o.warmup_steps > t.steps:
         raise UserError(f"optim.warmup_steps ({o.warmup_steps}) must be in [0, train.steps={t.steps}]")
+    _validate_task(cfg)
+    if not 0.0 < o.layer_decay <= 1.0:
+        raise UserError(f"optim.layer_decay must be in (0, 1]; got {o.layer_decay}")
     if o.learning_rate <= 0:
         raise UserError(f"optim.learning_rate must be positive; got {o.learning_rate}")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
@@ -194,3 +202,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise UserError(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
     if m.remat_policy not in POLICIES:
         raise UserError(f"model.remat_policy must be one of {', '.join(POLICIES)}; got {m.remat_policy!r}")
+
+
+def _validate_task(cfg) -> None:
+    """The task, the model family and the data must fit together."""
+    decoder = cfg.model.family == "gpt2"
+    if decoder != (cfg.task == "causal_lm"):
+        need = "model.family=gpt2" if cfg.task == "causal_lm" else "model.family=bert"
+        raise UserError(f"task {cfg.task!r} needs {need} (model.family is {cfg.model.family!r})")
+    if cfg.data.seq_len > cfg.model.max_len:
+        raise UserError(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
+    if cfg.data.nsp and cfg.model.variant == "roberta":
+        raise UserError("data.nsp: RoBERTa has no next-sentence prediction head; set data.nsp=False")
+    if not 0.0 < cfg.data.mask_prob < 1.0:
+        raise UserError(f"data.mask_prob must be in (0, 1); got {cfg.data.mask_prob}")
+    window = cfg.data.seq_len or cfg.model.max_len
+    if cfg.task == "question_answering" and cfg.data.doc_stride >= window - cfg.data.max_query_len - 3:
+        raise UserError(f"data.doc_stride ({cfg.data.doc_stride}) must be smaller than the context part of a window "
+                        f"({window} tokens - data.max_query_len - 3 = {window - cfg.data.max_query_len - 3})")

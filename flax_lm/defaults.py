@@ -11,10 +11,12 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     """Returns the schema: every key flax_lm knows, with its default value."""
     c = ml_collections.ConfigDict()
+    # causal_lm | masked_lm | classification | token_classification | question_answering
     c.task = "causal_lm"
 
     c.model = ml_collections.ConfigDict()
-    c.model.family = "gpt2"
+    c.model.family = "gpt2"            # gpt2 (decoder) | bert (encoder)
+    c.model.variant = "bert"           # encoders: bert | roberta (positions after the padding id, no NSP)
     c.model.vocab_size = 4096          # tokens; a trained tokenizer gets this size
     c.model.max_len = 128              # positions the model has (GPT-2 n_positions)
     c.model.d_model = 256
@@ -30,12 +32,32 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = False        # nn.scan over the blocks (one compiled block)
     c.model.remat_policy = "none"      # see flax_lm.models.remat.POLICIES
     c.model.attention = "auto"         # see flax_lm.attention.IMPLEMENTATIONS
+    c.model.type_vocab_size = 2        # encoders: segment (token type) embeddings
+    c.model.pad_token_id = 0           # encoders: the tokenizer's padding id (RoBERTa positions start after it)
+    c.model.num_labels = 0             # classification heads: 0 takes the count from the data; 1 is regression
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "default"          # "default" (embedded corpus) or comma-separated files/globs
     c.data.tokenizer = ""              # a tokenizer.json to reuse; empty trains one
     c.data.validation_fraction = 0.05  # tail of the token stream held out
     c.data.max_bytes = 0               # read at most this many bytes of text; 0 = all
+    c.data.seq_len = 0                 # tokens per example; 0 = model.max_len (a pre-trained model may have more)
+    c.data.lowercase = True            # WordPiece tokenizers trained here: uncased (True) or cased
+    # masked LM pre-training
+    c.data.nsp = False                 # next-sentence prediction pairs (BERT) instead of packed text (RoBERTa)
+    c.data.whole_word_masking = False
+    c.data.mask_prob = 0.15
+    c.data.max_predictions = 0         # masked positions per sequence; 0 = ceil(mask_prob * max_len)
+    # fine-tuning: files of the train / dev / test splits
+    c.data.train = ""                  # classification: .csv/.tsv/.jsonl; NER: CoNLL; QA: SQuAD v1.1 .json
+    c.data.validation = ""
+    c.data.test = ""
+    c.data.text_column = "sentence"
+    c.data.text_pair_column = ""       # the second text of a pair task; empty for single texts
+    c.data.label_column = "label"
+    c.data.tag_column = -1             # CoNLL: the column of the tag (-1: the last)
+    c.data.doc_stride = 128            # QA: overlap of the windows over a long context, in tokens
+    c.data.max_query_len = 64          # QA: question tokens kept
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
@@ -51,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.async_checkpointing = True
     c.train.progress_bar = True
     c.train.init_from = ""             # a flax_lm workdir or HF model dir/hub id: initial weights and tokenizer
+    c.train.best_metric = ""           # keep the checkpoint with the best value of this eval metric (e.g. accuracy)
+    c.train.early_stopping_patience = 0  # stop after this many evals without a better best_metric; 0: never
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3       # peak, after warmup
@@ -62,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.1         # not applied to biases, LayerNorm scales
     c.optim.grad_clip_norm = 1.0       # 0 disables clipping
+    c.optim.layer_decay = 1.0          # layer-wise lr decay: layer l of L gets lr * decay^(L + 1 - l); 1: off
+    c.optim.unfreeze_top_layers = 0    # gradual unfreezing: train the heads and the top k layers first; 0: off
+    c.optim.unfreeze_every = 0         # ... and unfreeze one more layer every this many steps (0: never)
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.data = -1               # -1: all devices not used by the other axes

@@ -1,20 +1,26 @@
-"""`train.init_from`: the initial weights (and tokenizer) of a new run.
+"""`train.init_from`: the architecture, initial weights and tokenizer of a new run.
 
 A source is a flax_lm workdir (its latest checkpoint) or a Hugging Face model directory
 or hub id. Either way the weights pass through the family's Hugging Face mapping, which
 checks every tensor's shape against the run's model and converts between scanned and
-unscanned layer layouts.
+unscanned layer layouts. Tensors of a head the source lacks (a classifier on top of a
+pre-trained encoder) keep their fresh initialisation.
 """
 
+import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from flax_lm import workdir as workdir_lib
-from flax_lm.errors import UserError
 from flax_lm.data import tokenizer as tokenizer_lib
+from flax_lm.errors import UserError
 from flax_lm.interop import families, hf_files
+
+# The model keys that make the architecture: a run starting from a source takes them from it.
+ARCHITECTURE_KEYS = ("family", "variant", "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_ff",
+                     "type_vocab_size", "pad_token_id", "layer_norm_epsilon")
 
 
 def is_workdir(source: str) -> bool:
@@ -22,20 +28,38 @@ def is_workdir(source: str) -> bool:
     return (path / workdir_lib.CONFIG).is_file() and (path / workdir_lib.CHECKPOINTS).is_dir()
 
 
-def load_params(source: str, model_cfg, family: str) -> dict:
-    """Host (numpy) parameters of `source` in the layout of `model_cfg`."""
-    _, module = families.for_family(family)
+def architecture(source: str) -> dict:
+    """The source's model architecture as flax_lm `model` config values."""
     if is_workdir(source):
+        model = workdir_lib.load_config(source).model
+        return {k: model[k] for k in ARCHITECTURE_KEYS}
+    directory = hf_files.resolve_source(source)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"train.init_from {source}: no config.json there")
+    hf_config = json.loads(config_file.read_text())
+    _, module, _ = families.for_hf_config(hf_config)
+    values = module.config_from_hf(hf_config)
+    return {k: values[k] for k in ARCHITECTURE_KEYS if k in values}
+
+
+def load_params(source: str, model_cfg, family: str, head: str, fresh: dict) -> dict:
+    """Host (numpy) parameters of `source` in the layout of `model_cfg` with `head`; tensors the
+    source does not have for this head come from `fresh` (host parameters of the same model)."""
+    module = families.module_for(family)
+    if is_workdir(source):
+        from flax_lm.models import head_name
         from flax_lm.run import load_run  # run.py imports this module
         run, state = load_run(source)
         run.checkpointer.close()
         if run.cfg.model.family != family:
             raise UserError(f"train.init_from: {source} holds a {run.cfg.model.family} model, not {family}")
-        state_dict = module.params_to_hf(jax.tree.map(np.asarray, jax.device_get(state.params)), run.model.cfg)
+        state_dict = module.params_to_hf(jax.tree.map(np.asarray, jax.device_get(state.params)), run.model.cfg,
+                                         head_name(run.cfg))
     else:
         state_dict = hf_files.load_state_dict(hf_files.resolve_source(source))
     try:
-        return module.params_from_hf(state_dict, model_cfg)
+        return module.params_from_hf(state_dict, model_cfg, head, fresh)
     except UserError as e:
         raise UserError(f"train.init_from {source}: {e}; does the model config match it?") from None
 

@@ -4,6 +4,8 @@ import jax
 import optax
 from jax.tree_util import DictKey
 
+from flax_lm.layerwise import scale_by_layer
+
 # Parameters that get weight decay: matrices and embeddings. Biases, LayerNorm scales
 # and any other vector stay undecayed, as in GPT-2/BERT practice.
 DECAYED_NAMES = ("kernel", "embedding")
@@ -34,13 +36,19 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-    """The optimizer of every task: clip, then AdamW with the schedule and decay mask."""
-    adamw = optax.adamw(
-        learning_rate_schedule(optim_cfg, total_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
-        eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay, mask=decay_mask)
+def make_optimizer(optim_cfg, total_steps: int, n_layers: int) -> optax.GradientTransformation:
+    """The optimizer of every task: clip, then AdamW with the schedule and decay mask, then
+    (when configured) layer-wise decay and gradual unfreezing of the whole update, weight
+    decay included, so a frozen layer does not move at all."""
+    chain = []
     if optim_cfg.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw)
-    return adamw
+        chain.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
+    chain.append(optax.adamw(
+        learning_rate_schedule(optim_cfg, total_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
+        eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay, mask=decay_mask))
+    if optim_cfg.layer_decay != 1.0 or optim_cfg.unfreeze_top_layers:
+        chain.append(scale_by_layer(n_layers, optim_cfg.layer_decay, optim_cfg.unfreeze_top_layers,
+                                    optim_cfg.unfreeze_every))
+    return chain[0] if len(chain) == 1 else optax.chain(*chain)
 
 

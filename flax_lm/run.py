@@ -5,13 +5,16 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import numpy as np
 
-from flax_lm import checkpointing, init_from, mesh as mesh_lib, optim, sharding, state_init
+from flax_lm import best, checkpointing, init_from, optim, sharding, state_init
+from flax_lm import config as config_lib
+from flax_lm import mesh as mesh_lib
 from flax_lm import workdir as workdir_lib
-from flax_lm.data import lm_data, pipeline
+from flax_lm.data import pipeline
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
-from flax_lm.models import build_model
+from flax_lm.models import build_model, head_name
 from flax_lm.sampling import sample
 
 
@@ -24,7 +27,8 @@ class Run:
     mesh: jax.sharding.Mesh
     model: object
     tokenizer: object
-    splits: lm_data.Splits | None  # None when set up without data (generate, export)
+    splits: dict  # split name -> Dataset (flax_lm.data.dataset); empty when set up without data
+    label_names: list[str] | None  # of classification and NER runs
     tx: object
     schedule: object
     abstract_state: object
@@ -40,47 +44,70 @@ class Run:
 def setup(cfg, workdir: Path, with_data: bool = True) -> Run:
     """Builds the mesh, data, model, optimizer and checkpointer for a run (no state yet).
 
-    Without data, the tokenizer comes from the workdir and the corpus is not read.
+    Without data, the tokenizer and label names come from the workdir and no data is read.
+    A classification run's `model.num_labels` is set from its data when it is 0.
     """
     workdir = Path(workdir)
+    if cfg.train.init_from and not (workdir / workdir_lib.CONFIG).is_file():
+        cfg.model.update(init_from.architecture(cfg.train.init_from))  # a new run takes the source's shape
+        config_lib.validate(cfg)
     mesh = mesh_lib.make_mesh(cfg)
     is_primary = jax.process_index() == 0
     if is_primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    if with_data:
-        tokenizer, splits = pipeline.prepare(cfg, workdir, is_primary)
-    else:
-        tokenizer, splits = tokenizer_lib.load(workdir / workdir_lib.TOKENIZER), None
-    model = build_model(cfg.model)
+    prepared = pipeline.prepare(cfg, workdir, is_primary) if with_data else pipeline.load_saved(cfg, workdir)
+    if prepared.label_names is not None:
+        _set_num_labels(cfg, len(prepared.label_names))
+    model = build_model(cfg.model, head_name(cfg))
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
-    tx = optim.make_optimizer(cfg.optim, cfg.train.steps)
+    tx = optim.make_optimizer(cfg.optim, cfg.train.steps, cfg.model.n_layers)
     abstract_state, shardings = state_init.state_shardings(model, tx, mesh, cfg.train.seed, cfg.model.max_len)
     checkpointer = checkpointing.Checkpointer(
         workdir / workdir_lib.CHECKPOINTS, save_every=cfg.train.checkpoint_every,
         keep=cfg.train.keep_checkpoints, async_writes=cfg.train.async_checkpointing)
-    return Run(cfg, workdir, mesh, model, tokenizer, splits, tx, schedule, abstract_state, shardings, checkpointer)
+    return Run(cfg, workdir, mesh, model, prepared.tokenizer, prepared.splits, prepared.label_names, tx, schedule,
+               abstract_state, shardings, checkpointer)
+
+
+def _set_num_labels(cfg, count: int) -> None:
+    if cfg.model.num_labels == 0:
+        cfg.model.num_labels = count
+    elif cfg.model.num_labels != count:
+        raise UserError(f"model.num_labels is {cfg.model.num_labels} but the data has {count} labels; "
+                        f"set it to 0 to take the count from the data")
 
 
 def restore_or_init(run: Run, step: int | None = None):
     """(state, data_state or None): the checkpoint at `step` (default: latest); else the weights of
     `train.init_from` with a fresh optimizer; else a freshly initialised state."""
     step = run.checkpointer.latest_step() if step is None else step
-    if step is None and run.cfg.train.init_from:
-        params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family)
-        return state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings, run.cfg.train.seed), None
     if step is None:
         state = state_init.create_state(run.model, run.tx, run.mesh, run.cfg.train.seed, run.cfg.model.max_len,
                                         run.shardings)
+        if run.cfg.train.init_from:
+            fresh = jax.tree.map(np.asarray, jax.device_get(state.params))
+            params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family,
+                                           head_name(run.cfg), fresh)
+            state = state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings,
+                                                 run.cfg.train.seed)
         return state, None
     target = checkpointing.abstract_with_shardings(run.abstract_state, run.shardings)
     return run.checkpointer.restore(step, target)
 
 
 def load_run(workdir: str | Path, step: int | None = None, with_data: bool = False):
-    """(Run, TrainState) of an existing workdir at checkpoint `step` (default: latest)."""
+    """(Run, TrainState) of an existing workdir at checkpoint `step`; by default the best
+    checkpoint when the run kept one (`train.best_metric`), else the latest."""
     cfg = workdir_lib.load_config(workdir)
     run = setup(cfg, workdir, with_data=with_data)
     steps = run.checkpointer.all_steps()
+    best_step = best.best_step(workdir)
+    if step is None and best_step is not None:
+        keeper = checkpointing.Checkpointer(best.checkpoint_directory(workdir), save_every=1, keep=1,
+                                            async_writes=False)
+        state, _ = keeper.restore(best_step, checkpointing.abstract_with_shardings(run.abstract_state, run.shardings))
+        keeper.close()
+        return run, state
     if not steps:
         raise UserError(f"--workdir {workdir}: no checkpoint there yet")
     if step is not None and step not in steps:

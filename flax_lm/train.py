@@ -12,10 +12,11 @@ from tqdm import tqdm
 
 from flax_lm import hardware, sharding
 from flax_lm import workdir as workdir_lib
-from flax_lm.data import lm_data
+from flax_lm.best import BestKeeper
+from flax_lm.data import lm_data, pipeline
 from flax_lm.evaluate import make_evaluator
 from flax_lm.metrics_log import MetricsLog
-from flax_lm.models import gpt2
+from flax_lm.models import flops_per_token
 from flax_lm.run import restore_or_init, sample_text, setup
 from flax_lm.tasks import get_task
 from flax_lm.train_step import make_train_step
@@ -31,32 +32,35 @@ def train(cfg, workdir: str | Path) -> dict:
     state, data_state = restore_or_init(run)
     start = int(jax.device_get(state.step))
     t = cfg.train
-    seq_len = cfg.model.max_len
-    iterator = lm_data.BatchIterator(
-        lm_data.num_windows(run.splits.train, seq_len), t.batch_size, t.seed,
-        jax.process_index(), jax.process_count())
+    train_data, validation_data = run.splits["train"], run.splits["validation"]
+    iterator = lm_data.BatchIterator(len(train_data), t.batch_size, t.seed, jax.process_index(),
+                                     jax.process_count())
     if data_state:  # an imported checkpoint has no data position yet
         iterator.restore(data_state)
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
 
-    task = get_task(cfg)
+    task = get_task(cfg, run.label_names)
     with sharding.activate(run.mesh):
         train_step = jax.jit(
             make_train_step(run.model, task, run.tx, run.schedule, t.grad_accum_steps),
             in_shardings=(run.shardings, sharding.batch_sharding(run.mesh)),
             out_shardings=(run.shardings, sharding.replicated(run.mesh)), donate_argnums=0)
-    evaluate_tokens = make_evaluator(run, task)
-    reporter = _Reporter(log, cfg, start, flops_per_token=gpt2.flops_per_token(run.model.cfg, seq_len),
+    evaluate_split = make_evaluator(run, task)
+    reporter = _Reporter(log, cfg, start, flops_per_token=flops_per_token(run.model.cfg, pipeline.seq_len(cfg)),
                          enabled=is_primary)
+    best = BestKeeper(run.workdir, t.best_metric, t.early_stopping_patience, t.async_checkpointing,
+                      is_primary) if t.best_metric else None
 
     def run_eval(step):
-        metrics = evaluate_tokens(state.params, run.splits.validation, t.eval_batches)
+        metrics = evaluate_split(state.params, validation_data, t.eval_batches)
         log.write(step, metrics, prefix="eval/")
-        return metrics
+        stop = best.update(step, metrics, state) if best else False
+        return metrics, stop
 
     pending = None  # (step, metrics on device): read one step late, so the device never waits
     for step in range(start, t.steps):
-        batch = run.to_global(lm_data.windows(run.splits.train, iterator.next_indices(), seq_len))
+        epoch = iterator.epoch
+        batch = run.to_global(train_data.batch(iterator.next_indices(), epoch))
         with sharding.activate(run.mesh):
             state, metrics = train_step(state, batch)
         if pending is not None and pending[0] % t.log_every == 0:
@@ -65,23 +69,35 @@ def train(cfg, workdir: str | Path) -> dict:
         reporter.advance()
         run.checkpointer.save(step + 1, state, iterator.state())
         if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
-            reporter.eval_loss(run_eval(step + 1)["loss"])
+            eval_metrics, stop = run_eval(step + 1)
+            reporter.eval_loss(eval_metrics["loss"])
+            if stop:
+                _say(is_primary, f"early stopping at step {step + 1}: no better {t.best_metric} in "
+                                 f"{t.early_stopping_patience} evaluations")
+                break
     if pending is not None:
         reporter.train_metrics(*pending)
     reporter.close()
 
     final_step = int(jax.device_get(state.step))
-    eval_metrics = run_eval(final_step)
+    eval_metrics, _ = run_eval(final_step)
     run.checkpointer.save_final(final_step, state, iterator.state())
     run.checkpointer.wait()
     run.checkpointer.close()
+    if best:
+        best.close()
+        _say(is_primary, f"best {t.best_metric}: {best.best:.4f} (checkpoint in {run.workdir / 'best'})")
     log.close()
-    _say(is_primary, f"step {final_step}: validation loss {eval_metrics['loss']:.4f}, "
-                     f"perplexity {eval_metrics['perplexity']:.2f} ({int(eval_metrics['tokens'])} tokens)")
+    _say(is_primary, f"step {final_step}: validation " + format_metrics(eval_metrics))
     _say(is_primary, f"checkpoints in {run.workdir / workdir_lib.CHECKPOINTS}")
-    if cfg.sample.max_new_tokens > 0:
+    if cfg.task == "causal_lm" and cfg.sample.max_new_tokens > 0:
         _say(is_primary, "sample:\n" + sample_text(run, state.params, cfg.sample.prompt))
     return eval_metrics
+
+
+def format_metrics(metrics: dict) -> str:
+    """The headline metrics (no per-class breakdown) as one line."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
 
 
 class _Reporter:
@@ -89,7 +105,7 @@ class _Reporter:
 
     def __init__(self, log: MetricsLog, cfg, start_step: int, flops_per_token: float, enabled: bool):
         self.log = log
-        self.tokens_per_step = cfg.train.batch_size * cfg.model.max_len
+        self.tokens_per_step = cfg.train.batch_size * pipeline.seq_len(cfg)
         self.flops_per_token = flops_per_token
         self.peak = hardware.peak_flops_per_device(cfg.peak_flops_per_device)
         self.last_time, self.last_step = time.perf_counter(), start_step

@@ -1,32 +1,34 @@
 """The one train step and eval step of every task.
 
-The step is a pure function (state, batch) -> (state, metrics). Gradient accumulation
-runs as a `lax.scan` over micro-batches inside the step; losses are summed and divided
-by the total weight once, so k micro-batches equal one k-times-larger batch.
+The step is a pure function (state, batch) -> (state, metrics). Each loss term's total
+weight is read from the whole batch first; gradient accumulation then runs as a
+`lax.scan` over micro-batches whose losses are divided by those totals, so k
+micro-batches give exactly the gradient of one k-times-larger batch.
 """
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from flax_lm.tasks.base import LossOutput, Task
+from flax_lm.tasks.base import Task, total_loss
 from flax_lm.train_state import TrainState
 
 
 def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedule, grad_accum_steps: int):
     """Returns train_step(state, batch) -> (state, metrics); batch arrays lead with the global batch."""
 
-    def micro_grads(params, micro_batch, rng):
-        def loss_sum(p):
-            out = task.loss(model, p, micro_batch, rngs={"dropout": rng}, deterministic=False)
-            return out.loss_sum, out.weight_sum
-        (loss, weight), grads = jax.value_and_grad(loss_sum, has_aux=True)(params)
-        return grads, LossOutput(loss, weight)
+    def micro_grads(params, micro_batch, weights, rng):
+        def objective(p):
+            sums, _ = task.loss(model, p, micro_batch, rngs={"dropout": rng}, deterministic=False)
+            return total_loss(sums, weights), sums
+        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return grads, sums
 
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
+        weights = task.weights(batch)
         if grad_accum_steps == 1:
-            grads, out = micro_grads(state.params, batch, rng)
+            grads, sums = micro_grads(state.params, batch, weights, rng)
         else:
             # (B, ...) -> (k, B/k, ...) taking every k-th row, so each device keeps its rows.
             micro = jax.tree.map(
@@ -35,30 +37,30 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
 
             def accumulate(carry, xs):
                 i, micro_batch = xs
-                grads, out = micro_grads(state.params, micro_batch, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (grads, out)), None
+                out = micro_grads(state.params, micro_batch, weights, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, out), None
 
-            zeros = (jax.tree.map(jnp.zeros_like, state.params), LossOutput(jnp.float32(0), jnp.float32(0)))
-            (grads, out), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
-        weight = jnp.maximum(out.weight_sum, 1.0)
-        grads = jax.tree.map(lambda g: g / weight, grads)
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), jax.tree.map(jnp.zeros_like, weights))
+            (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            "loss": out.loss_sum / weight,
+            "loss": total_loss(sums, weights),
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
-            "tokens": out.weight_sum,
         }
+        if len(sums) > 1:
+            metrics.update({f"loss/{k}": sums[k] / jnp.maximum(weights[k], 1.0) for k in sums})
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
 
 
 def make_eval_step(model, task: Task):
-    """Returns eval_step(params, batch) -> LossOutput (sums, deterministic)."""
+    """Returns eval_step(params, batch) -> (loss sums per term, weights per term, per-example outputs)."""
 
     def eval_step(params, batch):
-        return task.loss(model, params, batch, rngs=None, deterministic=True)
+        sums, outputs = task.loss(model, params, batch, rngs=None, deterministic=True)
+        return sums, task.weights(batch), outputs
 
     return eval_step

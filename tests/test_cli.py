@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-
 TINY = ["--config", "gpt2_tiny", "--config.model.d_model=32", "--config.model.n_layers=1",
         "--config.model.n_heads=2", "--config.model.vocab_size=300", "--config.model.max_len=16",
         "--config.data.max_bytes=40000", "--config.train.batch_size=8", "--config.train.progress_bar=false",

@@ -13,11 +13,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import tiny_config  # noqa: E402
+
 from flax_lm import run as run_lib  # noqa: E402
 from flax_lm import train  # noqa: E402
+from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.interop.export import export  # noqa: E402
 from flax_lm.interop.hf_import import import_hf  # noqa: E402
-from flax_lm.errors import UserError  # noqa: E402
 
 HF_TINY = dict(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
 

@@ -33,7 +33,7 @@ def test_decay_mask_skips_biases_and_layernorm():
 def test_clipping_and_decay_apply():
     c = defaults.get_config().optim
     c.update(learning_rate=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5, grad_clip_norm=1.0)
-    tx = optim.make_optimizer(c, total_steps=10)
+    tx = optim.make_optimizer(c, total_steps=10, n_layers=2)
     params = {"dense": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(updates["dense"]["kernel"], -0.05)  # decay only

@@ -6,8 +6,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from flax_lm import run as run_lib
 from flax_lm import train
 from flax_lm.models import build_model
@@ -55,11 +55,12 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, shakespeare):
 def test_grad_accumulation_equals_one_larger_batch(shakespeare):
     cfg = tiny_config(model=dict(dropout=0.0))
     model = build_model(cfg.model)
-    from flax_lm import mesh as mesh_lib, optim
+    from flax_lm import mesh as mesh_lib
+    from flax_lm import optim
     cfg.parallel.update(data=1)
     mesh = mesh_lib.make_mesh(cfg, jax.devices()[:1])
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
-    tx = optim.make_optimizer(cfg.optim, cfg.train.steps)
+    tx = optim.make_optimizer(cfg.optim, cfg.train.steps, cfg.model.n_layers)
     _, shardings = state_shardings(model, tx, mesh, 0, cfg.model.max_len)
     rng = np.random.RandomState(0)
     batch = {"inputs": rng.randint(0, 512, (8, 32)).astype(np.int32),

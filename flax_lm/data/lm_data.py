@@ -98,3 +98,16 @@ class BatchIterator:
                     f"cannot resume the data position: the checkpoint's {key} is {state[key]}, "
                     f"this run's is {getattr(self, key)} (was the data or batch size changed?)")
         self.epoch, self.batch, self._order = state["epoch"], state["batch"], None
+
+
+class LMWindows:
+    """A token stream as a dataset (`flax_lm.data.dataset`) of its causal-LM windows."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self.tokens, self.seq_len = tokens, seq_len
+
+    def __len__(self) -> int:
+        return num_windows(self.tokens, self.seq_len)
+
+    def batch(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
+        return windows(self.tokens, indices, self.seq_len)

@@ -1,33 +1,240 @@
-"""From config to tokenizer and token splits, reusing what the workdir already has."""
+"""From config to tokenizer, label names and the splits of a run's task, reusing what the
+workdir already has (its tokenizer and label map), so a resumed run reads data the same way."""
 
+import dataclasses
+import re
 from pathlib import Path
 
 from flax_lm import init_from
 from flax_lm import workdir as workdir_lib
-from flax_lm.data import corpus, lm_data
+from flax_lm.data import (
+    conll,
+    corpus,
+    lm_data,
+    mlm_data,
+    squad,
+    text_classification,
+    wordpiece,
+)
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 
+SPLITS = ("train", "validation", "test")
 
-def prepare(cfg, workdir: Path, is_primary: bool = True):
-    """Returns (tokenizer, Splits). The tokenizer is the workdir's (resume), else the
-    configured file, else that of `train.init_from`, else one trained on the corpus; it is
-    saved in the workdir."""
-    documents = corpus.read_documents(cfg.data.source, cfg.data.max_bytes)
-    saved = Path(workdir) / workdir_lib.TOKENIZER
+
+@dataclasses.dataclass
+class Prepared:
+    tokenizer: object
+    splits: dict            # split name -> Dataset (flax_lm.data.dataset); only the splits configured
+    label_names: list[str] | None  # classification labels or NER tags, in id order
+
+
+def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...] = SPLITS) -> Prepared:
+    """The tokenizer, label names and datasets of the run's task; the tokenizer and label
+    names are saved in the workdir the first time."""
+    workdir = Path(workdir)
+    if cfg.task in ("causal_lm", "masked_lm"):
+        documents = corpus.read_documents(cfg.data.source, cfg.data.max_bytes)
+        tokenizer = _tokenizer(cfg, workdir, documents, is_primary)
+        return Prepared(tokenizer, _pretraining_splits(cfg, documents, tokenizer), None)
+    reader = _FINE_TUNING[cfg.task]
+    for split in ("train", "validation"):
+        if not cfg.data[split]:
+            raise UserError(f"task {cfg.task!r} needs data.{split}, the file of its {split} split")
+    train_rows = reader.read(cfg, cfg.data.train)
+    tokenizer = _tokenizer(cfg, workdir, reader.texts(train_rows), is_primary)
+    labels = reader.labels(cfg, workdir, train_rows, is_primary)
+    datasets = {}
+    for split in splits:
+        path = cfg.data[split]
+        if path:
+            rows = train_rows if split == "train" else reader.read(cfg, path)
+            datasets[split] = reader.dataset(cfg, rows, tokenizer, labels)
+    return Prepared(tokenizer, datasets, _names(labels))
+
+
+def load_saved(cfg, workdir: Path) -> Prepared:
+    """The tokenizer and label names a run saved in its workdir, with no data read."""
+    workdir = Path(workdir)
+    tokenizer = tokenizer_lib.load(workdir / workdir_lib.TOKENIZER)
+    labels = None
+    if cfg.task in _FINE_TUNING:
+        labels = _FINE_TUNING[cfg.task].saved_labels(workdir)
+    return Prepared(tokenizer, {}, _names(labels))
+
+
+def predict_dataset(cfg, prepared: Prepared, path: str):
+    """The dataset of a file to label with `flax-lm predict` (labels, if present, are ignored)."""
+    if cfg.task not in _FINE_TUNING:
+        raise UserError(f"flax-lm predict labels text for fine-tuned tasks; this run's task is {cfg.task!r}")
+    reader = _FINE_TUNING[cfg.task]
+    labels = reader.saved_labels_from_names(prepared.label_names)
+    return reader.dataset(cfg, reader.read(cfg, path, require_labels=False), prepared.tokenizer, labels)
+
+
+def save_label_names(cfg, workdir: Path, names: list[str]) -> None:
+    """Writes a run's label names (e.g. those of an imported classifier) where `load_saved` reads them."""
+    _FINE_TUNING[cfg.task].save(Path(workdir), names)
+
+
+def seq_len(cfg) -> int:
+    """Tokens per example: data.seq_len, else the model's positions."""
+    return cfg.data.seq_len or cfg.model.max_len
+
+
+def pad_id(tokenizer) -> int:
+    return wordpiece.special_tokens(tokenizer).pad
+
+
+def _names(labels):
+    if labels is None:
+        return None
+    return labels.names if isinstance(labels, text_classification.LabelMap) else list(labels)
+
+
+def _tokenizer(cfg, workdir: Path, texts: list[str], is_primary: bool):
+    """The workdir's tokenizer (resume), else the configured file, else that of `train.init_from`,
+    else one trained on `texts` (byte-level BPE for decoders, WordPiece for encoders)."""
+    saved = workdir / workdir_lib.TOKENIZER
     if saved.is_file():
         tokenizer = tokenizer_lib.load(saved)
+    elif cfg.data.tokenizer.endswith(".txt"):
+        tokenizer = wordpiece.load_vocab(cfg.data.tokenizer, cfg.data.lowercase)
     elif cfg.data.tokenizer:
         tokenizer = tokenizer_lib.load(cfg.data.tokenizer)
     elif cfg.train.init_from:
         tokenizer = init_from.tokenizer(cfg.train.init_from)
+    elif cfg.model.family == "gpt2":
+        tokenizer = tokenizer_lib.train_bpe(texts, cfg.model.vocab_size)
     else:
-        tokenizer = tokenizer_lib.train_bpe(documents, cfg.model.vocab_size)
+        tokenizer = wordpiece.train_wordpiece(texts, cfg.model.vocab_size, cfg.data.lowercase)
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
         raise UserError(
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{cfg.model.vocab_size}; raise model.vocab_size")
+    if cfg.model.family == "bert":
+        pad = pad_id(tokenizer)
+        if cfg.model.variant == "roberta" and pad != cfg.model.pad_token_id:
+            raise UserError(f"the tokenizer's padding id is {pad} but model.pad_token_id is {cfg.model.pad_token_id}")
     if is_primary and not saved.is_file():
         tokenizer.save(str(saved))
-    splits = lm_data.tokenize_and_split(documents, tokenizer, cfg.data.validation_fraction, cfg.model.max_len)
-    return tokenizer, splits
+    return tokenizer
+
+
+def _pretraining_splits(cfg, documents: list[str], tokenizer) -> dict:
+    if cfg.task == "causal_lm":
+        streams = lm_data.tokenize_and_split(documents, tokenizer, cfg.data.validation_fraction, seq_len(cfg))
+        return {"train": lm_data.LMWindows(streams.train, seq_len(cfg)),
+                "validation": lm_data.LMWindows(streams.validation, seq_len(cfg))}
+    # BERT's input format: a blank line ends a document. The last documents are held out.
+    pieces = [p for doc in documents for p in re.split(r"\n\s*\n", doc) if p.strip()]
+    n_val = max(1, int(len(pieces) * cfg.data.validation_fraction))
+    if len(pieces) - n_val < 2:
+        raise UserError(f"data.source: {len(pieces)} documents (blank-line separated) are too few to hold out "
+                        f"a validation fraction of {cfg.data.validation_fraction}; give more text")
+    d = cfg.data
+
+    def dataset(docs, seed):
+        return mlm_data.MLMDataset(docs, tokenizer, seq_len(cfg), seed, nsp=d.nsp,
+                                   whole_word=d.whole_word_masking, mask_prob=d.mask_prob,
+                                   max_predictions=d.max_predictions or None)
+    return {"train": dataset(pieces[:-n_val], cfg.train.seed), "validation": dataset(pieces[-n_val:], cfg.train.seed)}
+
+
+class _Classification:
+    LABELS = "labels.json"
+
+    @staticmethod
+    def read(cfg, path, require_labels=True):
+        d = cfg.data
+        return text_classification.read_examples(path, d.text_column, d.text_pair_column, d.label_column,
+                                                 require_labels=require_labels)
+
+    @staticmethod
+    def texts(rows):
+        return rows.texts + (rows.pairs or [])
+
+    def labels(self, cfg, workdir, rows, is_primary):
+        if (workdir / self.LABELS).is_file():
+            return text_classification.LabelMap.load(workdir / self.LABELS)
+        labels = text_classification.LabelMap.from_labels(rows.labels, cfg.model.num_labels == 1, rows.path)
+        if is_primary:
+            labels.save(workdir / self.LABELS)
+        return labels
+
+    def saved_labels(self, workdir):
+        return text_classification.LabelMap.load(workdir / self.LABELS)
+
+    def save(self, workdir, names):
+        self.saved_labels_from_names(names).save(workdir / self.LABELS)
+
+    @staticmethod
+    def saved_labels_from_names(names):
+        return text_classification.LabelMap(names=names, regression=names == ["score"])
+
+    @staticmethod
+    def dataset(cfg, rows, tokenizer, labels):
+        return text_classification.ClassificationDataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), labels)
+
+
+class _TokenClassification:
+    LABELS = "tags.json"
+
+    @staticmethod
+    def read(cfg, path, require_labels=True):
+        return conll.read_conll(path, cfg.data.tag_column if require_labels else None)
+
+    @staticmethod
+    def texts(rows):
+        return [" ".join(s.words) for s in rows]
+
+    def labels(self, cfg, workdir, rows, is_primary):
+        if (workdir / self.LABELS).is_file():
+            return self.saved_labels(workdir)
+        names = conll.tag_names(rows)
+        if is_primary:
+            self.save(workdir, names)
+        return names
+
+    def saved_labels(self, workdir):
+        return workdir_lib.read_json(workdir / self.LABELS)
+
+    def save(self, workdir, names):
+        workdir_lib.write_json(workdir / self.LABELS, names)
+
+    @staticmethod
+    def saved_labels_from_names(names):
+        return names
+
+    @staticmethod
+    def dataset(cfg, rows, tokenizer, labels):
+        return conll.TokenClassificationDataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), labels)
+
+
+class _QuestionAnswering:
+    @staticmethod
+    def read(cfg, path, require_labels=True):
+        return squad.read_squad(path)
+
+    @staticmethod
+    def texts(rows):
+        return [e.question for e in rows] + sorted({e.context for e in rows})
+
+    def labels(self, cfg, workdir, rows, is_primary):
+        return None
+
+    def saved_labels(self, workdir):
+        return None
+
+    @staticmethod
+    def saved_labels_from_names(names):
+        return None
+
+    @staticmethod
+    def dataset(cfg, rows, tokenizer, labels):
+        return squad.QADataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), cfg.data.doc_stride,
+                               cfg.data.max_query_len)
+
+
+_FINE_TUNING = {"classification": _Classification(), "token_classification": _TokenClassification(),
+                "question_answering": _QuestionAnswering()}

@@ -18,8 +18,10 @@ import safetensors.numpy
 
 from flax_lm import workdir as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
+from flax_lm.data import wordpiece
 from flax_lm.errors import UserError
 from flax_lm.interop import families
+from flax_lm.models import head_name
 from flax_lm.run import load_run
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
@@ -30,32 +32,40 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     run, state = load_run(workdir, step)
-    arch, module = families.for_family(run.cfg.model.family)
+    family, head = run.cfg.model.family, head_name(run.cfg)
+    module = families.module_for(family)
+    arch = families.architecture(family, run.model.cfg, head)
     model_cfg = run.model.cfg
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)
-    tensors = module.params_to_hf(host_params, model_cfg)
+    tensors = module.params_to_hf(host_params, model_cfg, head)
     tensors.pop("lm_head.weight", None)  # tied to the input embedding; transformers re-ties it
     tensors = {k: np.ascontiguousarray(v.astype(DTYPES[dtype], copy=False)) for k, v in tensors.items()}
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     safetensors.numpy.save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    eos = tokenizer_lib.eos_id(run.tokenizer)
     hf_config = {"architectures": [arch], "model_type": run.cfg.model.family, **module.config_to_hf(model_cfg),
-                 "bos_token_id": eos, "eos_token_id": eos, "dtype": dtype}
+                 "dtype": dtype}
+    shutil.copyfile(Path(workdir) / workdir_lib.TOKENIZER, out / "tokenizer.json")
+    if family == "gpt2":
+        eos = tokenizer_lib.eos_id(run.tokenizer)
+        hf_config.update(bos_token_id=eos, eos_token_id=eos)
+        _write_json(out / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos})
+        eos_token = tokenizer_lib.EOS
+        specials = {"bos_token": eos_token, "eos_token": eos_token, "unk_token": eos_token}
+    else:
+        if run.label_names and head in ("sequence_classification", "token_classification"):
+            hf_config["id2label"] = dict(enumerate(run.label_names))
+            hf_config["label2id"] = {name: i for i, name in enumerate(run.label_names)}
+        names = wordpiece.special_token_names(run.tokenizer)
+        specials = {"pad_token": names.pad, "unk_token": names.unk, "cls_token": names.cls, "sep_token": names.sep,
+                    "mask_token": names.mask}
     _write_json(out / "config.json", hf_config)
-    _write_json(out / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos})
-    _write_tokenizer(Path(workdir), out, run.cfg.model.max_len)
+    _write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
+                                                "model_max_length": run.cfg.model.max_len,
+                                                "clean_up_tokenization_spaces": False})
+    _write_json(out / "special_tokens_map.json", specials)
     return out
-
-
-def _write_tokenizer(workdir: Path, out: Path, max_len: int) -> None:
-    shutil.copyfile(workdir / workdir_lib.TOKENIZER, out / "tokenizer.json")
-    eos = tokenizer_lib.EOS
-    _write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eos, "eos_token": eos, "unk_token": eos,
-        "model_max_length": max_len, "clean_up_tokenization_spaces": False})
-    _write_json(out / "special_tokens_map.json", {"bos_token": eos, "eos_token": eos, "unk_token": eos})
 
 
 def _write_json(path: Path, value: dict) -> None:

@@ -1,27 +1,35 @@
-"""Which flax_lm model family serves which Hugging Face architecture."""
+"""Which flax_lm model family and head serve which Hugging Face architecture."""
 
 from flax_lm.errors import UserError
-from flax_lm.interop import gpt2
+from flax_lm.interop import bert, gpt2
 
-# HF architecture -> (flax_lm model family, interop module)
-ARCHITECTURES = {gpt2.ARCHITECTURE: ("gpt2", gpt2)}
-FAMILIES = {family: (arch, module) for arch, (family, module) in ARCHITECTURES.items()}
+_MODULES = {"gpt2": gpt2, "bert": bert}
+# HF architecture -> (flax_lm model family, interop module, flax_lm head)
+ARCHITECTURES = {arch: (family, module, head) for family, module in _MODULES.items()
+                 for arch, head in module.ARCHITECTURES.items()}
+_MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel", "roberta": "RobertaModel"}
 
 
 def for_hf_config(hf_config: dict):
-    """(architecture, interop module) for a config.json; unsupported ones are refused."""
+    """(architecture, interop module, head) for a config.json; unsupported ones are refused."""
     archs = hf_config.get("architectures") or []
-    if not archs and hf_config.get("model_type") == "gpt2":
-        archs = [gpt2.ARCHITECTURE]
+    if not archs and hf_config.get("model_type") in _MODEL_TYPES:
+        archs = [_MODEL_TYPES[hf_config["model_type"]]]
     for arch in archs:
         if arch in ARCHITECTURES:
-            return arch, ARCHITECTURES[arch][1]
+            _, module, head = ARCHITECTURES[arch]
+            return arch, module, head
     raise UserError(f"architecture {', '.join(archs) or 'unknown'} is not supported; flax_lm imports "
                     f"{', '.join(sorted(ARCHITECTURES))}")
 
 
-def for_family(family: str):
-    """(HF architecture, interop module) for a flax_lm model family."""
-    if family not in FAMILIES:
+def module_for(family: str):
+    """The interop module of a flax_lm model family."""
+    if family not in _MODULES:
         raise UserError(f"model family {family!r} has no Hugging Face mapping yet")
-    return FAMILIES[family]
+    return _MODULES[family]
+
+
+def architecture(family: str, model_cfg, head: str) -> str:
+    """The HF class name of a flax_lm model with `head`."""
+    return module_for(family).architecture(model_cfg, head)

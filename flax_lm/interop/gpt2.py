@@ -15,6 +15,10 @@ ARCHITECTURE = "GPT2LMHeadModel"
 ARCHITECTURES = {ARCHITECTURE: "causal_lm"}  # HF class -> flax_lm head
 
 
+def architecture(cfg: GPT2Config, head: str) -> str:
+    return ARCHITECTURE
+
+
 def config_to_hf(cfg: GPT2Config) -> dict:
     """The `transformers.GPT2Config` keyword arguments for a flax_lm GPT-2."""
     return dict(

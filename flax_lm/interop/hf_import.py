@@ -8,25 +8,34 @@ and `train` (fine-tuning) all work on it.
 import json
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from flax_lm import config as config_lib
 from flax_lm import defaults, state_init
 from flax_lm import workdir as workdir_lib
+from flax_lm.data import pipeline
 from flax_lm.errors import UserError
 from flax_lm.interop import families
 from flax_lm.interop.hf_files import load_state_dict, load_tokenizer, resolve_source
+from flax_lm.models import head_name
 from flax_lm.run import setup
 
 
-def import_hf(source: str, workdir: str | Path) -> Path:
-    """Creates `workdir` from the HF model `source`; returns the workdir."""
+def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path:
+    """Creates `workdir` from the HF model `source`; returns the workdir. `task` chooses the head
+    of a bare encoder (BertModel); a model with a head has its task."""
     directory = resolve_source(source)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise UserError(f"{directory}: no config.json")
     hf_config = json.loads(config_file.read_text())
-    _, module = families.for_hf_config(hf_config)
+    arch, module, head = families.for_hf_config(hf_config)
     cfg = defaults.get_config()
     cfg.model.update(module.config_from_hf(hf_config))
+    cfg.task = _task_for(head, task, arch)
+    if head == "pretraining":
+        cfg.data.nsp = True
     config_lib.validate(cfg)
     state_dict = load_state_dict(directory)
 
@@ -35,8 +44,13 @@ def import_hf(source: str, workdir: str | Path) -> Path:
         raise UserError(f"--workdir {workdir} already holds checkpoints; import into a new directory")
     workdir.mkdir(parents=True, exist_ok=True)
     load_tokenizer(directory).save(str(workdir / workdir_lib.TOKENIZER))
+    _save_label_names(hf_config, cfg, workdir)
     run = setup(cfg, workdir, with_data=False)
-    params = module.params_from_hf(state_dict, run.model.cfg)
+    fresh = None
+    if head != head_name(cfg):  # a bare encoder under a task head: the head starts fresh
+        fresh = jax.tree.map(np.asarray, jax.device_get(state_init.create_state(
+            run.model, run.tx, run.mesh, cfg.train.seed, cfg.model.max_len, run.shardings).params))
+    params = module.params_from_hf(state_dict, run.model.cfg, head_name(cfg), fresh)
     state = state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings, cfg.train.seed)
     workdir_lib.save_config(workdir, cfg)
     run.checkpointer.save(0, state, {}, force=True)
@@ -45,3 +59,29 @@ def import_hf(source: str, workdir: str | Path) -> Path:
     return workdir
 
 
+
+
+_HEAD_TASKS = {"causal_lm": "causal_lm", "pretraining": "masked_lm", "masked_lm": "masked_lm",
+               "sequence_classification": "classification", "token_classification": "token_classification",
+               "question_answering": "question_answering"}
+
+
+def _task_for(head: str, task: str | None, arch: str) -> str:
+    if head:
+        if task and task != _HEAD_TASKS[head]:
+            raise UserError(f"--task {task}: {arch} is a {_HEAD_TASKS[head]} model")
+        return _HEAD_TASKS[head]
+    if not task:
+        raise UserError(f"{arch} has no task head; choose one with --task (masked_lm, classification, "
+                        f"token_classification, question_answering)")
+    return task
+
+
+def _save_label_names(hf_config: dict, cfg, workdir: Path) -> None:
+    """A classifier's id2label as the run's label map (names "LABEL_i" when the config has none)."""
+    if cfg.task not in ("classification", "token_classification"):
+        return
+    n = cfg.model.num_labels
+    id2label = {int(k): v for k, v in (hf_config.get("id2label") or {}).items()}
+    names = [id2label.get(i, f"LABEL_{i}") for i in range(n)] if n > 1 or cfg.task != "classification" else ["score"]
+    pipeline.save_label_names(cfg, workdir, names)

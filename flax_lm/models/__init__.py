@@ -23,3 +23,9 @@ def build_model(model_cfg, head: str = "causal_lm"):
     if model_cfg.family == "bert":
         return bert.HEADS[head](bert.BertConfig.from_config(model_cfg))
     raise ValueError(f"unknown model family {model_cfg.family!r}")
+
+
+def flops_per_token(model_cfg, seq_len: int) -> float:
+    """Training FLOPs per token of a model config (see each family's formula)."""
+    family = bert if isinstance(model_cfg, bert.BertConfig) else gpt2
+    return family.flops_per_token(model_cfg, seq_len)

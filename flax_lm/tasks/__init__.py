@@ -1,13 +1,27 @@
 """Tasks: each contributes a loss (and its metrics); the loop and step are shared."""
 
-from flax_lm.tasks.base import LossOutput, Task
+from flax_lm.tasks.base import Task
 from flax_lm.tasks.causal_lm import CausalLM
+from flax_lm.tasks.classification import SequenceClassification
+from flax_lm.tasks.masked_lm import MaskedLM
+from flax_lm.tasks.question_answering import QuestionAnswering
+from flax_lm.tasks.token_classification import TokenClassification
 
-__all__ = ["CausalLM", "LossOutput", "Task", "get_task"]
+__all__ = ["CausalLM", "MaskedLM", "QuestionAnswering", "SequenceClassification", "Task", "TokenClassification",
+           "get_task"]
 
 
-def get_task(cfg) -> Task:
-    """The task a run config names, with its settings."""
+def get_task(cfg, label_names: list[str] | None = None) -> Task:
+    """The task a run config names, with its settings; classification tasks need the label
+    (or tag) names of their data."""
     if cfg.task == "causal_lm":
         return CausalLM(loss_chunk_len=cfg.train.loss_chunk_len)
+    if cfg.task == "masked_lm":
+        return MaskedLM(nsp=cfg.data.nsp)
+    if cfg.task == "classification":
+        return SequenceClassification(label_names)
+    if cfg.task == "token_classification":
+        return TokenClassification(label_names)
+    if cfg.task == "question_answering":
+        return QuestionAnswering()
     raise ValueError(f"unknown task {cfg.task!r}")

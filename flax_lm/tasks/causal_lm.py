@@ -1,7 +1,8 @@
 """Causal language modelling: predict token t+1 from tokens <= t."""
 
+import math
+
 from flax_lm.losses import linear_cross_entropy
-from flax_lm.tasks.base import LossOutput
 
 
 class CausalLM:
@@ -14,10 +15,14 @@ class CausalLM:
     def __init__(self, loss_chunk_len: int = 0):
         self.loss_chunk_len = loss_chunk_len
 
-    def loss(self, model, params, batch, *, rngs, deterministic) -> LossOutput:
+    def weights(self, batch):
+        return {"lm": batch["weights"].sum()}
+
+    def loss(self, model, params, batch, *, rngs, deterministic):
         hidden_BxTxD, embedding_VxD = model.apply(
             {"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, return_hidden=True)
-        weights_BxT = batch["weights"]
-        loss_sum = linear_cross_entropy(hidden_BxTxD, embedding_VxD, batch["targets"], weights_BxT,
-                                        self.loss_chunk_len)
-        return LossOutput(loss_sum, weights_BxT.sum())
+        return {"lm": linear_cross_entropy(hidden_BxTxD, embedding_VxD, batch["targets"], batch["weights"],
+                                           self.loss_chunk_len)}, {}
+
+    def metrics(self, outputs, dataset, term_losses):
+        return {"perplexity": math.exp(min(term_losses["lm"], 50.0))}

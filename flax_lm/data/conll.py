@@ -1,0 +1,148 @@
+"""Token classification (NER) data in CoNLL format: one word a line, tag in a chosen column.
+
+Blank lines separate sentences; `-DOCSTART-` lines are skipped. Models see sub-words, metrics
+need words: a word's tag is learned and predicted on its FIRST sub-word only, and
+`TokenClassificationDataset.word_predictions` maps token predictions back to one tag per word.
+"""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from flax_lm.errors import UserError
+
+_COLUMN_SEPARATOR = re.compile(r"[ \t]+")   # not str.split(): a no-break space inside a word is not a separator
+
+
+@dataclasses.dataclass
+class Sentence:
+    """Words and their tags, and where the sentence starts ("path:line") for error messages."""
+
+    words: list[str]
+    tags: list[str]
+    where: str = ""
+
+
+def read_conll(path: str | Path, tag_column: int | None = -1) -> list[Sentence]:
+    """Sentences of a CoNLL file: word in column 0, tag in `tag_column` (Python index, -1 = last).
+    With `tag_column` None only the words are read (text to label), and every tag is "O".
+
+    Every word line must have the same number of columns; a line with too few or a different
+    count is a UserError "{path}:{lineno}: ...", as is a file without sentences.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"CoNLL file {str(path)!r} does not exist")
+    if tag_column == 0:
+        raise UserError(f"{path}: tag column 0 is the word column; give the tag's column (-1 = last)")
+    needed = 1 if tag_column is None else tag_column + 1 if tag_column > 0 else 1 - tag_column
+    sentences, words, tags, start, n_columns = [], [], [], 0, None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                fields = _COLUMN_SEPARATOR.split(line.strip())
+                if not line.strip() or fields[0] == "-DOCSTART-":
+                    if words:
+                        sentences.append(Sentence(words, tags, f"{path}:{start}"))
+                    words, tags = [], []
+                    continue
+                if n_columns is None:
+                    if len(fields) < needed:
+                        raise UserError(
+                            f"{path}:{lineno}: {len(fields)} column(s), need at least {needed} (word first, tag in "
+                            f"column {tag_column}); is this a CoNLL file with one word and its tag a line?")
+                    n_columns = len(fields)
+                elif len(fields) != n_columns:
+                    raise UserError(
+                        f"{path}:{lineno}: {len(fields)} column(s) where earlier lines have {n_columns}; "
+                        f"fix the line (a word with a space in it?)")
+                if not words:
+                    start = lineno
+                words.append(fields[0])
+                tags.append("O" if tag_column is None else fields[tag_column])
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if words:
+        sentences.append(Sentence(words, tags, f"{path}:{start}"))
+    if not sentences:
+        raise UserError(f"{path}: has no sentences; expected one word and its tag a line, blank lines between")
+    return sentences
+
+
+def tag_names(sentences: list[Sentence]) -> list[str]:
+    """The tag set in id order: "O" first (id 0, also what padding and cut words mean), the rest sorted."""
+    names = sorted({tag for sentence in sentences for tag in sentence.tags})
+    return (["O"] + [n for n in names if n != "O"]) if "O" in names else names
+
+
+class TokenClassificationDataset:
+    """Sentences encoded as pre-tokenized words, truncated and padded to max_len.
+
+    batch(): input_ids, token_type_ids, attention_mask (B, T) int32; labels (B, T) int32, the word's tag id
+    on each word's first sub-word and 0 elsewhere; label_weights (B, T) float32, 1 on those first sub-words;
+    weights (B,) float32 ones.
+    """
+
+    def __init__(self, sentences: list[Sentence], tokenizer: Tokenizer, max_len: int, pad_id: int,
+                 tag_names: list[str]):
+        self.sentences, self.tag_names = sentences, list(tag_names)
+        tag_ids = {tag: i for i, tag in enumerate(self.tag_names)}
+        encoder = Tokenizer.from_str(tokenizer.to_str())   # a copy: the caller's truncation/padding stay as they were
+        encoder.enable_truncation(max_length=max_len)
+        encoder.enable_padding(length=max_len, pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "[PAD]")
+        encodings = encoder.encode_batch([s.words for s in sentences], is_pretokenized=True)
+
+        n = len(sentences)
+        self.input_ids = np.zeros((n, max_len), np.int32)
+        self.token_type_ids = np.zeros((n, max_len), np.int8)
+        self.attention_mask = np.zeros((n, max_len), np.int8)
+        self.labels = np.zeros((n, max_len), np.int32)
+        self.label_weights = np.zeros((n, max_len), np.float32)
+        self.first_token: list[np.ndarray] = []   # per sentence: (words,) position of each word's first sub-word, -1 if cut
+        for i, (sentence, encoding) in enumerate(zip(sentences, encodings)):
+            unknown = [tag for tag in sentence.tags if tag not in tag_ids]
+            if unknown:
+                raise UserError(
+                    f"{sentence.where}: tag {unknown[0]!r} is not one of the training tags {self.tag_names}")
+            self.input_ids[i], self.token_type_ids[i], self.attention_mask[i] = (
+                encoding.ids, encoding.type_ids, encoding.attention_mask)
+            word_T = np.asarray([-1 if w is None else w for w in encoding.word_ids])
+            is_first_T = (word_T >= 0) & (word_T != np.concatenate([[-1], word_T[:-1]]))
+            positions = np.flatnonzero(is_first_T)
+            first = np.full(len(sentence.words), -1)
+            first[word_T[positions]] = positions
+            self.first_token.append(first)
+            self.labels[i, positions] = [tag_ids[sentence.tags[w]] for w in word_T[positions]]
+            self.label_weights[i, positions] = 1.0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
+        """The sentences at `indices` (B,); every array leads with B."""
+        return {
+            "input_ids": self.input_ids[indices],
+            "token_type_ids": self.token_type_ids[indices].astype(np.int32),
+            "attention_mask": self.attention_mask[indices].astype(np.int32),
+            "labels": self.labels[indices],
+            "label_weights": self.label_weights[indices],
+            "weights": np.ones(len(indices), np.float32),
+        }
+
+    def word_predictions(self, pred_ids_NxT: np.ndarray) -> list[list[str]]:
+        """One tag per word of every sentence, read from its first sub-word's predicted tag id.
+
+        pred_ids_NxT: (len(self), T) tag ids per token. Words cut off by truncation (or that the
+        tokenizer turned into no tokens) get "O".
+        """
+        if len(pred_ids_NxT) != len(self):
+            raise ValueError(f"predictions for {len(pred_ids_NxT)} sentences, the dataset has {len(self)}")
+        names = np.asarray(self.tag_names + ["O"], dtype=object)   # index -1 -> "O"
+        out = []
+        for first, pred_T in zip(self.first_token, pred_ids_NxT):
+            tag_ids = np.where(first >= 0, pred_T[np.maximum(first, 0)], -1)
+            out.append(names[tag_ids].tolist())
+        return out

@@ -1,0 +1,95 @@
+"""BERT's WordPiece tokenizer: trained with `tokenizers`, or loaded from a BERT vocab.txt.
+
+The pipeline is BERT's own (BertNormalizer, BertPreTokenizer, WordPiece with `##`
+continuations, `[CLS] A [SEP] B [SEP]` post-processing), so a saved tokenizer.json, or
+a vocab.txt written from the vocabulary, tokenizes identically in `transformers.BertTokenizerFast`.
+"""
+
+from pathlib import Path
+from typing import NamedTuple
+
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from flax_lm.errors import UserError
+
+# In this order so that [PAD] is id 0, as in every released BERT vocabulary.
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+ROBERTA_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
+
+
+class SpecialTokens(NamedTuple):
+    """Ids of the tokens masked-LM data needs."""
+    pad: int
+    unk: int
+    cls: int
+    sep: int
+    mask: int
+
+
+def train_wordpiece(documents: list[str], vocab_size: int, lowercase: bool) -> Tokenizer:
+    """Trains a BERT WordPiece tokenizer with at most `vocab_size` entries on `documents`.
+
+    `lowercase` selects uncased (lowercase and strip accents, as bert-base-uncased) or cased
+    (neither, as bert-base-cased). Ids 0-4 are [PAD] [UNK] [CLS] [SEP] [MASK].
+    """
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS), continuing_subword_prefix="##",
+        show_progress=False)
+    tokenizer.train_from_iterator(documents, trainer=trainer)
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tokenizer
+
+
+def load_vocab(path: str | Path, lowercase: bool) -> Tokenizer:
+    """The BERT tokenizer of a `vocab.txt` (one token a line, the line number is the id).
+
+    `lowercase` must match how the vocabulary was made (True for *-uncased checkpoints).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"vocabulary file {str(path)!r} does not exist; give the vocab.txt of a BERT checkpoint")
+    try:
+        tokens = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"vocabulary file {str(path)!r} is not UTF-8 text; give a BERT checkpoint's vocab.txt") from None
+    # BertWordPieceTokenizer needs these for its post-processor and would fail with a bare TypeError.
+    missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in tokens]
+    if missing:
+        raise UserError(f"vocabulary file {str(path)!r} is not a BERT vocab.txt: it lacks {' '.join(missing)}")
+    return BertWordPieceTokenizer(str(path), lowercase=lowercase)._tokenizer
+
+
+def special_tokens(tokenizer: Tokenizer) -> SpecialTokens:
+    """The pad/unk/cls/sep/mask ids of a BERT ([PAD] ...) or RoBERTa-style (<pad> ...) vocabulary."""
+    families = [[tokenizer.token_to_id(t) for t in names] for names in (BERT_SPECIALS, ROBERTA_SPECIALS)]
+    # The family with more of its tokens present is the one meant; its gaps are what to report.
+    best = max(range(2), key=lambda f: (sum(i is not None for i in families[f]), -f))
+    ids, names = families[best], (BERT_SPECIALS, ROBERTA_SPECIALS)[best]
+    missing = [name for name, token_id in zip(names, ids) if token_id is None]
+    if missing:
+        raise UserError(
+            f"the tokenizer lacks the special tokens {' '.join(missing)} that masked-LM training needs; use a "
+            f"vocabulary with all of {' '.join(BERT_SPECIALS)} (BERT) or {' '.join(ROBERTA_SPECIALS)} (RoBERTa)")
+    return SpecialTokens(*ids)
+
+
+def special_token_names(tokenizer: Tokenizer) -> SpecialTokens:
+    """The same tokens as `special_tokens`, as strings (for tokenizer_config.json)."""
+    return SpecialTokens(*(tokenizer.id_to_token(i) for i in special_tokens(tokenizer)))
