@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
 _COLUMN_SEPARATOR = re.compile(r"[ \t]+")   # not str.split(): a no-break space inside a word is not a separator
@@ -123,14 +124,7 @@ class TokenClassificationDataset:
 
     def batch(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
         """The sentences at `indices` (B,); every array leads with B."""
-        return {
-            "input_ids": self.input_ids[indices],
-            "token_type_ids": self.token_type_ids[indices].astype(np.int32),
-            "attention_mask": self.attention_mask[indices].astype(np.int32),
-            "labels": self.labels[indices],
-            "label_weights": self.label_weights[indices],
-            "weights": np.ones(len(indices), np.float32),
-        }
+        return encoder_batch(self, indices, labels=self.labels, label_weights=self.label_weights)
 
     def word_predictions(self, pred_ids_NxT: np.ndarray) -> list[list[str]]:
         """One tag per word of every sentence, read from its first sub-word's predicted tag id.

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
 
@@ -150,14 +151,7 @@ class QADataset:
 
     def batch(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
         """The features at `indices` (B,); every array leads with B."""
-        return {
-            "input_ids": self.input_ids[indices],
-            "token_type_ids": self.token_type_ids[indices].astype(np.int32),
-            "attention_mask": self.attention_mask[indices].astype(np.int32),
-            "start_positions": self.start_positions[indices],
-            "end_positions": self.end_positions[indices],
-            "weights": np.ones(len(indices), np.float32),
-        }
+        return encoder_batch(self, indices, start_positions=self.start_positions, end_positions=self.end_positions)
 
     @property
     def references(self) -> dict[str, list[str]]:

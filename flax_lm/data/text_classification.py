@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -229,10 +230,4 @@ class ClassificationDataset:
 
     def batch(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
         """The examples at `indices` (B,); every array leads with B."""
-        return {
-            "input_ids": self.input_ids[indices],
-            "token_type_ids": self.token_type_ids[indices].astype(np.int32),
-            "attention_mask": self.attention_mask[indices].astype(np.int32),
-            "labels": self.labels[indices],
-            "weights": np.ones(len(indices), np.float32),
-        }
+        return encoder_batch(self, indices, labels=self.labels)
