@@ -106,7 +106,7 @@ def _cli(*args):
 @pytest.mark.parametrize("damage, message", [
     ("no_weights", "no weights"),
     ("truncated", "cannot read the safetensors file"),
-    ("unsupported", "architecture BertModel is not supported"),
+    ("unsupported", "architecture T5ForConditionalGeneration is not supported"),
     ("bad_shape", "has shape"),
 ])
 def test_bad_sources_are_one_line(tmp_path, hf_dir, damage, message):
@@ -118,7 +118,7 @@ def test_bad_sources_are_one_line(tmp_path, hf_dir, damage, message):
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "unsupported":
         config = json.loads((src / "config.json").read_text())
-        (src / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
+        (src / "config.json").write_text(json.dumps({**config, "architectures": ["T5ForConditionalGeneration"]}))
     elif damage == "bad_shape":
         config = json.loads((src / "config.json").read_text())
         (src / "config.json").write_text(json.dumps({**config, "n_embd": 64}))
@@ -183,11 +183,16 @@ def test_init_from_hf_and_from_a_workdir_start_from_those_weights(tmp_path, hf_d
     assert np.abs(np.asarray(ours) - ref).max() <= 1e-5
 
 
-def test_init_from_with_another_model_shape_names_the_tensor(tmp_path, hf_dir, shakespeare):
+def test_init_from_takes_the_sources_architecture(tmp_path, hf_dir, shakespeare):
+    """A recipe of another size starting from a source gets the source's shape, not a mismatch."""
     src, _ = hf_dir
+    source_width = json.loads((src / "config.json").read_text())["n_embd"]
     cfg = tiny_config(train=dict(steps=2, init_from=str(src)))
-    with pytest.raises(UserError, match="train.init_from .*has shape .*does the model config match it"):
-        run_lib.restore_or_init(run_lib.setup(cfg, tmp_path / "w"))
+    cfg.model.d_model = 2 * source_width
+    run = run_lib.setup(cfg, tmp_path / "w")
+    assert run.model.cfg.d_model == source_width
+    state, _ = run_lib.restore_or_init(run)
+    assert state.params["wte"]["embedding"].shape[1] == source_width
 
 
 def test_a_hub_id_without_network_is_one_line(tmp_path):
