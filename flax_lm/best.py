@@ -13,18 +13,18 @@ from flax_lm import workdir as workdir_lib
 from flax_lm.errors import UserError
 
 DIRECTORY = "best"
+RECORD = "metric.json"
 LOWER_IS_BETTER = ("loss", "perplexity", "mse")
 
 
 class BestKeeper:
     def __init__(self, workdir: Path, metric: str, patience: int, async_writes: bool, enabled: bool):
         self.metric, self.patience, self.enabled = metric, patience, enabled
-        self.directory = Path(workdir) / DIRECTORY
+        self.workdir = Path(workdir)
         self.sign = -1.0 if metric.split("/")[-1] in LOWER_IS_BETTER else 1.0
-        self.checkpointer = checkpointing.Checkpointer(self.directory / "checkpoint", save_every=1, keep=1,
-                                                       async_writes=async_writes)
-        record = self.directory / "metric.json"
-        self.best = workdir_lib.read_json(record)["value"] if record.is_file() else None
+        self.checkpointer = _checkpointer(workdir, async_writes)
+        record = _record(workdir)
+        self.best = record["value"] if record else None
         self.evals_without_improvement = 0
 
     def update(self, step: int, metrics: dict, state) -> bool:
@@ -38,7 +38,7 @@ class BestKeeper:
             self.checkpointer.save(step, state, {}, force=True)
             self.checkpointer.wait()  # the record below must never name a checkpoint still being written
             if self.enabled:
-                workdir_lib.write_json(self.directory / "metric.json",
+                workdir_lib.write_json(self.workdir / DIRECTORY / RECORD,
                                        {"metric": self.metric, "value": value, "step": step})
             return False
         self.evals_without_improvement += 1
@@ -49,11 +49,22 @@ class BestKeeper:
         self.checkpointer.close()
 
 
-def best_step(workdir: Path) -> int | None:
-    """The step of the best checkpoint a run kept, or None."""
-    record = Path(workdir) / DIRECTORY / "metric.json"
-    return workdir_lib.read_json(record)["step"] if record.is_file() else None
+def restore(workdir: Path, target):
+    """The best state a run kept, restored onto `target` (abstract arrays with shardings), or None."""
+    record = _record(workdir)
+    if record is None:
+        return None
+    checkpointer = _checkpointer(workdir, async_writes=False)
+    state, _ = checkpointer.restore(record["step"], target)
+    checkpointer.close()
+    return state
 
 
-def checkpoint_directory(workdir: Path) -> Path:
-    return Path(workdir) / DIRECTORY / "checkpoint"
+def _record(workdir: Path) -> dict | None:
+    path = Path(workdir) / DIRECTORY / RECORD
+    return workdir_lib.read_json(path) if path.is_file() else None
+
+
+def _checkpointer(workdir: Path, async_writes: bool) -> checkpointing.Checkpointer:
+    return checkpointing.Checkpointer(Path(workdir) / DIRECTORY / "checkpoint", save_every=1, keep=1,
+                                      async_writes=async_writes)

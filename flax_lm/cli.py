@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model directory")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True, help="the directory to write")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
 
     p = sub.add_parser("import", help="make a workdir from a Hugging Face model directory or hub id")
@@ -82,8 +82,8 @@ def _evaluate(args, _) -> int:
     from flax_lm.run import load_run
     from flax_lm.tasks import get_task
 
-    run, state = load_run(args.workdir, args.step, with_data=True)
     split = "validation" if args.split == "dev" else args.split
+    run, state = load_run(args.workdir, args.step, splits=(split,))
     if split not in run.splits:
         raise UserError(f"--split {args.split}: this run has no such split (set data.{split} in its config)")
     metrics = make_evaluator(run, get_task(run.cfg, run.label_names))(state.params, run.splits[split])
@@ -128,7 +128,8 @@ def _import(args, _) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate, "export": _export, "import": _import}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate, "export": _export,
+            "import": _import}
 
 
 def entry_point() -> None:

@@ -17,6 +17,7 @@ from flax_lm import workdir as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.interop import families, hf_files
+from flax_lm.models import head_name
 
 # The model keys that make the architecture: a run starting from a source takes them from it.
 ARCHITECTURE_KEYS = ("family", "variant", "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_ff",
@@ -48,7 +49,6 @@ def load_params(source: str, model_cfg, family: str, head: str, fresh: dict) -> 
     source does not have for this head come from `fresh` (host parameters of the same model)."""
     module = families.module_for(family)
     if is_workdir(source):
-        from flax_lm.models import head_name
         from flax_lm.run import load_run  # run.py imports this module
         run, state = load_run(source)
         run.checkpointer.close()

@@ -5,7 +5,6 @@ import dataclasses
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from flax_lm import best, checkpointing, init_from, optim, sharding, state_init
 from flax_lm import config as config_lib
@@ -41,10 +40,11 @@ class Run:
         return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
 
 
-def setup(cfg, workdir: Path, with_data: bool = True) -> Run:
-    """Builds the mesh, data, model, optimizer and checkpointer for a run (no state yet).
+def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
+    """Builds the mesh, data, model, optimizer and checkpointer for a run (no state yet),
+    with the datasets of `splits` (those the config has).
 
-    Without data, the tokenizer and label names come from the workdir and no data is read.
+    With no splits, the tokenizer and label names come from the workdir and no data is read.
     A classification run's `model.num_labels` is set from its data when it is 0.
     """
     workdir = Path(workdir)
@@ -55,7 +55,7 @@ def setup(cfg, workdir: Path, with_data: bool = True) -> Run:
     is_primary = jax.process_index() == 0
     if is_primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    prepared = pipeline.prepare(cfg, workdir, is_primary) if with_data else pipeline.load_saved(cfg, workdir)
+    prepared = pipeline.prepare(cfg, workdir, is_primary, splits) if splits else pipeline.load_saved(cfg, workdir)
     if prepared.label_names is not None:
         _set_num_labels(cfg, len(prepared.label_names))
     model = build_model(cfg.model, head_name(cfg))
@@ -81,33 +81,30 @@ def restore_or_init(run: Run, step: int | None = None):
     """(state, data_state or None): the checkpoint at `step` (default: latest); else the weights of
     `train.init_from` with a fresh optimizer; else a freshly initialised state."""
     step = run.checkpointer.latest_step() if step is None else step
+    if step is None and run.cfg.train.init_from:
+        fresh = state_init.host_params(run.model, run.cfg.train.seed, run.cfg.model.max_len)
+        params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family,
+                                       head_name(run.cfg), fresh)
+        return state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings,
+                                            run.cfg.train.seed), None
     if step is None:
         state = state_init.create_state(run.model, run.tx, run.mesh, run.cfg.train.seed, run.cfg.model.max_len,
                                         run.shardings)
-        if run.cfg.train.init_from:
-            fresh = jax.tree.map(np.asarray, jax.device_get(state.params))
-            params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family,
-                                           head_name(run.cfg), fresh)
-            state = state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings,
-                                                 run.cfg.train.seed)
         return state, None
     target = checkpointing.abstract_with_shardings(run.abstract_state, run.shardings)
     return run.checkpointer.restore(step, target)
 
 
-def load_run(workdir: str | Path, step: int | None = None, with_data: bool = False):
-    """(Run, TrainState) of an existing workdir at checkpoint `step`; by default the best
-    checkpoint when the run kept one (`train.best_metric`), else the latest."""
+def load_run(workdir: str | Path, step: int | None = None, splits: tuple[str, ...] = ()):
+    """(Run with the datasets of `splits`, TrainState) of an existing workdir at checkpoint `step`;
+    by default the best checkpoint when the run kept one (`train.best_metric`), else the latest."""
     cfg = workdir_lib.load_config(workdir)
-    run = setup(cfg, workdir, with_data=with_data)
+    run = setup(cfg, workdir, splits)
+    if step is None:
+        state = best.restore(workdir, checkpointing.abstract_with_shardings(run.abstract_state, run.shardings))
+        if state is not None:
+            return run, state
     steps = run.checkpointer.all_steps()
-    best_step = best.best_step(workdir)
-    if step is None and best_step is not None:
-        keeper = checkpointing.Checkpointer(best.checkpoint_directory(workdir), save_every=1, keep=1,
-                                            async_writes=False)
-        state, _ = keeper.restore(best_step, checkpointing.abstract_with_shardings(run.abstract_state, run.shardings))
-        keeper.close()
-        return run, state
     if not steps:
         raise UserError(f"--workdir {workdir}: no checkpoint there yet")
     if step is not None and step not in steps:

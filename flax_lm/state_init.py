@@ -20,13 +20,22 @@ def rngs(seed: int) -> tuple[jax.Array, jax.Array]:
     return params_rng, state_rng
 
 
+def _init_params(model, seed: int, seq_len: int):
+    """The model's freshly initialised (boxed) parameters."""
+    return model.init({"params": rngs(seed)[0]}, jnp.zeros((1, seq_len), jnp.int32))["params"]
+
+
 def _init_fn(model, tx, seed: int, seq_len: int):
     def init():
-        params_rng, state_rng = rngs(seed)
-        dummy_ids = jnp.zeros((1, seq_len), jnp.int32)
-        params = model.init({"params": params_rng}, dummy_ids)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
+        params = _init_params(model, seed, seq_len)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rngs(seed)[1])
     return init
+
+
+def host_params(model, seed: int, seq_len: int) -> dict:
+    """Freshly initialised parameters as host numpy arrays (e.g. for a head a source lacks)."""
+    params = jax.jit(lambda: nn.unbox(_init_params(model, seed, seq_len)))()
+    return jax.tree.map(np.asarray, jax.device_get(params))
 
 
 def state_shardings(model, tx, mesh, seed: int, seq_len: int):

@@ -42,9 +42,9 @@ def test_bert_pretraining_with_nsp_resumes(tmp_path, shakespeare):
 def test_classification_finetune_evaluate_predict_export(tmp_path, sst_files):
     train, dev = sst_files
     work = tmp_path / "sst"
-    done = flax_lm("train", "--config", "sst2", *BERT, f"--config.data.train={train}", f"--config.data.validation={dev}",
-                   "--config.data.test=", "--config.train.steps=6", "--config.train.eval_every=3",
-                   "--config.optim.warmup_steps=1", "--workdir", str(work))
+    done = flax_lm("train", "--config", "sst2", *BERT, f"--config.data.train={train}",
+                   f"--config.data.validation={dev}", "--config.data.test=", "--config.train.steps=6",
+                   "--config.train.eval_every=3", "--config.optim.warmup_steps=1", "--workdir", str(work))
     assert done.returncode == 0, done.stderr
     assert json.loads((work / "labels.json").read_text())["names"] == ["0", "1"]
     assert (work / "best" / "metric.json").is_file()

@@ -102,7 +102,8 @@ class TokenClassificationDataset:
         self.attention_mask = np.zeros((n, max_len), np.int8)
         self.labels = np.zeros((n, max_len), np.int32)
         self.label_weights = np.zeros((n, max_len), np.float32)
-        self.first_token: list[np.ndarray] = []   # per sentence: (words,) position of each word's first sub-word, -1 if cut
+        # per sentence: (words,) position of each word's first sub-word, -1 if cut
+        self.first_token: list[np.ndarray] = []
         for i, (sentence, encoding) in enumerate(zip(sentences, encodings)):
             unknown = [tag for tag in sentence.tags if tag not in tag_ids]
             if unknown:

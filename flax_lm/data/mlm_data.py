@@ -209,7 +209,8 @@ class MLMDataset:
             out["input_ids"][row, :L] = input_ids_L
             out["token_type_ids"][row, :L] = token_type_L
             out["attention_mask"][row, :L] = 1
-            out["masked_positions"][row], out["masked_ids"][row], out["masked_weights"][row] = positions, targets, weights
+            out["masked_positions"][row], out["masked_ids"][row] = positions, targets
+            out["masked_weights"][row] = weights
         if self.nsp:
             out["next_sentence_label"] = self.instances[indices, 4].astype(np.int32)
         out["weights"] = np.ones(B, np.float32)

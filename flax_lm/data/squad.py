@@ -115,8 +115,9 @@ class QADataset:
         windows = Tokenizer.from_str(tokenizer.to_str())
         windows.enable_truncation(max_length=max_len, stride=doc_stride, strategy="only_second")
         windows.enable_padding(length=max_len, pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "[PAD]")
+        encodings = windows.encode_batch(list(zip(questions, [e.context for e in examples])))
         features = [(i, window)
-                    for i, encoding in enumerate(windows.encode_batch(list(zip(questions, (e.context for e in examples)))))
+                    for i, encoding in enumerate(encodings)
                     for window in [encoding] + encoding.overflowing]
 
         n = len(features)

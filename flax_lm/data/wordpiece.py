@@ -68,7 +68,8 @@ def load_vocab(path: str | Path, lowercase: bool) -> Tokenizer:
     try:
         tokens = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise UserError(f"vocabulary file {str(path)!r} is not UTF-8 text; give a BERT checkpoint's vocab.txt") from None
+        raise UserError(f"vocabulary file {str(path)!r} is not UTF-8 text; "
+                        f"give a BERT checkpoint's vocab.txt") from None
     # BertWordPieceTokenizer needs these for its post-processor and would fail with a bare TypeError.
     missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in tokens]
     if missing:

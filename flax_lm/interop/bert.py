@@ -190,12 +190,14 @@ def params_from_hf(state_dict: dict, cfg: BertConfig, head: str, fresh: dict | N
     bare = ("embeddings.", "encoder.", "pooler.")
     sd = {prefix + k if k.startswith(bare) else k: v for k, v in state_dict.items()}
     encoder, heads = _table(cfg, head)
+    if fresh is not None and cfg.scan_layers and "layers" in fresh.get("bert", {}):
+        fresh = {**fresh, "bert": _unstack(fresh["bert"], cfg.n_layers)}
     pieces: dict[tuple, dict] = {}
     params: dict = {}
     for t in encoder + heads:
         if t.hf not in sd:
             if fresh is not None and (t in heads or t.hf.startswith(prefix + "pooler.")):
-                _set(params, t.path, np.asarray(_get(_unstacked(fresh, cfg), t.path)))
+                _set(params, t.path, np.asarray(_get(fresh, t.path)))
                 continue
             raise UserError(f"the checkpoint has no tensor {t.hf!r}")
         x = np.asarray(sd[t.hf])
@@ -218,12 +220,6 @@ def _unstack(encoder: dict, n_layers: int) -> dict:
     out = {k: v for k, v in encoder.items() if k != "layers"}
     out.update({f"layer_{i}": layout.layer(encoder, i, True, "layer", "layers") for i in range(n_layers)})
     return out
-
-
-def _unstacked(params: dict, cfg: BertConfig) -> dict:
-    if cfg.scan_layers and "layers" in params.get("bert", {}):
-        return {**params, "bert": _unstack(params["bert"], cfg.n_layers)}
-    return params
 
 
 def _get(tree: dict, path: tuple):

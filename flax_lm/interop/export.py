@@ -28,7 +28,8 @@ DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 
 
 def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dtype: str = "float32") -> Path:
-    """Writes the checkpoint at `step` (default: latest) of `workdir` to `out_dir`; returns it."""
+    """Writes the checkpoint at `step` (default: the best, else the latest) of `workdir` to `out_dir`;
+    returns it."""
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     run, state = load_run(workdir, step)

@@ -8,9 +8,6 @@ and `train` (fine-tuning) all work on it.
 import json
 from pathlib import Path
 
-import jax
-import numpy as np
-
 from flax_lm import config as config_lib
 from flax_lm import defaults, state_init
 from flax_lm import workdir as workdir_lib
@@ -18,7 +15,7 @@ from flax_lm.data import pipeline
 from flax_lm.errors import UserError
 from flax_lm.interop import families
 from flax_lm.interop.hf_files import load_state_dict, load_tokenizer, resolve_source
-from flax_lm.models import head_name
+from flax_lm.models import head_name, task_of_head
 from flax_lm.run import setup
 
 
@@ -45,11 +42,10 @@ def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path
     workdir.mkdir(parents=True, exist_ok=True)
     load_tokenizer(directory).save(str(workdir / workdir_lib.TOKENIZER))
     _save_label_names(hf_config, cfg, workdir)
-    run = setup(cfg, workdir, with_data=False)
+    run = setup(cfg, workdir, splits=())
     fresh = None
     if head != head_name(cfg):  # a bare encoder under a task head: the head starts fresh
-        fresh = jax.tree.map(np.asarray, jax.device_get(state_init.create_state(
-            run.model, run.tx, run.mesh, cfg.train.seed, cfg.model.max_len, run.shardings).params))
+        fresh = state_init.host_params(run.model, cfg.train.seed, cfg.model.max_len)
     params = module.params_from_hf(state_dict, run.model.cfg, head_name(cfg), fresh)
     state = state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings, cfg.train.seed)
     workdir_lib.save_config(workdir, cfg)
@@ -61,16 +57,11 @@ def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path
 
 
 
-_HEAD_TASKS = {"causal_lm": "causal_lm", "pretraining": "masked_lm", "masked_lm": "masked_lm",
-               "sequence_classification": "classification", "token_classification": "token_classification",
-               "question_answering": "question_answering"}
-
-
 def _task_for(head: str, task: str | None, arch: str) -> str:
     if head:
-        if task and task != _HEAD_TASKS[head]:
-            raise UserError(f"--task {task}: {arch} is a {_HEAD_TASKS[head]} model")
-        return _HEAD_TASKS[head]
+        if task and task != task_of_head(head):
+            raise UserError(f"--task {task}: {arch} is a {task_of_head(head)} model")
+        return task_of_head(head)
     if not task:
         raise UserError(f"{arch} has no task head; choose one with --task (masked_lm, classification, "
                         f"token_classification, question_answering)")

@@ -7,6 +7,12 @@ _BERT_HEADS = {"classification": "sequence_classification", "token_classificatio
                "question_answering": "question_answering"}
 
 
+def task_of_head(head: str) -> str:
+    """The task a model head serves (the inverse of `head_name`)."""
+    return {"causal_lm": "causal_lm", "pretraining": "masked_lm", "masked_lm": "masked_lm",
+            **{h: task for task, h in _BERT_HEADS.items()}}[head]
+
+
 def head_name(cfg) -> str:
     """The head a run config's task needs: "causal_lm" for GPT-2, a `bert.HEADS` key for encoders."""
     if cfg.model.family == "gpt2":
