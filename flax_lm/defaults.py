@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.tag_column = -1             # CoNLL: the column of the tag (-1: the last)
     c.data.doc_stride = 128            # QA: overlap of the windows over a long context, in tokens
     c.data.max_query_len = 64          # QA: question tokens kept
+    # classification and NER: pad each batch to its longest example, rounded up to a power of two
+    # (one compilation per width), and batch examples of similar length together in training
+    c.data.dynamic_padding = True
+    c.data.group_by_length = True      # needs dynamic_padding
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0

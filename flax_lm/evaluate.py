@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from flax_lm import sharding
+from flax_lm.data import length_buckets
 from flax_lm.train_step import make_eval_step
 
 
@@ -45,24 +46,41 @@ def run_batches(eval_step, params, dataset, batch_size: int, max_batches: int, t
     """(mean loss per term, per-example outputs in dataset order) over the first `max_batches`
     batches of `dataset` (0: all of it).
 
-    The last partial batch is padded with zero-weight copies of the last example, so every
-    example counts once; their outputs are dropped. `to_global` turns a host batch into
-    device arrays on the mesh.
+    The last partial batch is padded with zero-weight copies of an example, so every example
+    counts once; their outputs are dropped. A dynamically padded split runs its examples in
+    order of length, so each batch is cut short (its outputs come back in dataset order).
+    `to_global` turns a host batch into device arrays on the mesh.
     """
-    n = len(dataset)
+    count = min(len(dataset), _count(dataset, batch_size, max_batches))
+    order = np.arange(count)
+    padding = length_buckets.padding_of(dataset)
+    if padding is not None:
+        order = order[np.argsort(padding.lengths[:count], kind="stable")]
     results = []
-    for b in range(_count(dataset, batch_size, max_batches) // batch_size):
-        indices = np.arange(b * batch_size, (b + 1) * batch_size)
-        batch = dataset.batch(np.minimum(indices, n - 1))
-        valid = indices < n
+    for start in range(0, count, batch_size):
+        rows = np.arange(start, start + batch_size)
+        indices = order[np.minimum(rows, count - 1)]
+        batch = length_buckets.load_batch(dataset, indices)
+        valid = rows < count
         batch["weights"] = batch["weights"] * valid.reshape(-1, *[1] * (batch["weights"].ndim - 1))
         results.append(eval_step(params, to_global(batch)))  # dispatched; read once at the end
     sums, weights, outputs = zip(*jax.device_get(results))
-    count = min(n, len(results) * batch_size)
-    outputs = {k: np.concatenate([o[k] for o in outputs])[:count] for k in outputs[0]}
+    outputs = {k: _in_dataset_order([o[k] for o in outputs], order) for k in outputs[0]}
     total = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
     weight = {k: float(np.sum([w[k] for w in weights])) for k in weights[0]}
     return {k: total[k] / max(weight[k], 1.0) for k in total}, outputs
+
+
+def _in_dataset_order(batches: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """One output's batches (run in `order`) as one array in dataset order; per-token outputs of
+    batches cut to different widths are zero-padded to the widest."""
+    width = max(b.shape[1] for b in batches) if batches[0].ndim > 1 else None
+    if width is not None:
+        batches = [np.pad(b, [(0, 0), (0, width - b.shape[1])] + [(0, 0)] * (b.ndim - 2)) for b in batches]
+    ran = np.concatenate(batches)[:len(order)]
+    out = np.empty_like(ran)
+    out[order] = ran
+    return out
 
 
 def _count(dataset, batch_size: int, max_batches: int) -> int:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from flax_lm import hardware, sharding
 from flax_lm import workdir as workdir_lib
 from flax_lm.best import BestKeeper
-from flax_lm.data import lm_data, pipeline
+from flax_lm.data import length_buckets, lm_data, pipeline
 from flax_lm.evaluate import make_evaluator
 from flax_lm.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
@@ -33,8 +33,9 @@ def train(cfg, workdir: str | Path) -> dict:
     start = int(jax.device_get(state.step))
     t = cfg.train
     train_data, validation_data = run.splits["train"], run.splits["validation"]
-    iterator = lm_data.BatchIterator(len(train_data), t.batch_size, t.seed, jax.process_index(),
-                                     jax.process_count())
+    padding = length_buckets.padding_of(train_data)
+    iterator = lm_data.BatchIterator(len(train_data), t.batch_size, t.seed, jax.process_index(), jax.process_count(),
+                                     lengths=padding.lengths if padding and cfg.data.group_by_length else None)
     if data_state:  # an imported checkpoint has no data position yet
         iterator.restore(data_state)
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
@@ -60,13 +61,15 @@ def train(cfg, workdir: str | Path) -> dict:
     pending = None  # (step, metrics on device): read one step late, so the device never waits
     for step in range(start, t.steps):
         epoch = iterator.epoch
-        batch = run.to_global(train_data.batch(iterator.next_indices(), epoch))
+        global_indices = iterator.next_global_indices()
+        batch = run.to_global(length_buckets.load_batch(train_data, iterator.local(global_indices), epoch,
+                                                        global_indices))
         with sharding.activate(run.mesh):
             state, metrics = train_step(state, batch)
         if pending is not None and pending[0] % t.log_every == 0:
             reporter.train_metrics(*pending)
         pending = (step + 1, metrics)
-        reporter.advance()
+        reporter.advance(_tokens(batch))
         run.checkpointer.save(step + 1, state, iterator.state())
         if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
             eval_metrics, stop = run_eval(step + 1)
@@ -95,6 +98,12 @@ def train(cfg, workdir: str | Path) -> dict:
     return eval_metrics
 
 
+def _tokens(batch: dict) -> int:
+    """Token positions the step computes (padding included): batch x its widest per-token array."""
+    rows = next(iter(batch.values())).shape[0]
+    return rows * max((v.shape[1] for v in batch.values() if v.ndim > 1), default=1)
+
+
 def format_metrics(metrics: dict) -> str:
     """The headline metrics (no per-class breakdown) as one line."""
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
@@ -105,27 +114,27 @@ class _Reporter:
 
     def __init__(self, log: MetricsLog, cfg, start_step: int, flops_per_token: float, enabled: bool):
         self.log = log
-        self.tokens_per_step = cfg.train.batch_size * pipeline.seq_len(cfg)
+        self.tokens = 0   # since the last report
         self.flops_per_token = flops_per_token
         self.peak = hardware.peak_flops_per_device(cfg.peak_flops_per_device)
-        self.last_time, self.last_step = time.perf_counter(), start_step
+        self.last_time = time.perf_counter()
         self.postfix = {}
         self.bar = tqdm(total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
                         disable=not (cfg.train.progress_bar and enabled))
 
-    def advance(self) -> None:
+    def advance(self, tokens: int) -> None:
+        self.tokens += tokens
         self.bar.update(1)
 
     def train_metrics(self, step: int, metrics) -> None:
         """Reads `metrics` (blocking on that step only) and reports them with throughput."""
         values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
         now = time.perf_counter()
-        steps = max(step - self.last_step, 1)
-        values["tokens_per_sec"] = steps * self.tokens_per_step / max(now - self.last_time, 1e-9)
+        values["tokens_per_sec"] = self.tokens / max(now - self.last_time, 1e-9)
         if self.peak:
             values["mfu"] = values["tokens_per_sec"] * self.flops_per_token / (self.peak * jax.device_count())
         self.log.write(step, values, prefix="train/")
-        self.last_time, self.last_step = now, step
+        self.last_time, self.tokens = now, 0
         self.postfix.update(loss=f"{values['loss']:.3f}", tok_per_s=f"{values['tokens_per_sec']:,.0f}")
         self.bar.set_postfix(self.postfix, refresh=False)
 

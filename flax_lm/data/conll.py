@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from flax_lm.data import length_buckets
 from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
@@ -84,11 +85,12 @@ class TokenClassificationDataset:
 
     batch(): input_ids, token_type_ids, attention_mask (B, T) int32; labels (B, T) int32, the word's tag id
     on each word's first sub-word and 0 elsewhere; label_weights (B, T) float32, 1 on those first sub-words;
-    weights (B,) float32 ones.
+    weights (B,) float32 ones. With `dynamic_padding`, `padding` lets the loop cut batches to
+    their longest sentence (`length_buckets`).
     """
 
     def __init__(self, sentences: list[Sentence], tokenizer: Tokenizer, max_len: int, pad_id: int,
-                 tag_names: list[str]):
+                 tag_names: list[str], dynamic_padding: bool = False):
         self.sentences, self.tag_names = sentences, list(tag_names)
         tag_ids = {tag: i for i, tag in enumerate(self.tag_names)}
         encoder = Tokenizer.from_str(tokenizer.to_str())   # a copy: the caller's truncation/padding stay as they were
@@ -119,6 +121,7 @@ class TokenClassificationDataset:
             self.first_token.append(first)
             self.labels[i, positions] = [tag_ids[sentence.tags[w]] for w in word_T[positions]]
             self.label_weights[i, positions] = 1.0
+        self.padding = length_buckets.make(self.attention_mask, ("labels", "label_weights"), dynamic_padding)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 from tokenizers import Tokenizer
 
+from flax_lm.data import length_buckets
 from flax_lm.data import tokenizer as tokenizers_lib
 from flax_lm.errors import UserError
 
@@ -57,17 +58,20 @@ class BatchIterator:
 
     Each process takes its contiguous slice of every global batch. The position
     (epoch, batch within epoch) is the whole state: `state()` / `restore()` make
-    resumption exact. The incomplete batch at an epoch's end is dropped.
+    resumption exact. The incomplete batch at an epoch's end is dropped. With `lengths`
+    (N,), each batch holds examples of similar length (`length_buckets.grouped_order`).
     """
 
     def __init__(self, num_examples: int, global_batch: int, seed: int,
-                 process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                 lengths: np.ndarray | None = None):
         if num_examples < global_batch:
             raise UserError(
                 f"train.batch_size ({global_batch}) is larger than the {num_examples} training sequences")
         self.num_examples, self.global_batch, self.seed, self.shuffle = num_examples, global_batch, seed, shuffle
         self.local_batch = global_batch // process_count
         self.process_index = process_index
+        self.lengths = lengths
         self.batches_per_epoch = num_examples // global_batch
         self.epoch, self.batch = 0, 0
         self._order = None
@@ -76,27 +80,40 @@ class BatchIterator:
         if self._order is None:
             rng = np.random.default_rng([self.seed, self.epoch])
             self._order = rng.permutation(self.num_examples) if self.shuffle else np.arange(self.num_examples)
+            if self.lengths is not None:
+                self._order = length_buckets.grouped_order(self._order, self.lengths, self.global_batch, rng)
         return self._order
 
-    def next_indices(self) -> np.ndarray:
-        """This process's example indices for the next global batch."""
-        start = self.batch * self.global_batch + self.process_index * self.local_batch
-        indices = self._epoch_order()[start:start + self.local_batch]
+    def next_global_indices(self) -> np.ndarray:
+        """The example indices of the next global batch (all processes')."""
+        start = self.batch * self.global_batch
+        indices = self._epoch_order()[start:start + self.global_batch]
         self.batch += 1
         if self.batch == self.batches_per_epoch:
             self.epoch, self.batch, self._order = self.epoch + 1, 0, None
         return indices
 
+    def local(self, global_indices: np.ndarray) -> np.ndarray:
+        """This process's slice of a global batch."""
+        start = self.process_index * self.local_batch
+        return global_indices[start:start + self.local_batch]
+
+    def next_indices(self) -> np.ndarray:
+        """This process's example indices for the next global batch."""
+        return self.local(self.next_global_indices())
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "num_examples": self.num_examples,
-                "global_batch": self.global_batch}
+                "global_batch": self.global_batch, "grouped_by_length": self.lengths is not None}
 
     def restore(self, state: dict) -> None:
-        for key in ("seed", "num_examples", "global_batch"):
-            if state[key] != getattr(self, key):
+        mine = self.state()
+        for key in ("seed", "num_examples", "global_batch", "grouped_by_length"):
+            theirs = state.get(key, False)  # checkpoints from before length grouping have no such key
+            if theirs != mine[key]:
                 raise UserError(
-                    f"cannot resume the data position: the checkpoint's {key} is {state[key]}, "
-                    f"this run's is {getattr(self, key)} (was the data or batch size changed?)")
+                    f"cannot resume the data position: the checkpoint's {key} is {theirs}, "
+                    f"this run's is {mine[key]} (was the data, batch size or data.group_by_length changed?)")
         self.epoch, self.batch, self._order = state["epoch"], state["batch"], None
 
 

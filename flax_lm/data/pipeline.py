@@ -174,7 +174,8 @@ class _Classification:
 
     @staticmethod
     def dataset(cfg, rows, tokenizer, labels):
-        return text_classification.ClassificationDataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), labels)
+        return text_classification.ClassificationDataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), labels,
+                                                         cfg.data.dynamic_padding)
 
 
 class _TokenClassification:
@@ -208,7 +209,8 @@ class _TokenClassification:
 
     @staticmethod
     def dataset(cfg, rows, tokenizer, labels):
-        return conll.TokenClassificationDataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), labels)
+        return conll.TokenClassificationDataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), labels,
+                                                cfg.data.dynamic_padding)
 
 
 class _QuestionAnswering:

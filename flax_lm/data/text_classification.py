@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from flax_lm.data import length_buckets
 from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
@@ -205,11 +206,12 @@ class ClassificationDataset:
     """Examples encoded once as `[CLS] A [SEP] (B [SEP])` (whatever the tokenizer's post-processor adds).
 
     batch(): input_ids, token_type_ids, attention_mask (B, T) int32; labels (B,) int32 class ids, or float32
-    for regression, zeros when the examples have no labels; weights (B,) float32 ones.
+    for regression, zeros when the examples have no labels; weights (B,) float32 ones. With
+    `dynamic_padding`, `padding` lets the loop cut batches to their longest example (`length_buckets`).
     """
 
     def __init__(self, examples: Examples, tokenizer: Tokenizer, max_len: int, pad_id: int,
-                 label_map: LabelMap | None):
+                 label_map: LabelMap | None, dynamic_padding: bool = False):
         self.examples = examples
         encoder = _truncating_padding_copy(tokenizer, max_len, pad_id)
         inputs = list(zip(examples.texts, examples.pairs)) if examples.pairs is not None else examples.texts
@@ -224,6 +226,7 @@ class ClassificationDataset:
             raise ValueError("labelled examples need a label_map")
         else:
             self.labels = label_map.encode(examples.labels, examples.path)
+        self.padding = length_buckets.make(self.attention_mask, (), dynamic_padding)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -39,22 +39,47 @@ def train_wordpiece(documents: list[str], vocab_size: int, lowercase: bool) -> T
     """Trains a BERT WordPiece tokenizer with at most `vocab_size` entries on `documents`.
 
     `lowercase` selects uncased (lowercase and strip accents, as bert-base-uncased) or cased
-    (neither, as bert-base-cased). Ids 0-4 are [PAD] [UNK] [CLS] [SEP] [MASK].
+    (neither, as bert-base-cased). Ids 0-4 are [PAD] [UNK] [CLS] [SEP] [MASK]. The same
+    documents always give the same vocabulary (see `_continuations`).
     """
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    tokenizer.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS), continuing_subword_prefix="##",
-        show_progress=False)
-    tokenizer.train_from_iterator(documents, trainer=trainer)
+        vocab_size=vocab_size, special_tokens=[*BERT_SPECIALS, *_continuations(documents, normalizer)],
+        continuing_subword_prefix="##", show_progress=False)
+    trained = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##")),
+                             normalizer)
+    trained.train_from_iterator(documents, trainer=trainer)
+    # The continuations were special only to fix their ids; in the tokenizer they are plain pieces.
+    tokenizer = _bert_pipeline(
+        Tokenizer(models.WordPiece(trained.get_vocab(), unk_token="[UNK]", continuing_subword_prefix="##")),
+        normalizer)
+    tokenizer.add_special_tokens(list(BERT_SPECIALS))
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return tokenizer
+
+
+def _bert_pipeline(tokenizer: Tokenizer, normalizer) -> Tokenizer:
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer
+
+
+def _continuations(documents: list[str], normalizer) -> list[str]:
+    """`##c` for every character c of the normalized documents, in sorted order.
+
+    The `tokenizers` trainer creates these pieces in hash-map order, which changes from run
+    to run; their ids break ties between equally frequent merges, so the same text could give
+    different vocabularies (huggingface/tokenizers#1794). Declared up front, they get fixed ids.
+    """
+    chars = set()
+    for document in documents:
+        chars.update(normalizer.normalize_str(document))
+    return ["##" + c for c in sorted(c for c in chars if not c.isspace())]
 
 
 def load_vocab(path: str | Path, lowercase: bool) -> Tokenizer:
