@@ -31,6 +31,7 @@ def dot_product_attention(
     *,
     causal: bool,
     kv_mask_BxS: jax.Array | None = None,
+    query_offset: jax.Array | int = 0,
     implementation: str = "auto",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -39,26 +40,35 @@ def dot_product_attention(
 
     Shapes: B batch, T query length, S key length, N heads, H head size.
     `kv_mask_BxS` is True where a key may be attended to (False for padding).
-    `causal` lets query t see keys s <= t (queries and keys aligned at the start).
+    `causal` lets query t see keys s <= t + `query_offset`: queries are the keys from position
+    `query_offset` on, as when decoding with a key/value cache (a traced scalar is fine).
     Returns B x T x N x H in the dtype of `q`.
     """
     implementation = resolve(implementation)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}")
+    t, s = q_BxTxNxH.shape[1], k_BxSxNxH.shape[1]
     if implementation == "reference" or dropout_rate > 0.0:
-        allowed = _allowed_Bx1xTxS(q_BxTxNxH.shape[1], k_BxSxNxH.shape[1], causal, kv_mask_BxS)
+        allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, query_offset)
         return _reference(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, dropout_rate, dropout_rng)
     if implementation == "explicit":
-        allowed = _allowed_Bx1xTxS(q_BxTxNxH.shape[1], k_BxSxNxH.shape[1], causal, kv_mask_BxS)
+        allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, query_offset)
         return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed)
-    mask_Bx1x1xS = None if kv_mask_BxS is None else kv_mask_BxS[:, None, None, :]
+    if causal and not (isinstance(query_offset, int) and query_offset == 0):
+        # The fused kernels' is_causal aligns queries and keys at the start; a cache needs the full mask.
+        mask, causal = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, query_offset), False
+    else:
+        mask = None if kv_mask_BxS is None else kv_mask_BxS[:, None, None, :]
     return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask_Bx1x1xS, is_causal=causal,
+        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=causal,
         implementation=None if implementation == "xla" else implementation)
 
 
-def _allowed_Bx1xTxS(t: int, s: int, causal: bool, kv_mask_BxS) -> jax.Array:
-    allowed = jnp.tril(jnp.ones((t, s), bool)) if causal else jnp.ones((t, s), bool)
+def _allowed_Bx1xTxS(t: int, s: int, causal: bool, kv_mask_BxS, query_offset=0) -> jax.Array:
+    if causal:
+        allowed = jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + query_offset
+    else:
+        allowed = jnp.ones((t, s), bool)
     allowed = allowed[None, None]
     if kv_mask_BxS is not None:
         allowed = allowed & kv_mask_BxS[:, None, None, :].astype(bool)

@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
@@ -80,7 +81,13 @@ class CausalSelfAttention(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x_BxTxD, kv_mask_BxT):
+    def __call__(self, x_BxTxD, kv_mask_BxS, cache_index=None, layer_cache=None):
+        """Returns (B x T x D, the updated `layer_cache`, or None without one).
+
+        With `layer_cache` ({"k", "v"}: B x S x N x H), the T positions are cache slots
+        cache_index..cache_index+T-1: their keys and values are written there and the queries
+        attend to every cache slot up to their own that `kv_mask_BxS` allows.
+        """
         cfg = self.cfg
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         # One fused projection, laid out (D, 3, N, H) so heads shard over "tensor"
@@ -89,18 +96,25 @@ class CausalSelfAttention(nn.Module):
             (3, cfg.n_heads, cfg.head_dim), ("embed",), ("qkv", "heads", "head_dim"),
             _normal(cfg.initializer_range), bias_axes=("qkv", "heads", "head_dim"), dtype=dtype,
             param_dtype=param_dtype, name="c_attn")(x_BxTxD)
-        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = (qkv_BxTx3xNxH[:, :, i] for i in range(3))
+        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH = (qkv_BxTx3xNxH[:, :, i] for i in range(3))
+        offset = 0
+        if layer_cache is not None:
+            start = (0, cache_index, 0, 0)
+            layer_cache = {"k": jax.lax.dynamic_update_slice(layer_cache["k"], k_BxSxNxH.astype(dtype), start),
+                           "v": jax.lax.dynamic_update_slice(layer_cache["v"], v_BxSxNxH.astype(dtype), start)}
+            k_BxSxNxH, v_BxSxNxH, offset = layer_cache["k"], layer_cache["v"], cache_index
         dropout_rng = None
         if cfg.attention_dropout > 0 and not self.deterministic:
             dropout_rng = self.make_rng("dropout")
         out_BxTxNxH = dot_product_attention(
-            q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, causal=True, kv_mask_BxS=kv_mask_BxT,
+            q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=True, kv_mask_BxS=kv_mask_BxS, query_offset=offset,
             implementation=cfg.attention,
             dropout_rate=0.0 if self.deterministic else cfg.attention_dropout, dropout_rng=dropout_rng)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
-        return Projection(
+        out_BxTxD = Projection(
             (cfg.d_model,), ("heads", "head_dim"), ("embed",), _normal(_residual_std(cfg)), bias_axes=("embed",),
             dtype=dtype, param_dtype=param_dtype, name="c_proj")(out_BxTxNxH)
+        return out_BxTxD, layer_cache
 
 
 class MLP(nn.Module):
@@ -121,22 +135,23 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-LayerNorm Transformer block; scan-compatible (carry, mask) -> (carry, None)."""
+    """One pre-LayerNorm Transformer block; scan-compatible
+    (carry, mask, cache index, layer cache) -> (carry, updated layer cache or None)."""
 
     cfg: GPT2Config
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x_BxTxD, kv_mask_BxT):
+    def __call__(self, x_BxTxD, kv_mask_BxS, cache_index=None, layer_cache=None):
         cfg = self.cfg
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-        h_BxTxD = CausalSelfAttention(cfg, self.deterministic, name="attn")(
-            _layer_norm(cfg, "ln_1")(x_BxTxD), kv_mask_BxT)
+        h_BxTxD, layer_cache = CausalSelfAttention(cfg, self.deterministic, name="attn")(
+            _layer_norm(cfg, "ln_1")(x_BxTxD), kv_mask_BxS, cache_index, layer_cache)
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
         h_BxTxD = MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x_BxTxD))
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out")
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed"))
-        return x_BxTxD, None
+        return x_BxTxD, layer_cache
 
 
 class GPT2LMHeadModel(nn.Module):
@@ -146,19 +161,24 @@ class GPT2LMHeadModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BxT, *, attention_mask_BxT=None, position_ids_BxT=None,
-                 deterministic: bool = True, return_hidden: bool = False):
+                 deterministic: bool = True, return_hidden: bool = False, cache=None, cache_index=None):
         """Returns logits B x T x V (compute dtype).
 
         `attention_mask_BxT` is 1 for real tokens and 0 for padding; `position_ids_BxT`
         defaults to 0..T-1 (left-padded batches pass their own). With `return_hidden`,
         returns (final hidden states B x T x D, output embedding V x D) instead, for
         losses that fuse the output projection (`flax_lm.losses`).
+
+        Decoding passes `cache` (from `init_cache`, S slots) and `cache_index`: the T tokens
+        fill slots cache_index..cache_index+T-1, the attention mask then covers all S slots
+        (B x S), and the call returns (logits, updated cache).
         """
         cfg = self.cfg
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         if position_ids_BxT is None:
-            position_ids_BxT = jnp.broadcast_to(jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
-        kv_mask_BxT = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
+            start = 0 if cache is None else cache_index
+            position_ids_BxT = jnp.broadcast_to(start + jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
+        kv_mask_BxS = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
         wte = nn.Embed(
             cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
             embedding_init=_embedding_init(cfg.initializer_range, ("vocab", "embed")), name="wte")
@@ -173,20 +193,35 @@ class GPT2LMHeadModel(nn.Module):
         if cfg.remat_policy != "none":
             block = nn.remat(block, policy=POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            x_BxTxD, _ = nn.scan(
+            x_BxTxD, cache = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast, length=cfg.n_layers,
+                in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, deterministic, name="h")(x_BxTxD, kv_mask_BxT)
+            )(cfg, deterministic, name="h")(x_BxTxD, kv_mask_BxS, cache_index, cache)
         else:
+            layer_caches = [None] * cfg.n_layers if cache is None else list(cache)
             for i in range(cfg.n_layers):
-                x_BxTxD, _ = block(cfg, deterministic, name=f"h_{i}")(x_BxTxD, kv_mask_BxT)
+                x_BxTxD, layer_caches[i] = block(cfg, deterministic, name=f"h_{i}")(
+                    x_BxTxD, kv_mask_BxS, cache_index, layer_caches[i])
+            cache = None if cache is None else tuple(layer_caches)
 
         x_BxTxD = _layer_norm(cfg, "ln_f")(x_BxTxD)
         if return_hidden:
             return x_BxTxD, wte.embedding.astype(dtype)
-        logits_BxTxV = wte.attend(x_BxTxD)
-        return nn.with_logical_constraint(logits_BxTxV, ("batch", "act_length", "act_vocab"))
+        logits_BxTxV = nn.with_logical_constraint(wte.attend(x_BxTxD), ("batch", "act_length", "act_vocab"))
+        return logits_BxTxV if cache is None else (logits_BxTxV, cache)
+
+
+def init_cache(cfg: GPT2Config, batch: int, length: int):
+    """An empty key/value cache of `length` slots for `GPT2LMHeadModel(cfg)`: {"k", "v"} of
+    B x S x N x H in the compute dtype per layer; stacked L x B x S x N x H with scan_layers,
+    else a tuple of per-layer dicts (each updated in place while decoding)."""
+    shape = (batch, length, cfg.n_heads, cfg.head_dim)
+    if cfg.scan_layers:
+        shape = (cfg.n_layers, *shape)
+    zeros = jnp.zeros(shape, DTYPES[cfg.dtype])
+    layer = {"k": zeros, "v": zeros}
+    return layer if cfg.scan_layers else tuple(dict(layer) for _ in range(cfg.n_layers))
 
 
 def num_params(cfg: GPT2Config, include_positions: bool = False) -> int:
