@@ -29,13 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="classification: JSON lines; NER: CoNLL; QA: {id: answer} JSON")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
 
-    p = sub.add_parser("generate", help="sample text from a run's checkpoint")
+    p = sub.add_parser("generate", help="continue prompts with a run's checkpoint (settings default to its "
+                                        "config's sample section)")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--prompt", required=True)
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="one prompt; its tokens are printed as they are made")
+    prompt.add_argument("--input", help="a text file with one prompt a line, decoded together as one batch")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=None, help="0 keeps all tokens")
+    for flag, kind, what in _GENERATION_FLAGS:
+        p.add_argument(flag, type=kind, default=None, help=what)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model directory")
     p.add_argument("--workdir", required=True)
@@ -101,17 +103,74 @@ def _predict(args, _) -> int:
     return 0
 
 
+_GENERATION_FLAGS = (
+    ("--max-new-tokens", int, "tokens to add (fewer if the context fills)"),
+    ("--temperature", float, "0 is greedy"),
+    ("--top-k", int, "sample from the k most likely tokens; 0 keeps all"),
+    ("--top-p", float, "nucleus sampling: the smallest set of tokens with this much probability; 1 keeps all"),
+    ("--min-p", float, "drop tokens less likely than this times the most likely one"),
+    ("--repetition-penalty", float, "> 1 makes tokens already in the text less likely"),
+    ("--num-beams", int, "> 1 is beam search (deterministic)"),
+    ("--num-return-sequences", int, "continuations per prompt"),
+    ("--length-penalty", float, "beam search: > 0 favours longer hypotheses, < 0 shorter ones"),
+    ("--early-stopping", str, "beam search: true (stop once num_beams hypotheses ended), false or never"),
+    ("--stop-token-ids", str, "comma-separated token ids that also end a continuation"),
+)
+
+
 def _generate(args, _) -> int:
-    from flax_lm.run import load_run, sample_text
-    if not args.prompt:
-        raise UserError("--prompt is empty")
-    if args.temperature is not None and args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0; got {args.temperature}")
+    from flax_lm.run import generate_texts, load_run
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise UserError(f"--input {args.input!r} does not exist")
+        prompts = path.read_text(encoding="utf-8").splitlines()
+        if not prompts or not all(p.strip() for p in prompts):
+            raise UserError(f"--input {args.input}: give one non-empty prompt a line (line "
+                            f"{next((i + 1 for i, p in enumerate(prompts) if not p.strip()), 1)} is empty)")
+    else:
+        prompts = [args.prompt]
+        if not args.prompt.strip():
+            raise UserError("--prompt is empty; give text to continue")
+    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+                 for flag, _, _ in _GENERATION_FLAGS}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     run, state = load_run(args.workdir, args.step)
-    overrides = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
-                                   ("top_k", args.top_k)) if v is not None}
-    print(sample_text(run, state.params, args.prompt, **overrides))
+    settings = {**run.cfg.sample.to_dict(), **overrides}
+    stream = args.prompt is not None and settings["num_beams"] == 1 and settings["num_return_sequences"] == 1
+    if stream:
+        printer = _StreamPrinter(run.tokenizer, args.prompt)
+        generate_texts(run, state.params, prompts, streamer=printer, **overrides)
+        printer.finish()
+        return 0
+    for text in generate_texts(run, state.params, prompts, **overrides):
+        print(text)
     return 0
+
+
+class _StreamPrinter:
+    """Prints a continuation as its tokens arrive: the whole text is decoded each time and only
+    the new end printed, so characters that span several tokens come out whole."""
+
+    def __init__(self, tokenizer, prompt: str):
+        from flax_lm.data.tokenizer import eos_id
+        self.tokenizer, self.ids, self.eos = tokenizer, tokenizer.encode(prompt).ids, eos_id(tokenizer)
+        self.done, self.printed = False, tokenizer.decode(self.ids)
+        print(self.printed, end="", flush=True)
+
+    def __call__(self, tokens_B) -> None:
+        token = int(tokens_B[0])
+        if self.done:
+            return
+        self.ids.append(token)
+        self.done = token == self.eos
+        text = self.tokenizer.decode(self.ids)
+        if not text.endswith("\ufffd"):  # an incomplete multi-byte character waits for its next token
+            print(text[len(self.printed):], end="", flush=True)
+            self.printed = text
+
+    def finish(self) -> None:
+        print(flush=True)
 
 
 def _export(args, _) -> int:

@@ -26,6 +26,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.schedule": ("cosine", "linear", "constant"),
+    "sample.early_stopping": ("false", "true", "never"),
 }
 POSITIVE = (
     "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
@@ -189,6 +190,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if o.warmup_steps < 0 or o.warmup_steps > t.steps:
         raise UserError(f"optim.warmup_steps ({o.warmup_steps}) must be in [0, train.steps={t.steps}]")
     _validate_task(cfg)
+    if cfg.sample.max_new_tokens:
+        from flax_lm.generation import settings as generation_settings
+        try:
+            generation_settings.from_sample_section(cfg.sample.to_dict()).validate()
+        except UserError as e:
+            raise UserError(f"sample.{e}") from None
     if not 0.0 < o.layer_decay <= 1.0:
         raise UserError(f"optim.layer_decay must be in (0, 1]; got {o.layer_decay}")
     if o.learning_rate <= 0:

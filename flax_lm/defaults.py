@@ -102,8 +102,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "def "
     c.sample.max_new_tokens = 64
-    c.sample.temperature = 0.8
-    c.sample.top_k = 40
+    c.sample.temperature = 0.8         # 0 is greedy
+    c.sample.top_k = 40                # 0 keeps all tokens
+    c.sample.top_p = 1.0               # nucleus sampling; 1 keeps all tokens
+    c.sample.min_p = 0.0
+    c.sample.repetition_penalty = 1.0
+    c.sample.num_beams = 1             # > 1: beam search (deterministic; the sampling settings do not apply)
+    c.sample.num_return_sequences = 1
+    c.sample.length_penalty = 1.0      # beam scores are divided by length ** length_penalty
+    c.sample.early_stopping = "false"  # beam search: true, false (a heuristic) or never, as in transformers
+    c.sample.stop_token_ids = ""       # comma-separated ids that end a sequence, besides end-of-text
 
     c.peak_flops_per_device = 0.0      # for MFU; 0 looks the device kind up
     return c

@@ -13,8 +13,8 @@ from flax_lm import workdir as workdir_lib
 from flax_lm.data import pipeline
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
+from flax_lm.generation import CausalDecoder, generate, settings
 from flax_lm.models import build_model, head_name
-from flax_lm.sampling import sample
 
 
 @dataclasses.dataclass
@@ -113,11 +113,19 @@ def load_run(workdir: str | Path, step: int | None = None, splits: tuple[str, ..
     return run, state
 
 
-def sample_text(run: Run, params, prompt: str, **overrides) -> str:
-    """Samples a continuation of `prompt` with the run's `sample` settings (or `overrides`)."""
-    s = {**run.cfg.sample.to_dict(), **overrides}
-    ids = run.tokenizer.encode(prompt).ids or [tokenizer_lib.eos_id(run.tokenizer)]
+def generate_texts(run: Run, params, prompts: list[str], streamer=None, **overrides) -> list[str]:
+    """Each prompt followed by its continuation (`sample.num_return_sequences` per prompt), with
+    the run's `sample` settings or `overrides` of them; generation stops at the end-of-text token.
+    `streamer(tokens_B)` sees each step's new tokens on the host."""
+    config = settings.from_sample_section({**run.cfg.sample.to_dict(), **overrides},
+                                          tokenizer_lib.eos_id(run.tokenizer), run.cfg.train.seed)
+    ids = [run.tokenizer.encode(p).ids for p in prompts]
     with sharding.activate(run.mesh):
-        out = sample(run.model, params, ids, max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                     top_k=s["top_k"], seed=run.cfg.train.seed, max_len=run.cfg.model.max_len)
-    return run.tokenizer.decode(out)
+        out = generate(CausalDecoder(run.model), params, ids, config, streamer)
+    copies = len(out) // len(prompts)
+    return [run.tokenizer.decode(ids[i // copies] + new) for i, new in enumerate(out)]
+
+
+def sample_text(run: Run, params, prompt: str, **overrides) -> str:
+    """One continuation of `prompt` (see `generate_texts`)."""
+    return generate_texts(run, params, [prompt], num_return_sequences=1, **overrides)[0]

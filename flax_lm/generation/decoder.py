@@ -1,0 +1,50 @@
+"""A model as the decoding loops see it: prefill and one-token steps against a key/value cache.
+
+Every loop calls `forward(params, ids_BxT, mask_BxS, positions_BxT, cache, index)`: the T
+tokens go into cache slots index..index+T-1, attend to the slots `mask_BxS` allows up to their
+own, and come back as logits B x T x V with the updated cache. A new model family plugs in
+here and every strategy (greedy, sampling, beam search) works with it.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from flax_lm.models import gpt2
+
+
+class CausalDecoder:
+    """A decoder-only model (`GPT2LMHeadModel`) behind the decoding interface."""
+
+    def __init__(self, model: gpt2.GPT2LMHeadModel):
+        self.model = model
+
+    @property
+    def max_len(self) -> int:
+        return self.model.cfg.max_len
+
+    def init_cache(self, batch: int, length: int):
+        return gpt2.init_cache(self.model.cfg, batch, length)
+
+    def forward(self, params, ids_BxT, mask_BxS, positions_BxT, cache, index):
+        return self.model.apply({"params": params}, ids_BxT, attention_mask_BxT=mask_BxS,
+                                position_ids_BxT=positions_BxT, cache=cache, cache_index=index)
+
+    # a frozen module is hashable, so a decoder can be a static argument of jit
+    def __hash__(self):
+        return hash(self.model)
+
+    def __eq__(self, other):
+        return isinstance(other, CausalDecoder) and other.model == self.model
+
+
+def reorder_cache(cache, rows_B: jax.Array):
+    """The cache with its batch rows taken in the order `rows_B` (beam search follows its beams).
+    Every cache array ends with B x S x N x H, with or without a leading layer axis."""
+    return jax.tree.map(lambda c: jnp.take(c, rows_B, axis=c.ndim - 4), cache)
+
+
+def left_pad_positions(mask_BxP: jax.Array) -> jax.Array:
+    """Position ids of left-padded prompts, as `transformers` computes them: each row counts its
+    real tokens from 0; padding gets 1 (its value is never attended to)."""
+    positions_BxP = jnp.cumsum(mask_BxP.astype(jnp.int32), axis=-1) - 1
+    return jnp.where(mask_BxP, positions_BxP, 1)

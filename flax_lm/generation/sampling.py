@@ -1,0 +1,63 @@
+"""Greedy decoding and sampling, the whole loop in one jitted `lax.while_loop`.
+
+The prompt is prefilled in one pass; then each iteration picks a token for every row,
+writes it, and runs that token through the model against the cache. Rows that produced an
+end token are finished: they receive the padding id from then on, and the loop stops as soon
+as all rows are finished or `max_new_tokens` are made.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import io_callback
+
+from flax_lm.generation import processors
+from flax_lm.generation.decoder import left_pad_positions
+from flax_lm.generation.settings import GenerationConfig
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, config: GenerationConfig,
+           streamer=None) -> jax.Array:
+    """New tokens B x max_new_tokens (padding after a row finishes) for left-padded prompts.
+
+    `streamer`, if given, is called on the host with each step's tokens (B,) as they are made.
+    """
+    B, P = prompt_BxP.shape
+    N = config.max_new_tokens
+    mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
+    positions_BxP = left_pad_positions(prompt_mask_BxP)
+    logits_BxPxV, cache = decoder.forward(params, prompt_BxP, mask_BxS, positions_BxP, decoder.init_cache(B, P + N), 0)
+    V = logits_BxPxV.shape[-1]
+    seen_BxV = processors.seen_tokens(prompt_BxP, prompt_mask_BxP, V)
+    eos_E = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
+    key = jax.random.PRNGKey(config.seed)
+
+    def choose(i, logits_BxV, seen_BxV):
+        scores_BxV = processors.repetition_penalty(logits_BxV.astype(jnp.float32), seen_BxV, config.repetition_penalty)
+        if config.greedy:
+            return jnp.argmax(scores_BxV, axis=-1).astype(jnp.int32)
+        scores_BxV = processors.warp(scores_BxV, temperature=config.temperature, k=config.top_k, p=config.top_p,
+                                     minimum_p=config.min_p)
+        return jax.random.categorical(jax.random.fold_in(key, i), scores_BxV, axis=-1).astype(jnp.int32)
+
+    def body(carry):
+        i, logits_BxV, cache, out_BxN, seen_BxV, finished_B = carry
+        token_B = jnp.where(finished_B, config.pad_token_id, choose(i, logits_BxV, seen_BxV))
+        if streamer is not None:
+            io_callback(streamer, None, token_B, ordered=True)
+        out_BxN = out_BxN.at[:, i].set(token_B)
+        seen_BxV = seen_BxV.at[jnp.arange(B), token_B].set(True)
+        finished_B = finished_B | jnp.isin(token_B, eos_E)
+        position_Bx1 = (prompt_mask_BxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
+        logits_Bx1xV, cache = decoder.forward(params, token_B[:, None], mask_BxS, position_Bx1, cache, P + i)
+        return i + 1, logits_Bx1xV[:, 0], cache, out_BxN, seen_BxV, finished_B
+
+    def running(carry):
+        i, *_, finished_B = carry
+        return (i < N) & ~finished_B.all()
+
+    out_BxN = jnp.full((B, N), config.pad_token_id, jnp.int32)
+    carry = (0, logits_BxPxV[:, -1], cache, out_BxN, seen_BxV, jnp.zeros(B, bool))
+    return jax.lax.while_loop(running, body, carry)[3]

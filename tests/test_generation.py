@@ -1,0 +1,205 @@
+"""Generation: the key/value cache, logits processing, greedy decoding equal to transformers,
+reproducible sampling, and the one-line errors of `flax-lm generate`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from test_cli import flax_lm  # noqa: E402
+
+from flax_lm.errors import UserError  # noqa: E402
+from flax_lm.generation import CausalDecoder, GenerationConfig, generate, processors, settings  # noqa: E402
+from flax_lm.interop import gpt2 as gpt2_interop  # noqa: E402
+from flax_lm.models import gpt2  # noqa: E402
+
+# Larger-than-default init so the random model's next-token choices are decisive, not near-ties.
+HF_TINY = dict(vocab_size=96, n_positions=48, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3,
+               bos_token_id=0, eos_token_id=0)
+PROMPTS = [[5, 17, 33, 2, 60, 7, 8], [40, 41], [9, 3, 71, 12]]
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_TINY)).eval()
+    fields = gpt2_interop.config_from_hf(hf.config.to_dict())
+    cfg = gpt2.GPT2Config(**{k: v for k, v in fields.items() if k != "family"})
+    params = gpt2_interop.params_from_hf({k: v.numpy() for k, v in hf.state_dict().items()}, cfg)
+    return hf, gpt2.GPT2LMHeadModel(cfg), params
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_decoding_gives_the_full_forward_logits_at_every_step(scan_layers):
+    cfg = gpt2.GPT2Config(vocab_size=97, max_len=32, d_model=32, n_layers=3, n_heads=4, d_ff=64,
+                          scan_layers=scan_layers)
+    model = gpt2.GPT2LMHeadModel(cfg)
+    ids_BxT = np.random.default_rng(0).integers(0, 97, (2, 12)).astype(np.int32)
+    params = model.init(jax.random.PRNGKey(0), ids_BxT)["params"]
+    full_BxTxV = model.apply({"params": params}, ids_BxT)
+    mask_BxS = jnp.ones((2, 16), bool)
+    logits, cache = model.apply({"params": params}, ids_BxT[:, :5], attention_mask_BxT=mask_BxS,
+                                cache=gpt2.init_cache(cfg, 2, 16), cache_index=0)
+    np.testing.assert_allclose(logits, full_BxTxV[:, :5], atol=1e-5)
+    for t in range(5, 12):
+        logits, cache = model.apply({"params": params}, ids_BxT[:, t:t + 1], attention_mask_BxT=mask_BxS,
+                                    cache=cache, cache_index=t)
+        np.testing.assert_allclose(logits[:, 0], full_BxTxV[:, t], atol=1e-5)
+
+
+def _hf_generate(hf, prompts, pad=0, **kwargs):
+    """HF's new tokens per prompt (left-padded batch), cut after the first eos as ours are."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, pad_token_id=pad, **kwargs)[:, width:].tolist()
+    eos = kwargs.get("eos_token_id")
+    return [row[:row.index(eos) + 1] if eos is not None and eos in row else row for row in out]
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["one", "batch"])
+@pytest.mark.parametrize("eos", [None, "frequent"])
+def test_greedy_equals_transformers_generate(models, prompts, eos):
+    hf, model, params = models
+    decoder = CausalDecoder(model)
+    if eos == "frequent":  # a token greedy decoding actually makes, so that rows finish early
+        eos = generate(decoder, params, prompts, GenerationConfig(max_new_tokens=12))[0][3]
+    ours = generate(decoder, params, prompts, GenerationConfig(
+        max_new_tokens=12, eos_token_ids=() if eos is None else (eos,)))
+    ref = _hf_generate(hf, prompts, max_new_tokens=12, do_sample=False, eos_token_id=eos)
+    assert ours == ref
+    if eos is not None:
+        assert any(len(row) < 12 for row in ours)
+
+
+def test_repetition_penalty_greedy_equals_transformers(models):
+    """The padding id is a token the short prompt's row makes: penalising it as if the padding
+    were text (transformers leaves padding out) would change that row."""
+    hf, model, params = models
+    plain = generate(CausalDecoder(model), params, PROMPTS, GenerationConfig(max_new_tokens=10))
+    pad = plain[1][0]
+    ours = generate(CausalDecoder(model), params, PROMPTS, GenerationConfig(
+        max_new_tokens=10, repetition_penalty=1.8, pad_token_id=pad))
+    assert ours == _hf_generate(hf, PROMPTS, pad=pad, max_new_tokens=10, do_sample=False, repetition_penalty=1.8,
+                                eos_token_id=None)
+    assert ours != plain
+
+
+def test_filters_keep_exactly_the_tokens_they_should():
+    probs = np.array([[0.5, 0.2, 0.15, 0.1, 0.05], [0.05, 0.3, 0.3, 0.3, 0.05]])
+    scores = jnp.log(jnp.asarray(probs))
+    kept = lambda s: np.isfinite(np.asarray(s))  # noqa: E731
+    np.testing.assert_array_equal(kept(processors.top_k(scores, 2)),
+                                  [[1, 1, 0, 0, 0], [0, 1, 1, 1, 0]])  # ties with the 2nd stay
+    # 0.5 + 0.2 = 0.7 reaches 0.7; the second row needs 0.3 + 0.3 + 0.3
+    np.testing.assert_array_equal(kept(processors.top_p(scores, 0.7)), [[1, 1, 0, 0, 0], [0, 1, 1, 1, 0]])
+    np.testing.assert_array_equal(kept(processors.top_p(scores, 0.01)), [[1, 0, 0, 0, 0], [0, 0, 0, 1, 0]])
+    np.testing.assert_array_equal(kept(processors.min_p(scores, 0.3)), [[1, 1, 1, 0, 0], [0, 1, 1, 1, 0]])
+    penalised = processors.repetition_penalty(jnp.asarray([[2.0, -2.0, 1.0]]), jnp.asarray([[1, 1, 0]], bool), 2.0)
+    np.testing.assert_allclose(penalised, [[1.0, -4.0, 1.0]])
+
+
+def test_warpers_match_transformers_on_random_scores():
+    from transformers.generation import logits_process as lp
+    scores = np.random.default_rng(1).normal(size=(4, 50)).astype(np.float32) * 3
+    ours = processors.warp(jnp.asarray(scores), temperature=0.7, k=20, p=0.8, minimum_p=0.05)
+    ref = torch.tensor(scores)
+    for warper in (lp.TemperatureLogitsWarper(0.7), lp.TopKLogitsWarper(20), lp.TopPLogitsWarper(0.8),
+                   lp.MinPLogitsWarper(0.05)):
+        ref = warper(None, ref)
+    np.testing.assert_array_equal(np.isfinite(ours), torch.isfinite(ref).numpy())
+    np.testing.assert_allclose(np.where(np.isfinite(ours), ours, 0), torch.where(ref.isfinite(), ref, 0), rtol=1e-6)
+
+
+def test_sampling_is_reproducible_and_stays_in_the_top_k(models):
+    _, model, params = models
+    decoder = CausalDecoder(model)
+    config = GenerationConfig(max_new_tokens=16, temperature=1.5, top_k=3, seed=7, num_return_sequences=2)
+    first = generate(decoder, params, PROMPTS, config)
+    assert len(first) == 6 and first == generate(decoder, params, PROMPTS, config)
+    assert first != generate(decoder, params, PROMPTS, GenerationConfig(**{**config.__dict__, "seed": 8}))
+    assert first[0] != first[1]  # the two samples of one prompt differ
+    # every sampled token is among the 3 most likely after its prefix
+    for prompt, row in zip([p for p in PROMPTS for _ in range(2)], first):
+        logits = model.apply({"params": params}, jnp.asarray([prompt + row]))[0]
+        for t, token in enumerate(row):
+            top3 = np.argsort(np.asarray(logits[len(prompt) + t - 1]))[-3:]
+            assert token in top3
+
+
+def test_sharded_decoding_equals_one_device(models):
+    """Parameters tensor-parallel over 2 devices, the batch over 4 (the tests' 8 CPU devices)."""
+    from flax_lm import defaults, mesh, sharding
+    _, model, params = models
+    cfg = defaults.get_config()
+    cfg.parallel.update(data=4, fsdp=1, tensor=2)
+    cfg.model.n_heads = model.cfg.n_heads
+    cfg.train.batch_size = 4
+    devices = mesh.make_mesh(cfg, jax.devices()[:8])
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32))["params"]
+    sharded = jax.device_put(params, sharding.logical_sharding(boxed, devices))
+    assert sharded["h_0"]["attn"]["c_attn"]["kernel"].sharding.spec[2] == "tensor"
+    prompts = PROMPTS + [[1, 2, 3]]
+    config = GenerationConfig(max_new_tokens=8, num_beams=2)
+    with sharding.activate(devices):
+        greedy = generate(CausalDecoder(model), sharded, prompts, GenerationConfig(max_new_tokens=8))
+        beams = generate(CausalDecoder(model), sharded, prompts, config)
+    assert greedy == generate(CausalDecoder(model), params, prompts, GenerationConfig(max_new_tokens=8))
+    assert beams == generate(CausalDecoder(model), params, prompts, config)
+
+
+@pytest.mark.parametrize("prompts, config, message", [
+    ([[1, 2], []], GenerationConfig(), "a prompt is empty"),
+    ([list(range(48))], GenerationConfig(), "no room to generate"),
+    ([[1]], GenerationConfig(top_p=0.0), "top_p must be in (0, 1]"),
+    ([[1]], GenerationConfig(num_beams=0), "num_beams must be at least 1"),
+])
+def test_bad_requests_are_user_errors(models, prompts, config, message):
+    _, model, params = models
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        generate(CausalDecoder(model), params, prompts, config)
+
+
+def test_generate_command_streams_batches_and_refuses_bad_input(tmp_path, models):
+    hf, _, _ = models
+    from test_interop import _tokenizer_json
+    src = tmp_path / "hf"
+    hf.save_pretrained(src)
+    _tokenizer_json(src / "tokenizer.json", vocab_size=96)
+    work = str(tmp_path / "work")
+    assert flax_lm("import", "--hf", str(src), "--workdir", work).returncode == 0
+    one = flax_lm("generate", "--workdir", work, "--prompt", "def f", "--max-new-tokens", "6", "--temperature", "0")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.startswith("def f")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def f\nimport os\n")
+    batch = flax_lm("generate", "--workdir", work, "--input", str(prompts), "--max-new-tokens", "6",
+                    "--temperature", "0")
+    assert batch.returncode == 0, batch.stderr
+    lines = batch.stdout.splitlines()
+    assert lines[0].startswith("def f") and any(line.startswith("import os") for line in lines)
+    beams = flax_lm("generate", "--workdir", work, "--prompt", "def f", "--max-new-tokens", "6", "--num-beams", "3",
+                    "--num-return-sequences", "2", "--length-penalty", "0.5", "--early-stopping", "true")
+    assert beams.returncode == 0, beams.stderr
+    assert [line[:5] for line in beams.stdout.splitlines()] == ["def f", "def f"]
+    for args, message in ((["--prompt", ""], "--prompt is empty"),
+                          (["--prompt", "x", "--early-stopping", "maybe"], "early_stopping must be true, false or"),
+                          (["--prompt", "x", "--stop-token-ids", "13;14"], "stop_token_ids must be comma-separated"),
+                          (["--prompt", "x", "--top-p", "1.5"], "top_p must be in (0, 1]"),
+                          (["--prompt", "x", "--num-beams", "0"], "num_beams must be at least 1"),
+                          (["--prompt", "x " * 60], "no room to generate")):
+        bad = flax_lm("generate", "--workdir", work, *args)
+        assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_sample_section_maps_to_generation_settings():
+    from flax_lm import defaults
+    sample = defaults.get_config().sample.to_dict()
+    sample.update(early_stopping="never", stop_token_ids="13, 198,5", length_penalty=0.5, num_beams=4)
+    config = settings.from_sample_section(sample, eos_token_id=5, seed=3)
+    assert (config.early_stopping, config.eos_token_ids, config.pad_token_id) == ("never", (5, 13, 198), 5)
+    assert (config.length_penalty, config.num_beams, config.seed) == (0.5, 4, 3)
