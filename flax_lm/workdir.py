@@ -31,5 +31,5 @@ def read_json(path: Path):
     """A JSON file the run wrote; a missing or damaged one is a UserError."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read it ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise UserError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:200]})") from None

@@ -203,3 +203,5 @@ def test_sample_section_maps_to_generation_settings():
     config = settings.from_sample_section(sample, eos_token_id=5, seed=3)
     assert (config.early_stopping, config.eos_token_ids, config.pad_token_id) == ("never", (5, 13, 198), 5)
     assert (config.length_penalty, config.num_beams, config.seed) == (0.5, 4, 3)
+    with pytest.raises(UserError, match="stop_token_ids must be comma-separated"):
+        settings.token_ids("13,²")  # str.isdigit() is true for "²"; int() refuses it

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from flax_lm.data import length_buckets
+from flax_lm.data import input_files, length_buckets
 from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
@@ -28,12 +28,14 @@ class Sentence:
     where: str = ""
 
 
-def read_conll(path: str | Path, tag_column: int | None = -1) -> list[Sentence]:
+def read_conll(path: str | Path, tag_column: int | None = -1, skip_bad_records: bool = False) -> list[Sentence]:
     """Sentences of a CoNLL file: word in column 0, tag in `tag_column` (Python index, -1 = last).
     With `tag_column` None only the words are read (text to label), and every tag is "O".
 
     Every word line must have the same number of columns; a line with too few or a different
-    count is a UserError "{path}:{lineno}: ...", as is a file without sentences.
+    count (or with bytes that are not UTF-8) is a UserError "{path}:{lineno}: ...", as is a file
+    without sentences. With `skip_bad_records` the sentences that hold such lines are left out
+    and reported in one line instead (`input_files.BadRecords`).
     """
     path = Path(path)
     if not path.is_file():
@@ -41,36 +43,38 @@ def read_conll(path: str | Path, tag_column: int | None = -1) -> list[Sentence]:
     if tag_column == 0:
         raise UserError(f"{path}: tag column 0 is the word column; give the tag's column (-1 = last)")
     needed = 1 if tag_column is None else tag_column + 1 if tag_column > 0 else 1 - tag_column
-    sentences, words, tags, start, n_columns = [], [], [], 0, None
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                fields = _COLUMN_SEPARATOR.split(line.strip())
-                if not line.strip() or fields[0] == "-DOCSTART-":
-                    if words:
-                        sentences.append(Sentence(words, tags, f"{path}:{start}"))
-                    words, tags = [], []
-                    continue
-                if n_columns is None:
-                    if len(fields) < needed:
-                        raise UserError(
-                            f"{path}:{lineno}: {len(fields)} column(s), need at least {needed} (word first, tag in "
-                            f"column {tag_column}); is this a CoNLL file with one word and its tag a line?")
-                    n_columns = len(fields)
-                elif len(fields) != n_columns:
-                    raise UserError(
-                        f"{path}:{lineno}: {len(fields)} column(s) where earlier lines have {n_columns}; "
-                        f"fix the line (a word with a space in it?)")
-                if not words:
-                    start = lineno
-                words.append(fields[0])
-                tags.append("O" if tag_column is None else fields[tag_column])
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if words:
+    bad = input_files.BadRecords(path, skip_bad_records, "sentence")
+    sentences, words, tags, start, n_columns, broken = [], [], [], 0, None, False
+    for lineno, line in input_files.lines(input_files.read_text_keeping_bad_bytes(path)):
+        fields = _COLUMN_SEPARATOR.split(line.strip())
+        if not line.strip() or fields[0] == "-DOCSTART-":
+            if words and not broken:
+                sentences.append(Sentence(words, tags, f"{path}:{start}"))
+            words, tags, broken = [], [], False
+            continue
+        problem = input_files.not_utf8(line)
+        if n_columns is None and len(fields) < needed:
+            problem = (f"{len(fields)} column(s), need at least {needed} (word first, tag in column {tag_column}); "
+                       f"is this a CoNLL file with one word and its tag a line?")
+        elif n_columns is not None and len(fields) != n_columns:
+            problem = (f"{len(fields)} column(s) where earlier lines have {n_columns}; "
+                       f"fix the line (a word with a space in it?)")
+        if problem:
+            if not broken:   # one count per sentence, at its first bad line
+                bad.found(lineno, problem)
+            broken = True
+            continue
+        n_columns = n_columns or len(fields)
+        if not words:
+            start = lineno
+        words.append(fields[0])
+        tags.append("O" if tag_column is None else fields[tag_column])
+    if words and not broken:
         sentences.append(Sentence(words, tags, f"{path}:{start}"))
     if not sentences:
+        bad.report(kept=0)
         raise UserError(f"{path}: has no sentences; expected one word and its tag a line, blank lines between")
+    bad.report(kept=len(sentences))
     return sentences
 
 

@@ -9,6 +9,7 @@ import glob
 import sysconfig
 from pathlib import Path
 
+from flax_lm.data import input_files
 from flax_lm.errors import UserError
 
 DEFAULT_SOURCE = "default"
@@ -36,9 +37,9 @@ def read_documents(source: str, max_bytes: int = 0) -> list[str]:
     documents, total = [], 0
     for path in source_files(source):
         try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"data.source: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            text = input_files.read_text(path)
+        except UserError as e:
+            raise UserError(f"data.source: {e}") from None
         if max_bytes and total + len(text) > max_bytes:
             text = text[: max_bytes - total]
         if text.strip():

@@ -148,7 +148,7 @@ class _Classification:
     def read(cfg, path, require_labels=True):
         d = cfg.data
         return text_classification.read_examples(path, d.text_column, d.text_pair_column, d.label_column,
-                                                 require_labels=require_labels)
+                                                 require_labels=require_labels, skip_bad_records=d.skip_bad_records)
 
     @staticmethod
     def texts(rows):
@@ -183,7 +183,7 @@ class _TokenClassification:
 
     @staticmethod
     def read(cfg, path, require_labels=True):
-        return conll.read_conll(path, cfg.data.tag_column if require_labels else None)
+        return conll.read_conll(path, cfg.data.tag_column if require_labels else None, cfg.data.skip_bad_records)
 
     @staticmethod
     def texts(rows):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from flax_lm.data import input_files
 from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
@@ -38,16 +39,19 @@ def read_squad(path: str | Path) -> list[QAExample]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"SQuAD file {str(path)!r} does not exist")
+    content = input_files.read_text(path)
     try:
-        root = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        root = json.loads(content)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read; expected SQuAD v1.1 JSON") from None
+    except ValueError:   # Python refuses integers of more than 4300 digits
+        raise UserError(f"{path}: a JSON number has too many digits") from None
 
     def need(obj, key: str, kind: type | tuple, where: str):
         value = obj.get(key) if isinstance(obj, dict) else None
-        if not isinstance(value, kind):
+        if not isinstance(value, kind) or isinstance(value, bool):   # JSON true is no id or offset
             raise UserError(f"{path}: {where} has no {key!r} of the right type; expected SQuAD v1.1 JSON "
                             f"(data[].paragraphs[].context, qas[].id/question/answers[].text/answer_start)")
         return value
@@ -66,10 +70,17 @@ def read_squad(path: str | Path) -> list[QAExample]:
                     raise UserError(f"{path}: question {qid!r} is empty")
                 if not context.strip():
                     raise UserError(f"{path}: the context of question {qid!r} is empty")
+                answers = [] if qa.get("answers") is None else qa["answers"]
+                if not isinstance(answers, list):
+                    raise UserError(f"{path}: question {qid!r}: 'answers' must be a list of "
+                                    f"{{'text', 'answer_start'}} objects, not {type(answers).__name__}")
                 texts, starts = [], []
-                for answer in qa.get("answers") or []:
+                for answer in answers:
                     text = need(answer, "text", str, f"an answer of question {qid!r}")
                     start = need(answer, "answer_start", int, f"an answer of question {qid!r}")
+                    if start < 0:   # it would slice from the end of the context, and could match there
+                        raise UserError(f"{path}: question {qid!r}: answer_start {start} is negative; it is the "
+                                        f"answer's character offset in the context")
                     if not text or context[start:start + len(text)] != text:
                         raise UserError(
                             f"{path}: question {qid!r}: answer {text!r} is not at answer_start {start} of its "

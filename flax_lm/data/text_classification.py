@@ -8,13 +8,14 @@ so a dev label that train never saw is caught with its file named.
 
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from flax_lm.data import length_buckets
+from flax_lm.data import input_files, length_buckets
 from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
@@ -35,11 +36,13 @@ class Examples:
 
 
 def read_examples(path: str | Path, text_column: str, text_pair_column: str = "", label_column: str = "label",
-                  require_labels: bool = True) -> Examples:
+                  require_labels: bool = True, skip_bad_records: bool = False) -> Examples:
     """Reads a `.csv`, `.tsv` (no quoting: SST-2 has unbalanced quotes) or `.jsonl`/`.json` (JSON lines) file.
 
     With require_labels=False a file without `label_column` is accepted (labels=None), for prediction.
-    Any problem with the file is a UserError naming it (and the line, where there is one).
+    Any problem with the file is a UserError naming it (and the line, where there is one). A malformed
+    row (wrong field count, not JSON, an empty field, bytes that are not UTF-8) is one too, unless
+    `skip_bad_records`: then such rows are left out and reported in one line (`input_files.BadRecords`).
     """
     path = Path(path)
     if not path.is_file():
@@ -47,11 +50,11 @@ def read_examples(path: str | Path, text_column: str, text_pair_column: str = ""
     kind = _FORMATS.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"{path}: unknown file type {path.suffix!r}; use .csv, .tsv or .jsonl (JSON lines)")
-    try:
-        columns, rows = _read_jsonl(path) if kind == "jsonl" else _read_delimited(path, kind)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    bad = input_files.BadRecords(path, skip_bad_records, "row")
+    text = input_files.read_text_keeping_bad_bytes(path)
+    columns, rows = _read_jsonl(path, text, bad) if kind == "jsonl" else _read_delimited(path, text, kind, bad)
     if not rows:
+        bad.report(kept=0)
         raise UserError(f"{path}: has no rows; give a file with a header and at least one example")
 
     has_labels = label_column in columns
@@ -61,59 +64,104 @@ def read_examples(path: str | Path, text_column: str, text_pair_column: str = ""
         if column not in columns:
             raise UserError(f"{path}: has no column {column!r}; its columns are {columns}")
 
-    def field(lineno: int, row: dict, column: str) -> str:
-        value = row.get(column)
-        if value is None:
-            raise UserError(f"{path}:{lineno}: the row has no {column!r} field")
-        value = value if isinstance(value, str) else json.dumps(value)
-        if not value.strip():
-            raise UserError(f"{path}:{lineno}: {column!r} is empty; remove the row or fill it in")
-        return value
-
-    texts = [field(lineno, row, text_column) for lineno, row in rows]
-    pairs = [field(lineno, row, text_pair_column) for lineno, row in rows] if text_pair_column else None
-    labels = [field(lineno, row, label_column).strip() for lineno, row in rows] if has_labels else None
+    kept = []
+    for lineno, row in rows:
+        try:
+            kept.append([_field(row, column) for column in wanted])
+        except _BadField as e:
+            bad.found(lineno, str(e))
+    bad.report(kept=len(kept))
+    texts = [values[0] for values in kept]
+    pairs = [values[1] for values in kept] if text_pair_column else None
+    labels = [values[-1].strip() for values in kept] if has_labels else None
     return Examples(path=str(path), texts=texts, pairs=pairs, labels=labels)
 
 
-def _read_delimited(path: Path, kind: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Header and (line number, {column: field}) rows of a CSV or TSV file; blank lines are skipped."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv" else csv.reader(f)
+class _BadField(Exception):
+    """A row's field that cannot be used; the reader refuses or skips the row."""
+
+
+def _field(row: dict, column: str) -> str:
+    """The text of `column` in `row` (JSON values other than strings as JSON)."""
+    value = row.get(column)
+    if value is None:
+        raise _BadField(f"the row has no {column!r} field")
+    value = value if isinstance(value, str) else json.dumps(value)
+    if not value.strip():
+        raise _BadField(f"{column!r} is empty; remove the row or fill it in")
+    return value
+
+
+def _read_delimited(path: Path, text: str, kind: str,
+                    bad: input_files.BadRecords) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and (line number, {column: field}) rows of a CSV or TSV file; blank lines are skipped,
+    malformed rows go to `bad`."""
+    lines = io.StringIO(text, newline="")
+    reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv" else csv.reader(lines)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise UserError(f"{path}:1: malformed {kind.upper()} header ({e})") from None
+    if header is None:
+        return [], []
+    _check_header(path, header, reader.line_num)
+    rows = []
+    while True:
         try:
-            header = next(reader, None)
-            if header is None:
-                return [], []
-            rows = []
-            for fields in reader:
-                if not fields:
-                    continue
-                if len(fields) != len(header):
-                    raise UserError(
-                        f"{path}:{reader.line_num}: the row has {len(fields)} fields, the header has {len(header)} "
-                        f"({header}); fix the row or the delimiter")
-                rows.append((reader.line_num, dict(zip(header, fields))))
-        except csv.Error as e:
-            raise UserError(f"{path}:{reader.line_num}: malformed {kind.upper()} ({e})") from None
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:   # the reader goes on at the next line
+            bad.found(reader.line_num, f"malformed {kind.upper()} ({e})")
+            continue
+        if not fields:
+            continue
+        problem = input_files.not_utf8("".join(fields))
+        if len(fields) != len(header):
+            problem = (f"the row has {len(fields)} fields, the header has {len(header)} ({header}); "
+                       f"fix the row or the delimiter")
+        if problem:
+            bad.found(reader.line_num, problem)
+        else:
+            rows.append((reader.line_num, dict(zip(header, fields))))
     return header, rows
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Keys of the first object and (line number, object) rows of a JSON-lines file."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if not rows and line.lstrip().startswith("["):
-                raise UserError(f"{path}: is a JSON array; write one JSON object per line (JSON lines)")
+def _check_header(path: Path, header: list[str], line: int) -> None:
+    if not header:
+        raise UserError(f"{path}:{line}: the first line is empty; it must name the columns")
+    problem = input_files.not_utf8("".join(header))
+    if problem:
+        raise UserError(f"{path}:{line}: the header {problem}")
+    repeated = [name for i, name in enumerate(header) if name in header[:i]]
+    if repeated:
+        raise UserError(f"{path}:{line}: the header names the column {repeated[0]!r} twice; rename one")
+
+
+def _read_jsonl(path: Path, text: str, bad: input_files.BadRecords) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Keys of the first object and (line number, object) rows of a JSON-lines file; malformed lines go to `bad`."""
+    rows, first = [], True
+    for lineno, line in input_files.lines(text):
+        if not line.strip():
+            continue
+        if first and line.lstrip().startswith("["):
+            raise UserError(f"{path}: is a JSON array; write one JSON object per line (JSON lines)")
+        first = False
+        problem = input_files.not_utf8(line)
+        if not problem:
             try:
                 row = json.loads(line)
+                if not isinstance(row, dict):
+                    problem = f"expected a JSON object, got {type(row).__name__}"
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") \
-                    from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                problem = f"not valid JSON ({e.msg}); expected one JSON object per line"
+            except RecursionError:
+                problem = "JSON nested too deeply to read"
+            except ValueError:   # Python refuses integers of more than 4300 digits
+                problem = "a JSON number has too many digits"
+        if problem:
+            bad.found(lineno, problem)
+        else:
             rows.append((lineno, row))
     return (list(rows[0][1]) if rows else []), rows
 
@@ -177,21 +225,32 @@ class LabelMap:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"label map {str(path)!r} does not exist")
+        text = input_files.read_text(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
             names, regression = data["names"], data["regression"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{path}: not a label map (JSON with 'names' and 'regression'): {e}") from None
+        except (ValueError, RecursionError, KeyError, TypeError) as e:
+            raise UserError(f"{path}: not a label map (JSON with 'names' and 'regression'): "
+                            f"{type(e).__name__} {e}") from None
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(regression, bool)):
             raise UserError(f"{path}: 'names' must be a list of strings and 'regression' true or false")
+        if not names or len(set(names)) < len(names):
+            raise UserError(f"{path}: 'names' must list each label once; it is {names}")
         return cls(names=names, regression=regression)
 
 
 def _parse_floats(raw_labels: list[str], path: str) -> np.ndarray:
     try:
-        return np.asarray([float(label) for label in raw_labels], np.float32)
+        values = [float(label) for label in raw_labels]
     except ValueError as e:
         raise UserError(f"{path}: a regression label is not a number ({e})") from None
+    # float() reads "nan" and "inf", and float32 turns 1e39 into inf: either would poison the loss.
+    with np.errstate(over="ignore"):
+        scores = np.asarray(values, np.float32)
+    if not np.isfinite(scores).all():
+        label = raw_labels[int(np.flatnonzero(~np.isfinite(scores))[0])]
+        raise UserError(f"{path}: regression label {label!r} is not a finite float32 number")
+    return scores
 
 
 def _truncating_padding_copy(tokenizer: Tokenizer, max_len: int, pad_id: int) -> Tokenizer:

@@ -19,6 +19,7 @@ from tokenizers import (
 )
 from tokenizers.implementations import BertWordPieceTokenizer
 
+from flax_lm.data import input_files
 from flax_lm.errors import UserError
 
 # In this order so that [PAD] is id 0, as in every released BERT vocabulary.
@@ -90,16 +91,23 @@ def load_vocab(path: str | Path, lowercase: bool) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"vocabulary file {str(path)!r} does not exist; give the vocab.txt of a BERT checkpoint")
-    try:
-        tokens = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"vocabulary file {str(path)!r} is not UTF-8 text; "
-                        f"give a BERT checkpoint's vocab.txt") from None
+    # Lines as the `tokenizers` WordPiece reader takes them: split at \n, trailing whitespace dropped.
+    tokens = [line.rstrip() for line in input_files.read_text(path).split("\n")]
+    if tokens[-1] == "":   # the end of the last line, not a token
+        tokens.pop()
+    # A repeated token leaves its first id unused, so the largest id would reach past get_vocab_size().
+    first_line = {}
+    for line, token in enumerate(tokens, 1):
+        if token in first_line:
+            raise UserError(f"{path}:{line}: the token {token!r} is already on line {first_line[token]}; "
+                            f"a vocab.txt lists each token once")
+        first_line[token] = line
     # BertWordPieceTokenizer needs these for its post-processor and would fail with a bare TypeError.
-    missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in tokens]
+    missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in first_line]
     if missing:
         raise UserError(f"vocabulary file {str(path)!r} is not a BERT vocab.txt: it lacks {' '.join(missing)}")
-    return BertWordPieceTokenizer(str(path), lowercase=lowercase)._tokenizer
+    vocab = {token: line - 1 for token, line in first_line.items()}
+    return BertWordPieceTokenizer(vocab, lowercase=lowercase)._tokenizer
 
 
 def special_tokens(tokenizer: Tokenizer) -> SpecialTokens:

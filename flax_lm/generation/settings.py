@@ -61,13 +61,19 @@ def from_sample_section(sample: dict, eos_token_id: int = 0, seed: int = 0) -> G
     early_stopping = {"true": True, "false": False, "never": "never"}.get(str(sample["early_stopping"]).lower())
     if early_stopping is None:
         raise UserError(f"early_stopping must be true, false or never; got {sample['early_stopping']!r}")
-    stop = str(sample["stop_token_ids"]).replace(" ", "")
-    if stop and not all(part.isdigit() for part in stop.split(",")):
-        raise UserError(f"stop_token_ids must be comma-separated token ids (e.g. 13,198); got {stop!r}")
-    stop_ids = tuple(int(part) for part in stop.split(",")) if stop else ()
+    stop_ids = token_ids(sample["stop_token_ids"])
     return GenerationConfig(
         max_new_tokens=sample["max_new_tokens"], temperature=sample["temperature"], top_k=sample["top_k"],
         top_p=sample["top_p"], min_p=sample["min_p"], repetition_penalty=sample["repetition_penalty"],
         num_beams=sample["num_beams"], num_return_sequences=sample["num_return_sequences"],
         length_penalty=sample["length_penalty"], early_stopping=early_stopping,
         eos_token_ids=tuple(dict.fromkeys((eos_token_id, *stop_ids))), pad_token_id=eos_token_id, seed=seed)
+
+
+def token_ids(text: str) -> tuple[int, ...]:
+    """"13, 198" -> (13, 198); anything else is a UserError."""
+    text = str(text).replace(" ", "")
+    # isdigit() alone also passes digits such as "²", which int() refuses
+    if text and not all(part.isascii() and part.isdigit() for part in text.split(",")):
+        raise UserError(f"stop_token_ids must be comma-separated token ids (e.g. 13,198); got {text[:80]!r}")
+    return tuple(int(part) for part in text.split(",")) if text else ()
