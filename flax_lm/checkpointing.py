@@ -2,19 +2,33 @@
 
 Each step directory holds two items: `state` (the TrainState pytree, saved sharded)
 and `data` (JSON). Writes are asynchronous; Orbax finalises a step atomically, so a
-step directory that exists is complete.
+step directory that exists was complete when written, and old steps are deleted only
+after a newer one is finalised. Files can still be damaged later (a disk, a copy, a
+person); `restore_newest_readable` then falls back to the previous step.
 """
 
+import dataclasses
+import shutil
+import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from flax_lm.errors import UserError
+
+UNREADABLE = "unreadable_checkpoints"  # beside the checkpoints directory; damaged steps are moved here
+# TrainState fields that checkpoints written before them lack, with the value they had then.
+ADDED_FIELDS = {"skipped_steps": 0}
 
 
 class Checkpointer:
     def __init__(self, directory: Path, *, save_every: int, keep: int, async_writes: bool):
+        self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_writes),
             item_names=("state", "data"),
@@ -38,10 +52,54 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def restore(self, step: int, abstract_state):
-        """Restores (state, data_state) at `step` onto the shardings of `abstract_state`."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return restored.state, restored.data
+        """Restores (state, data_state) at `step` onto the shardings of `abstract_state`; a
+        checkpoint that cannot be read (damaged, or of another model) is a UserError."""
+        try:
+            saved_fields = set(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state").tree)
+            missing = {name: value for name, value in ADDED_FIELDS.items() if name not in saved_fields}
+            target = abstract_state if not missing else {
+                f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+                if f.name not in missing}
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        except Exception as e:  # tensorstore raises bare Exceptions; every failure means the same here
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"checkpoint {step} in {self.directory} cannot be restored ({reason})") from e
+        state = restored.state
+        if missing:  # an older checkpoint: the fields it lacks get the values they had then
+            state = abstract_state.replace(**state, **{
+                name: jax.device_put(np.asarray(value, getattr(abstract_state, name).dtype),
+                                     getattr(abstract_state, name).sharding) for name, value in missing.items()})
+        return state, restored.data
+
+    def restore_newest_readable(self, abstract_state, warn):
+        """(step, state, data_state) of the newest checkpoint that restores, or None when there
+        are none. Newer steps that fail, while an older one restores, are damaged: each is
+        reported through `warn(line)` and moved (not deleted) to UNREADABLE. When no step
+        restores, nothing is moved: the config, not the files, is the likely cause."""
+        failures = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, data_state = self.restore(step, abstract_state)
+            except UserError as e:
+                failures.append((step, e))
+                continue
+            for bad_step, error in failures:
+                moved_to = self._set_aside(bad_step)
+                warn(f"{error}; moved it to {moved_to} and resuming from checkpoint {step}")
+            return step, state, data_state
+        if failures:
+            raise failures[0][1]
+        return None
+
+    def _set_aside(self, step: int) -> Path:
+        destination = self.directory.parent / UNREADABLE / f"{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(destination))
+        multihost_utils.sync_global_devices(f"flax_lm set aside checkpoint {step}")
+        self.manager.reload()
+        return destination
 
     def wait(self) -> None:
         """Blocks until pending asynchronous writes are durable."""

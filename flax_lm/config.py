@@ -10,6 +10,8 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
+import traceback
 from pathlib import Path
 
 import ml_collections
@@ -27,6 +29,7 @@ CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "sample.early_stopping": ("false", "true", "never"),
+    "train.nonfinite_policy": ("skip", "stop"),
 }
 POSITIVE = (
     "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
@@ -54,8 +57,17 @@ def load(path_or_name: str, overrides: list[str] = ()) -> ml_collections.ConfigD
 
 def from_json(text: str) -> ml_collections.ConfigDict:
     """Rebuilds a validated config from the JSON a run saved in its workdir."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"the workdir's config.json is not valid JSON ({e}); "
+                        f"restore it or start a new workdir") from None
+    except (ValueError, RecursionError) as e:   # a number of over 4300 digits; nesting deeper than Python's stack
+        raise UserError(f"the workdir's config.json cannot be read ({type(e).__name__})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"the workdir's config.json holds a {type(values).__name__}, not a config object")
     cfg = defaults.get_config()
-    _merge(cfg, json.loads(text), prefix="")
+    _merge(cfg, values, prefix="")
     validate(cfg)
     return cfg
 
@@ -67,16 +79,40 @@ def _load_recipe(path_or_name: str) -> ml_collections.ConfigDict:
     if not path.is_file():
         known = sorted(p.stem for p in REPO_CONFIGS.glob("*.py"))
         raise UserError(f"--config: no config file {path_or_name!r} (configs here: {', '.join(known)})")
-    spec = importlib.util.spec_from_file_location(f"flax_lm_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UserError(f"--config: {path} has no get_config() function")
-    recipe = module.get_config()
+    if path.suffix != ".py":
+        raise UserError(f"--config: {path} is not a Python file; a config is a .py file with get_config()")
+    recipe = _run_recipe(path)
+    if not isinstance(recipe, ml_collections.ConfigDict):
+        raise UserError(f"--config: get_config() in {path} returned a {type(recipe).__name__}, not the "
+                        f"ml_collections.ConfigDict of flax_lm.defaults.get_config()")
     # Re-apply the recipe onto a fresh schema so that a recipe cannot add keys.
     cfg = defaults.get_config()
     _merge(cfg, recipe.to_dict(), prefix="")
     return cfg
+
+
+def _run_recipe(path: Path):
+    """What the recipe's get_config() returns; an error in the recipe is a UserError naming its line."""
+    spec = importlib.util.spec_from_file_location(f"flax_lm_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise UserError(f"--config: {path} has no get_config() function")
+        return module.get_config()
+    except UserError:
+        raise
+    except SyntaxError as e:
+        where = f"{path}:{e.lineno}" if e.lineno else str(path)
+        raise UserError(f"--config: {where}: {_one_line(e.msg)}") from None
+    except Exception as e:   # the recipe is the user's code: its error is theirs to fix, at its line
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == path]
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        raise UserError(f"--config: {where}: {type(e).__name__}: {_one_line(str(e))}") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
@@ -113,7 +149,8 @@ def _parse_text(current, text: str):
         return text
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    # Deep nesting exhausts the parser (MemoryError) or the stack; such text is no number either.
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
 
 
@@ -121,11 +158,22 @@ def _coerce(name: str, current, value):
     """Returns `value` as the type of the schema's `current`, or raises UserError."""
     expected = type(current)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:   # an int past the float range: as infinite as 1e999, refused below
+            value = math.inf
     if type(value) is not expected:
         raise UserError(
-            f"config key {name!r} must be {expected.__name__}, got {value!r} ({type(value).__name__})")
+            f"config key {name!r} must be {expected.__name__}, got {_short_repr(value)} ({type(value).__name__})")
+    if expected is float and not math.isfinite(value):   # 1e999 reads as inf; JSON has NaN and Infinity
+        raise UserError(f"config key {name!r} must be a finite number, got {value}")
     return value
+
+
+def _short_repr(value) -> str:
+    """repr(value), cut when long: a pasted file or a 5000-digit number would bury the message."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _get(cfg, name: str):
@@ -190,12 +238,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if o.warmup_steps < 0 or o.warmup_steps > t.steps:
         raise UserError(f"optim.warmup_steps ({o.warmup_steps}) must be in [0, train.steps={t.steps}]")
     _validate_task(cfg)
-    if cfg.sample.max_new_tokens:
-        from flax_lm.generation import settings as generation_settings
-        try:
+    from flax_lm.generation import settings as generation_settings
+    try:
+        generation_settings.token_ids(cfg.sample.stop_token_ids)
+        if cfg.sample.max_new_tokens:
             generation_settings.from_sample_section(cfg.sample.to_dict()).validate()
-        except UserError as e:
-            raise UserError(f"sample.{e}") from None
+    except UserError as e:
+        raise UserError(f"sample.{e}") from None
     if not 0.0 < o.layer_decay <= 1.0:
         raise UserError(f"optim.layer_decay must be in (0, 1]; got {o.layer_decay}")
     if o.learning_rate <= 0:

@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.text_pair_column = ""       # the second text of a pair task; empty for single texts
     c.data.label_column = "label"
     c.data.tag_column = -1             # CoNLL: the column of the tag (-1: the last)
+    # classification and CoNLL files: leave out malformed rows / sentences (counted, and reported in one
+    # line per file) instead of stopping at the first; a file with none left is still an error
+    c.data.skip_bad_records = False
     c.data.doc_stride = 128            # QA: overlap of the windows over a long context, in tokens
     c.data.max_query_len = 64          # QA: question tokens kept
     # classification and NER: pad each batch to its longest example, rounded up to a power of two
@@ -79,6 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.init_from = ""             # a flax_lm workdir or HF model dir/hub id: initial weights and tokenizer
     c.train.best_metric = ""           # keep the checkpoint with the best value of this eval metric (e.g. accuracy)
     c.train.early_stopping_patience = 0  # stop after this many evals without a better best_metric; 0: never
+    # a step whose loss or gradient norm is not finite leaves the parameters as they were; then
+    # skip: count it and go on | stop: save the last good state and exit (reads a flag every step)
+    c.train.nonfinite_policy = "skip"
+    c.train.loss_spike_factor = 3.0    # report a logged loss above this times the median of the last 20; 0: off
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3       # peak, after warmup

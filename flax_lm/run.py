@@ -77,10 +77,15 @@ def _set_num_labels(cfg, count: int) -> None:
                         f"set it to 0 to take the count from the data")
 
 
-def restore_or_init(run: Run, step: int | None = None):
-    """(state, data_state or None): the checkpoint at `step` (default: latest); else the weights of
+def restore_or_init(run: Run, step: int | None = None, warn=print):
+    """(state, data_state or None): the checkpoint at `step` (default: the newest that can be
+    read; damaged newer ones are reported through `warn` and set aside); else the weights of
     `train.init_from` with a fresh optimizer; else a freshly initialised state."""
-    step = run.checkpointer.latest_step() if step is None else step
+    target = checkpointing.abstract_with_shardings(run.abstract_state, run.shardings)
+    if step is None:
+        newest = run.checkpointer.restore_newest_readable(target, warn)
+        if newest is not None:
+            return newest[1:]
     if step is None and run.cfg.train.init_from:
         fresh = state_init.host_params(run.model, run.cfg.train.seed, run.cfg.model.max_len)
         params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family,
@@ -91,7 +96,6 @@ def restore_or_init(run: Run, step: int | None = None):
         state = state_init.create_state(run.model, run.tx, run.mesh, run.cfg.train.seed, run.cfg.model.max_len,
                                         run.shardings)
         return state, None
-    target = checkpointing.abstract_with_shardings(run.abstract_state, run.shardings)
     return run.checkpointer.restore(step, target)
 
 

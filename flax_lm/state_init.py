@@ -28,7 +28,7 @@ def _init_params(model, seed: int, seq_len: int):
 def _init_fn(model, tx, seed: int, seq_len: int):
     def init():
         params = _init_params(model, seed, seq_len)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rngs(seed)[1])
+        return TrainState.fresh(params, tx.init(params), rngs(seed)[1])
     return init
 
 
@@ -51,7 +51,7 @@ def state_from_params(params, tx, abstract_state, shardings, seed: int) -> Train
     params = jax.tree.map(lambda x, like, s: jax.device_put(np.asarray(x, like.dtype), s), params,
                           abstract_state.params, shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rngs(seed)[1])
+    return TrainState.fresh(params, opt_state, rngs(seed)[1])
 
 
 def create_state(model, tx, mesh, seed: int, seq_len: int, shardings) -> TrainState:

@@ -4,16 +4,20 @@ It dispatches step N before reading step N-1's metrics, and reads metrics only a
 logging steps, so the host never blocks the device between steps.
 """
 
+import collections
+import math
+import statistics
 import time
 from pathlib import Path
 
 import jax
 from tqdm import tqdm
 
-from flax_lm import hardware, sharding
+from flax_lm import hardware, preemption, resume_check, sharding
 from flax_lm import workdir as workdir_lib
 from flax_lm.best import BestKeeper
 from flax_lm.data import length_buckets, lm_data, pipeline
+from flax_lm.errors import UserError
 from flax_lm.evaluate import make_evaluator
 from flax_lm.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
@@ -23,13 +27,18 @@ from flax_lm.train_step import make_train_step
 
 
 def train(cfg, workdir: str | Path) -> dict:
-    """Trains (or resumes) the run in `workdir`; returns the final validation metrics."""
-    run = setup(cfg, workdir)
+    """Trains (or resumes) the run in `workdir`; returns the final validation metrics, or {}
+    when a signal stopped it early (its state is saved, and the same command resumes it)."""
     is_primary = jax.process_index() == 0
+    saved = resume_check.saved_config(workdir)
+    allowed_changes = resume_check.check_config(cfg, saved, workdir) if saved else []
+    run = setup(cfg, workdir)
     if is_primary:
         workdir_lib.save_config(run.workdir, cfg)
+    for change in allowed_changes:
+        _say(is_primary, f"resuming with a changed {change}")
     log = MetricsLog(run.workdir, enabled=is_primary)
-    state, data_state = restore_or_init(run)
+    state, data_state = restore_or_init(run, warn=lambda line: _say(is_primary, f"warning: {line}"))
     start = int(jax.device_get(state.step))
     t = cfg.train
     train_data, validation_data = run.splits["train"], run.splits["validation"]
@@ -43,7 +52,7 @@ def train(cfg, workdir: str | Path) -> dict:
     task = get_task(cfg, run.label_names)
     with sharding.activate(run.mesh):
         train_step = jax.jit(
-            make_train_step(run.model, task, run.tx, run.schedule, t.grad_accum_steps),
+            make_train_step(run.model, task, run.tx, run.schedule, t.grad_accum_steps, t.nonfinite_policy),
             in_shardings=(run.shardings, sharding.batch_sharding(run.mesh)),
             out_shardings=(run.shardings, sharding.replicated(run.mesh)), donate_argnums=0)
     evaluate_split = make_evaluator(run, task)
@@ -59,25 +68,33 @@ def train(cfg, workdir: str | Path) -> dict:
         return metrics, stop
 
     pending = None  # (step, metrics on device): read one step late, so the device never waits
-    for step in range(start, t.steps):
-        epoch = iterator.epoch
-        global_indices = iterator.next_global_indices()
-        batch = run.to_global(length_buckets.load_batch(train_data, iterator.local(global_indices), epoch,
-                                                        global_indices))
-        with sharding.activate(run.mesh):
-            state, metrics = train_step(state, batch)
-        if pending is not None and pending[0] % t.log_every == 0:
-            reporter.train_metrics(*pending)
-        pending = (step + 1, metrics)
-        reporter.advance(_tokens(batch))
-        run.checkpointer.save(step + 1, state, iterator.state())
-        if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
-            eval_metrics, stop = run_eval(step + 1)
-            reporter.eval_loss(eval_metrics["loss"])
-            if stop:
-                _say(is_primary, f"early stopping at step {step + 1}: no better {t.best_metric} in "
-                                 f"{t.early_stopping_patience} evaluations")
-                break
+    with preemption.StopRequests(run.checkpointer.manager) as stop_requests:
+        for step in range(start, t.steps):
+            epoch, data_before = iterator.epoch, iterator.state()
+            global_indices = iterator.next_global_indices()
+            batch = run.to_global(length_buckets.load_batch(train_data, iterator.local(global_indices), epoch,
+                                                            global_indices))
+            with sharding.activate(run.mesh):
+                state, metrics = train_step(state, batch)
+            if t.nonfinite_policy == "stop" and int(metrics["nonfinite"]):
+                _halt_on_nonfinite(run, state, data_before, step + 1)
+            if pending is not None and pending[0] % t.log_every == 0:
+                reporter.train_metrics(*pending)
+            pending = (step + 1, metrics)
+            reporter.advance(_tokens(batch))
+            run.checkpointer.save(step + 1, state, iterator.state())
+            if stop_requests.requested(step + 1):
+                reporter.train_metrics(*pending)
+                reporter.close()
+                _save_and_exit(run, state, iterator.state(), step + 1, stop_requests.received, log, best)
+                return {}
+            if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
+                eval_metrics, stop = run_eval(step + 1)
+                reporter.eval_loss(eval_metrics["loss"])
+                if stop:
+                    _say(is_primary, f"early stopping at step {step + 1}: no better {t.best_metric} in "
+                                     f"{t.early_stopping_patience} evaluations")
+                    break
     if pending is not None:
         reporter.train_metrics(*pending)
     reporter.close()
@@ -98,6 +115,30 @@ def train(cfg, workdir: str | Path) -> dict:
     return eval_metrics
 
 
+def _save_and_exit(run, state, data_state: dict, step: int, signal_name: str, log, best) -> None:
+    """After a stop request: the state of `step` saved and durable, everything closed."""
+    run.checkpointer.save_final(step, state, data_state)
+    run.checkpointer.wait()
+    run.checkpointer.close()
+    if best:
+        best.close()
+    log.close()
+    _say(jax.process_index() == 0, f"stopped by {signal_name} after step {step}; its checkpoint is in "
+                                   f"{run.workdir / workdir_lib.CHECKPOINTS}; run the same command to resume")
+
+
+def _halt_on_nonfinite(run, state, data_state: dict, step: int) -> None:
+    """train.nonfinite_policy=stop: `state` is still the last good one (the step left it
+    untouched); it is saved with the data position before the bad batch, then a UserError."""
+    good_step = int(jax.device_get(state.step))
+    run.checkpointer.save_final(good_step, state, data_state)
+    run.checkpointer.wait()
+    run.checkpointer.close()
+    raise UserError(f"step {step}: the loss or gradient norm is not finite; stopped (train.nonfinite_policy=stop) "
+                    f"with the last good state saved as checkpoint {good_step} in "
+                    f"{run.workdir / workdir_lib.CHECKPOINTS}")
+
+
 def _tokens(batch: dict) -> int:
     """Token positions the step computes (padding included): batch x its widest per-token array."""
     rows = next(iter(batch.values())).shape[0]
@@ -113,7 +154,10 @@ class _Reporter:
     """Train metrics to the log (with tokens/s and MFU) and to the console progress bar."""
 
     def __init__(self, log: MetricsLog, cfg, start_step: int, flops_per_token: float, enabled: bool):
-        self.log = log
+        self.log, self.enabled = log, enabled
+        self.spike_factor = cfg.train.loss_spike_factor
+        self.recent_losses = collections.deque(maxlen=20)
+        self.skipped = None  # skipped_steps at the last report
         self.tokens = 0   # since the last report
         self.flops_per_token = flops_per_token
         self.peak = hardware.peak_flops_per_device(cfg.peak_flops_per_device)
@@ -128,7 +172,8 @@ class _Reporter:
 
     def train_metrics(self, step: int, metrics) -> None:
         """Reads `metrics` (blocking on that step only) and reports them with throughput."""
-        values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
+        values = {k: float(v) for k, v in jax.device_get(metrics).items() if k not in ("tokens", "nonfinite")}
+        self._check_numbers(step, values)
         now = time.perf_counter()
         values["tokens_per_sec"] = self.tokens / max(now - self.last_time, 1e-9)
         if self.peak:
@@ -137,6 +182,29 @@ class _Reporter:
         self.last_time, self.tokens = now, 0
         self.postfix.update(loss=f"{values['loss']:.3f}", tok_per_s=f"{values['tokens_per_sec']:,.0f}")
         self.bar.set_postfix(self.postfix, refresh=False)
+
+    def _check_numbers(self, step: int, values: dict) -> None:
+        """Says when steps were skipped for non-finite numbers since the last report, and when
+        the loss jumps above `spike_factor` times the median of the recent logged losses."""
+        skipped = int(values["skipped_steps"])
+        if self.skipped is not None and skipped > self.skipped:
+            self._say(f"step {step}: {skipped - self.skipped} step(s) skipped since the last report for a "
+                      f"non-finite loss or gradient norm ({skipped} in all)")
+        self.skipped = skipped
+        loss = values["loss"]
+        if not math.isfinite(loss):
+            return
+        if self.spike_factor and len(self.recent_losses) >= 5:
+            median = statistics.median(self.recent_losses)
+            if loss > self.spike_factor * median:
+                values["loss_spike"] = loss / median
+                self._say(f"step {step}: loss spike: {loss:.4g} is {loss / median:.1f}x the median of the last "
+                          f"{len(self.recent_losses)} logged losses ({median:.4g})")
+        self.recent_losses.append(loss)
+
+    def _say(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(text)
 
     def eval_loss(self, loss: float) -> None:
         self.postfix["val_loss"] = f"{loss:.3f}"

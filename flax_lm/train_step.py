@@ -4,6 +4,12 @@ The step is a pure function (state, batch) -> (state, metrics). Each loss term's
 weight is read from the whole batch first; gradient accumulation then runs as a
 `lax.scan` over micro-batches whose losses are divided by those totals, so k
 micro-batches give exactly the gradient of one k-times-larger batch.
+
+A step whose loss or gradient norm is not finite changes no parameter and no optimizer
+moment (a select that XLA fuses into the update) and is flagged in the metrics as
+`nonfinite`. With the "skip" policy it is counted in `skipped_steps` and the step counter
+moves on (the batch is consumed); with "stop" the whole state stays as it was, so the loop
+can save exactly the last good state.
 """
 
 import jax
@@ -14,7 +20,8 @@ from flax_lm.tasks.base import Task, total_loss
 from flax_lm.train_state import TrainState
 
 
-def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedule, grad_accum_steps: int):
+def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedule, grad_accum_steps: int,
+                    nonfinite_policy: str = "skip"):
     """Returns train_step(state, batch) -> (state, metrics); batch arrays lead with the global batch."""
 
     def micro_grads(params, micro_batch, weights, rng):
@@ -42,16 +49,26 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
 
             zeros = (jax.tree.map(jnp.zeros_like, state.params), jax.tree.map(jnp.zeros_like, weights))
             (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+        loss, grad_norm = total_loss(sums, weights), optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            "loss": total_loss(sums, weights),
-            "grad_norm": optax.tree.norm(grads),
+            "loss": loss,
+            "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
+            "nonfinite": (~finite).astype(jnp.int32),
+            "skipped_steps": state.skipped_steps + (~finite & (nonfinite_policy == "skip")),
         }
         if len(sums) > 1:
             metrics.update({f"loss/{k}": sums[k] / jnp.maximum(weights[k], 1.0) for k in sums})
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        def if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        advance = finite | (nonfinite_policy == "skip")
+        return state.replace(step=state.step + advance, params=if_finite(params, state.params),
+                             opt_state=if_finite(opt_state, state.opt_state),
+                             skipped_steps=metrics["skipped_steps"]), metrics
 
     return train_step
 

@@ -1,0 +1,83 @@
+"""Whether a run may resume with the config it is given now.
+
+A checkpoint means something only with the model, tokenizer, data and task it was trained
+with; a resume that changed them would either fail deep inside Orbax or, worse, go on
+training on other data. Keys that only steer how training continues (its length, the
+learning rate, logging, checkpointing, the device layout, compute precision) may change,
+and the changes are reported.
+"""
+
+import json
+from pathlib import Path
+
+from flax_lm import workdir as workdir_lib
+from flax_lm.errors import UserError
+from flax_lm.init_from import ARCHITECTURE_KEYS
+
+# Keys (or whole sections, ending in ".") whose change a resume allows.
+SAFE = (
+    "train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.async_checkpointing", "train.progress_bar", "train.best_metric",
+    "train.early_stopping_patience", "train.nonfinite_policy", "train.loss_spike_factor",
+    "train.loss_chunk_len", "train.grad_accum_steps", "train.init_from",
+    "optim.learning_rate", "optim.warmup_steps", "optim.schedule", "optim.min_lr_ratio", "optim.weight_decay",
+    "optim.grad_clip_norm", "optim.b1", "optim.b2", "optim.eps", "optim.unfreeze_every",
+    "model.dtype", "model.attention", "model.remat_policy", "model.dropout", "model.attention_dropout",
+    "parallel.", "sample.", "peak_flops_per_device",
+)
+
+
+def saved_config(workdir: Path) -> dict | None:
+    """The config of the run a `train` in `workdir` would resume (None: it starts afresh)."""
+    workdir = Path(workdir)
+    checkpoints, config = workdir / workdir_lib.CHECKPOINTS, workdir / workdir_lib.CONFIG
+    if not (config.is_file() and checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        return None
+    return workdir_lib.read_json(config)
+
+
+def adopt_resolved(cfg, saved: dict) -> None:
+    """Takes the values that a new run resolves when it starts (the label count from the data,
+    the architecture from `train.init_from`) from the run being resumed, as that run did."""
+    if cfg.model.num_labels == 0:
+        cfg.model.num_labels = saved["model"]["num_labels"]
+    if cfg.train.init_from:
+        cfg.model.update({k: saved["model"][k] for k in ARCHITECTURE_KEYS})
+
+
+def check_config(cfg, saved: dict, workdir) -> list[str]:
+    """The allowed changes of `cfg` from the `saved` config (to report); a UserError naming the
+    others, if any. `cfg` gets the saved run's resolved values first (`adopt_resolved`)."""
+    adopt_resolved(cfg, saved)
+    return check(saved, json.loads(cfg.to_json()), workdir)
+
+
+def changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(safe, refused): 'key: old -> new' for every key whose value differs."""
+    safe, refused = [], []
+    saved, current = _flat(saved), _flat(current)
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if old != new:
+            line = f"{key}: {old!r} -> {new!r}"
+            (safe if key.startswith(SAFE) else refused).append(line)
+    return safe, refused
+
+
+def check(saved: dict, current: dict, workdir) -> list[str]:
+    """The allowed changes (to report); a UserError naming the others, if any."""
+    safe, refused = changes(saved, current)
+    if refused:
+        raise UserError(f"--workdir {workdir} holds checkpoints of another config; changed: {'; '.join(refused)}. "
+                        f"Resume with the run's own settings, or start a new --workdir")
+    return safe
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
