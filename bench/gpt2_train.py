@@ -8,28 +8,21 @@ random token batch. Rounds alternate between the two so that machine drift hits 
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
+from bench.common import add_row, machine, publish, time_calls, torch_gpt2
 from flax_lm import config as config_lib
 from flax_lm import mesh as mesh_lib
 from flax_lm import optim, state_init
-from flax_lm.interop import gpt2 as interop
 from flax_lm.models import build_model
 from flax_lm.models.gpt2 import flops_per_token
 from flax_lm.tasks import get_task
 from flax_lm.train_step import make_train_step
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def flax_trainer(cfg, batch):
@@ -55,14 +48,8 @@ def flax_trainer(cfg, batch):
 
 def torch_trainer(cfg, batch, params0, compile_model: bool):
     import torch
-    import transformers
-    model_cfg = build_model(cfg.model).cfg
-    hf_cfg = transformers.GPT2Config(**interop.config_to_hf(model_cfg), bos_token_id=0, eos_token_id=0)
-    hf_cfg._attn_implementation = "sdpa"
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
-    model = transformers.GPT2LMHeadModel(hf_cfg)
-    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in interop.params_to_hf(params0, model_cfg).items()}
-    model.load_state_dict(state_dict, strict=False)
+    model = torch_gpt2(params0, build_model(cfg.model).cfg)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -84,15 +71,6 @@ def torch_trainer(cfg, batch, params0, compile_model: bool):
         opt.step()
         loss.item()
     return step
-
-
-def time_steps(step, n):
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main(argv=None):
@@ -130,22 +108,17 @@ def main(argv=None):
     if args.torch_compile:
         sides["torch_compile"] = torch_trainer(cfg, batch, params0, True)
     for step in sides.values():
-        time_steps(step, args.warmup)
+        time_calls(step, args.warmup)
     times = {name: [] for name in sides}
     for _ in range(args.rounds):
         for name, step in sides.items():
-            times[name] += time_steps(step, args.steps)
+            times[name] += time_calls(step, args.steps)
 
     tokens_per_step = b * t
     fpt = flops_per_token(build_model(cfg.model).cfg, t)
     result = {
         "benchmark": "gpt2_train", "config": args.config, "batch": b, "seq": t, "vocab": v, "dtype": args.dtype,
-        "params": int(sum(np.size(x) for x in jax.tree.leaves(params0))),
-        "device": jax.devices()[0].device_kind, "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__},
-        "date": datetime.date.today().isoformat(),
+        "params": int(sum(np.size(x) for x in jax.tree.leaves(params0))), **machine(),
         "command": "python -m bench.gpt2_train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "flops_per_token_6N_12LHQT": fpt,
     }
@@ -157,23 +130,18 @@ def main(argv=None):
     if args.torch_compile:
         result["speedup_vs_torch_compile"] = (
             result["torch_compile"]["step_s_median"] / result["flax_lm"]["step_s_median"])
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if not args.no_record:
-        record(result)
+    publish(result, args.json, None if args.no_record else record)
     return result
 
 
 def record(r: dict) -> None:
-    """Appends one row to the table in bench/RESULTS.md."""
+    """Adds one row to the GPT-2 training table of bench/RESULTS.md."""
     compiled = f"{r['speedup_vs_torch_compile']:.2f}x" if "speedup_vs_torch_compile" in r else "-"
-    row = (f"| {r['date']} | {r['config']} B={r['batch']} T={r['seq']} V={r['vocab']} {r['dtype']} | {r['device']}, "
-           f"{r['cores']} cores | {r['flax_lm']['tokens_per_s']:,.0f} | {r['torch_eager']['tokens_per_s']:,.0f} | "
-           f"**{r['speedup_vs_torch_eager']:.2f}x** | {compiled} | jax {r['versions']['jax']}, torch "
-           f"{r['versions']['torch']} | `{r['command']}` |\n")
-    with open(RESULTS, "a", encoding="utf-8") as f:
-        f.write(row)
+    add_row("## Training throughput, GPT-2", "",
+            f"| {r['date']} | {r['config']} B={r['batch']} T={r['seq']} V={r['vocab']} {r['dtype']} | {r['device']}, "
+            f"{r['cores']} cores | {r['flax_lm']['tokens_per_s']:,.0f} | {r['torch_eager']['tokens_per_s']:,.0f} | "
+            f"**{r['speedup_vs_torch_eager']:.2f}x** | {compiled} | jax {r['versions']['jax']}, torch "
+            f"{r['versions']['torch']} | `{r['command']}` |")
 
 
 if __name__ == "__main__":
