@@ -17,7 +17,7 @@ import sys
 import jax
 import numpy as np
 
-from bench.common import add_row, machine, publish, time_calls
+from bench.common import add_row, machine, publish, time_rounds, torch_train_step
 from flax_lm import config as config_lib
 from flax_lm import mesh as mesh_lib
 from flax_lm import optim, state_init
@@ -82,14 +82,7 @@ def torch_trainer(cfg, batch, params0, model_cfg):
     labels = torch.full_like(inputs["input_ids"], -100)
     labels.scatter_(1, torch.from_numpy(batch["masked_positions"]).long(), torch.from_numpy(batch["masked_ids"]).long())
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = model(**inputs, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
-        opt.step()
-        loss.item()
-    return step
+    return torch_train_step(model, opt, lambda: model(**inputs, labels=labels).loss, o.grad_clip_norm)
 
 
 def main(argv=None):
@@ -115,12 +108,7 @@ def main(argv=None):
     batch = masked_batch(args.batch, args.seq, cfg.model.vocab_size, args.predictions, np.random.RandomState(0))
     jax_step, params0, model_cfg = flax_trainer(cfg, batch)
     sides = {"flax_lm": jax_step, "torch_eager": torch_trainer(cfg, batch, params0, model_cfg)}
-    for step in sides.values():
-        time_calls(step, args.warmup)
-    times = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, step in sides.items():
-            times[name] += time_calls(step, args.steps)
+    times = time_rounds(sides, args.warmup, args.steps, args.rounds)
 
     result = {"benchmark": "bert_mlm", "config": args.config, "batch": args.batch, "seq": args.seq,
               "predictions": args.predictions, "dtype": "float32",

@@ -13,14 +13,46 @@ import numpy as np
 from flax_lm.interop import gpt2 as interop
 
 
-def time_calls(fn, n: int) -> list[float]:
-    """Wall seconds of each of n calls of fn (which must block until its work is done)."""
+def time_calls(fn, n: int, settle: float = 1.0) -> list[float]:
+    """Wall seconds of each of n calls of fn (which must block until its work is done), after
+    `settle` idle seconds: PyTorch's OpenMP threads spin for a while after each call, and would
+    otherwise take the cores from whichever side runs next."""
+    time.sleep(settle)
     times = []
     for _ in range(n):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def time_rounds(sides: dict, warmup: int, calls: int, rounds: int) -> dict[str, list[float]]:
+    """{name: wall seconds of each timed call} of every side's callable: `warmup` untimed calls
+    each, then `rounds` rounds of `calls` calls, the sides taking turns so that drift in the
+    machine's speed hits all of them alike."""
+    for fn in sides.values():
+        time_calls(fn, warmup)
+    times = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            times[name] += time_calls(fn, calls)
+    return times
+
+
+def torch_train_step(model, optimizer, loss_fn, grad_clip_norm: float):
+    """One PyTorch training step of `loss_fn()` (AdamW and clipping as flax_lm's), as a callable
+    that blocks until the step is done."""
+    import torch
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        if grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        optimizer.step()
+        loss.item()
+    return step
 
 
 def torch_gpt2(params, model_cfg):

@@ -16,7 +16,7 @@ import sys
 import jax
 import numpy as np
 
-from bench.common import add_row, machine, publish, time_calls, torch_gpt2
+from bench.common import add_row, machine, publish, time_rounds, torch_gpt2
 from flax_lm import config as config_lib
 from flax_lm.generation import CausalDecoder, GenerationConfig, generate
 from flax_lm.models import build_model
@@ -65,12 +65,7 @@ def main(argv=None):
         return run
 
     sides = {"flax_lm": ours, "torch_dynamic": theirs("dynamic"), "torch_static": theirs("static")}
-    for fn in sides.values():
-        time_calls(fn, 1)  # compilation, cache allocation
-    times = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, fn in sides.items():
-            times[name] += time_calls(fn, 1)
+    times = time_rounds(sides, 1, 1, args.rounds)  # the untimed call compiles and allocates
 
     tokens = args.batch * args.new
     result = {"benchmark": "gpt2_generate", "config": args.config, "batch": args.batch, "prompt": args.prompt,

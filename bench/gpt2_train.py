@@ -15,7 +15,7 @@ import sys
 import jax
 import numpy as np
 
-from bench.common import add_row, machine, publish, time_calls, torch_gpt2
+from bench.common import add_row, machine, publish, time_rounds, torch_gpt2, torch_train_step
 from flax_lm import config as config_lib
 from flax_lm import mesh as mesh_lib
 from flax_lm import optim, state_init
@@ -60,17 +60,11 @@ def torch_trainer(cfg, batch, params0, compile_model: bool):
     forward = torch.compile(model) if compile_model else model
     inputs, targets = torch.from_numpy(batch["inputs"]).long(), torch.from_numpy(batch["targets"]).long()
 
-    def step():
-        opt.zero_grad(set_to_none=True)
+    def loss():
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             logits = forward(inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        loss.backward()
-        if o.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
-        opt.step()
-        loss.item()
-    return step
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    return torch_train_step(model, opt, loss, o.grad_clip_norm)
 
 
 def main(argv=None):
@@ -107,12 +101,7 @@ def main(argv=None):
     sides = {"flax_lm": jax_step, "torch_eager": torch_trainer(cfg, batch, params0, False)}
     if args.torch_compile:
         sides["torch_compile"] = torch_trainer(cfg, batch, params0, True)
-    for step in sides.values():
-        time_calls(step, args.warmup)
-    times = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, step in sides.items():
-            times[name] += time_calls(step, args.steps)
+    times = time_rounds(sides, args.warmup, args.steps, args.rounds)
 
     tokens_per_step = b * t
     fpt = flops_per_token(build_model(cfg.model).cfg, t)

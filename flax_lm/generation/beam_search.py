@@ -35,6 +35,7 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     """The R best hypotheses of every left-padded prompt, as new tokens (B * R) x N int32,
     prompt-major and best first; each row holds its end token, then the padding id."""
     B, P = prompt_BxP.shape
+    prepared = decoder.prepare(params)
     W, N, R = config.num_beams, config.max_new_tokens, config.num_return_sequences
     K = max(2, 1 + len(config.eos_token_ids)) * W
     eos_E = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
@@ -47,7 +48,7 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     prompt_BWxP = jnp.repeat(prompt_BxP, W, axis=0)
     prompt_mask_BWxP = jnp.repeat(prompt_mask_BxP, W, axis=0)
     mask_BWxS = jnp.concatenate([prompt_mask_BWxP.astype(bool), jnp.ones((B * W, N), bool)], axis=1)
-    logits_BWxPxV, cache = decoder.forward(params, prompt_BWxP, mask_BWxS, left_pad_positions(prompt_mask_BWxP),
+    logits_BWxPxV, cache = decoder.forward(prepared, prompt_BWxP, mask_BWxS, left_pad_positions(prompt_mask_BWxP),
                                            decoder.init_cache(B * W, P + N), 0)
     V = logits_BWxPxV.shape[-1]
     prompt_seen_BWxV = processors.seen_tokens(prompt_BWxP, prompt_mask_BWxP, V)
@@ -115,7 +116,7 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
         cache = reorder_cache(cache, (first_row_B[:, None] + source_beam_BxW).reshape(B * W))
         token_BWx1 = running_BxWxN[:, :, i].reshape(B * W, 1)
         position_BWx1 = (prompt_mask_BWxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
-        logits_BWx1xV, cache = decoder.forward(params, token_BWx1, mask_BWxS, position_BWx1, cache, P + i)
+        logits_BWx1xV, cache = decoder.forward(prepared, token_BWx1, mask_BWxS, position_BWx1, cache, P + i)
         return (i + 1, logits_BWx1xV[:, 0], cache, running_BxWxN, running_scores_BxW, finished_BxWxN,
                 finished_scores_BxW, is_finished_BxW, improvable_B, more)
 

@@ -1,10 +1,13 @@
 """A model as the decoding loops see it: prefill and one-token steps against a key/value cache.
 
-Every loop calls `forward(params, ids_BxT, mask_BxS, positions_BxT, cache, index)`: the T
-tokens go into cache slots index..index+T-1, attend to the slots `mask_BxS` allows up to their
-own, and come back as logits B x T x V with the updated cache. A new model family plugs in
-here and every strategy (greedy, sampling, beam search) works with it.
+Every loop calls `prepare(params)` once, then `forward(prepared, ids_BxT, mask_BxS,
+positions_BxT, cache, index)`: the T tokens go into cache slots index..index+T-1, attend to
+the slots `mask_BxS` allows up to their own, and come back as logits B x T x V with the
+updated cache. A new model family plugs in here and every strategy (greedy, sampling, beam
+search) works with it.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -13,21 +16,38 @@ from flax_lm.models import gpt2
 
 
 class CausalDecoder:
-    """A decoder-only model (`GPT2LMHeadModel`) behind the decoding interface."""
+    """A decoder-only model (`GPT2LMHeadModel`) behind the decoding interface.
+
+    A model with scanned layers decodes through its unrolled twin: a scan over the layers
+    slices every layer's weights out of the stacked arrays at each one-token step, which made
+    decoding gpt2_small on CPU 1.6x slower (40 vs 25 ms a token).
+    """
 
     def __init__(self, model: gpt2.GPT2LMHeadModel):
         self.model = model
+        self.unrolled = model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=False)) \
+            if model.cfg.scan_layers else model
 
     @property
     def max_len(self) -> int:
         return self.model.cfg.max_len
 
     def init_cache(self, batch: int, length: int):
-        return gpt2.init_cache(self.model.cfg, batch, length)
+        return gpt2.init_cache(self.unrolled.cfg, batch, length)
 
-    def forward(self, params, ids_BxT, mask_BxS, positions_BxT, cache, index):
-        return self.model.apply({"params": params}, ids_BxT, attention_mask_BxT=mask_BxS,
-                                position_ids_BxT=positions_BxT, cache=cache, cache_index=index)
+    def prepare(self, params):
+        """The parameters in the layout `forward` takes: stacked layers split into `h_{i}`."""
+        if self.unrolled is self.model:
+            return params
+        params = dict(params)
+        stacked = params.pop(gpt2.LAYERS)
+        for i in range(self.model.cfg.n_layers):
+            params[f"{gpt2.LAYERS}_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+        return params
+
+    def forward(self, prepared, ids_BxT, mask_BxS, positions_BxT, cache, index):
+        return self.unrolled.apply({"params": prepared}, ids_BxT, attention_mask_BxT=mask_BxS,
+                                   position_ids_BxT=positions_BxT, cache=cache, cache_index=index)
 
     # a frozen module is hashable, so a decoder can be a static argument of jit
     def __hash__(self):

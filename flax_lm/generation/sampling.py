@@ -25,10 +25,12 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
     `streamer`, if given, is called on the host with each step's tokens (B,) as they are made.
     """
     B, P = prompt_BxP.shape
+    prepared = decoder.prepare(params)
     N = config.max_new_tokens
     mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
     positions_BxP = left_pad_positions(prompt_mask_BxP)
-    logits_BxPxV, cache = decoder.forward(params, prompt_BxP, mask_BxS, positions_BxP, decoder.init_cache(B, P + N), 0)
+    cache = decoder.init_cache(B, P + N)
+    logits_BxPxV, cache = decoder.forward(prepared, prompt_BxP, mask_BxS, positions_BxP, cache, 0)
     V = logits_BxPxV.shape[-1]
     seen_BxV = processors.seen_tokens(prompt_BxP, prompt_mask_BxP, V)
     eos_E = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
@@ -51,7 +53,7 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
         seen_BxV = seen_BxV.at[jnp.arange(B), token_B].set(True)
         finished_B = finished_B | jnp.isin(token_B, eos_E)
         position_Bx1 = (prompt_mask_BxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
-        logits_Bx1xV, cache = decoder.forward(params, token_B[:, None], mask_BxS, position_Bx1, cache, P + i)
+        logits_Bx1xV, cache = decoder.forward(prepared, token_B[:, None], mask_BxS, position_Bx1, cache, P + i)
         return i + 1, logits_Bx1xV[:, 0], cache, out_BxN, seen_BxV, finished_B
 
     def running(carry):

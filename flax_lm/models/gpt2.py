@@ -19,6 +19,8 @@ from flax_lm.models.layers import Projection
 from flax_lm.models.remat import POLICIES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
+LAYERS = "h"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +199,11 @@ class GPT2LMHeadModel(nn.Module):
                 block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, deterministic, name="h")(x_BxTxD, kv_mask_BxS, cache_index, cache)
+            )(cfg, deterministic, name=LAYERS)(x_BxTxD, kv_mask_BxS, cache_index, cache)
         else:
             layer_caches = [None] * cfg.n_layers if cache is None else list(cache)
             for i in range(cfg.n_layers):
-                x_BxTxD, layer_caches[i] = block(cfg, deterministic, name=f"h_{i}")(
+                x_BxTxD, layer_caches[i] = block(cfg, deterministic, name=f"{LAYERS}_{i}")(
                     x_BxTxD, kv_mask_BxS, cache_index, layer_caches[i])
             cache = None if cache is None else tuple(layer_caches)
 
