@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
 
+    p = sub.add_parser("compile", help="compile a config's train step for a TPU topology (no TPU needed) and "
+                                       "report memory per chip, FLOPs and whether it fits",
+                       epilog="Override any config key with --config.section.key=value.")
+    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    p.add_argument("--topology", required=True, help="a TPU topology, e.g. v5e:4x4, v5p:2x2x1, v4:2x2x1, v6e:2x2")
+    p.add_argument("--num-slices", type=int, default=1, help="slices of that topology (multi-slice)")
+    p.add_argument("--json", default=None, help="also write the report here")
+
     p = sub.add_parser("import", help="make a workdir from a Hugging Face model directory or hub id")
     p.add_argument("--hf", required=True, help="a local model directory or a hub id")
     p.add_argument("--workdir", required=True, help="a new directory")
@@ -58,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if a.startswith("--config.")]
     unknown = [a for a in extra if not a.startswith("--config.")]
-    if unknown or (overrides and args.command != "train"):
+    if unknown or (overrides and args.command not in ("train", "compile")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     try:
         return COMMANDS[args.command](args, overrides)
@@ -180,6 +188,21 @@ def _export(args, _) -> int:
     return 0
 
 
+def _compile(args, overrides) -> int:
+    import json
+
+    from flax_lm import config, tpu_compile
+    cfg = config.load(args.config, overrides)
+    if args.num_slices < 1:
+        raise UserError(f"--num-slices must be at least 1; got {args.num_slices}")
+    report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices(args.topology, args.num_slices))
+    topology = args.topology + (f" x {args.num_slices} slices" if args.num_slices > 1 else "")
+    print(tpu_compile.format_report(args.config, topology, report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
 def _import(args, _) -> int:
     from flax_lm.interop.hf_import import import_hf
     workdir = import_hf(args.hf, args.workdir, args.task)
@@ -188,7 +211,7 @@ def _import(args, _) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate, "export": _export,
-            "import": _import}
+            "import": _import, "compile": _compile}
 
 
 def entry_point() -> None:

@@ -39,5 +39,7 @@ def make_mesh(cfg, devices=None) -> jax.sharding.Mesh:
             f"{data * fsdp} data-parallel devices (parallel.data={data} x parallel.fsdp={fsdp})")
     if cfg.model.n_heads % tensor:
         raise UserError(f"model.n_heads ({cfg.model.n_heads}) must be divisible by parallel.tensor ({tensor})")
-    device_array = mesh_utils.create_device_mesh(shape, devices=np.asarray(devices).ravel().tolist())
+    # On TPU the axes follow the chips' physical torus; an axis of 2 on a 4x4 slice splits one of its sides.
+    device_array = mesh_utils.create_device_mesh(shape, devices=np.asarray(devices).ravel().tolist(),
+                                                 allow_split_physical_axes=True)
     return jax.sharding.Mesh(device_array, MESH_AXES)

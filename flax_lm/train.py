@@ -23,7 +23,7 @@ from flax_lm.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
 from flax_lm.run import restore_or_init, sample_text, setup
 from flax_lm.tasks import get_task
-from flax_lm.train_step import make_train_step
+from flax_lm.train_step import jit_train_step
 
 
 def train(cfg, workdir: str | Path) -> dict:
@@ -50,11 +50,7 @@ def train(cfg, workdir: str | Path) -> dict:
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
 
     task = get_task(cfg, run.label_names)
-    with sharding.activate(run.mesh):
-        train_step = jax.jit(
-            make_train_step(run.model, task, run.tx, run.schedule, t.grad_accum_steps, t.nonfinite_policy),
-            in_shardings=(run.shardings, sharding.batch_sharding(run.mesh)),
-            out_shardings=(run.shardings, sharding.replicated(run.mesh)), donate_argnums=0)
+    train_step = jit_train_step(run.model, task, run.tx, run.schedule, t, run.mesh, run.shardings)
     evaluate_split = make_evaluator(run, task)
     reporter = _Reporter(log, cfg, start, flops_per_token=flops_per_token(run.model.cfg, pipeline.seq_len(cfg)),
                          enabled=is_primary)

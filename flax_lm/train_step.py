@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flax_lm import sharding
 from flax_lm.tasks.base import Task, total_loss
 from flax_lm.train_state import TrainState
 
@@ -71,6 +72,16 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
                              skipped_steps=metrics["skipped_steps"]), metrics
 
     return train_step
+
+
+def jit_train_step(model, task: Task, tx, schedule, train_cfg, mesh, state_shardings):
+    """The train step jitted for `mesh`: the state keeps `state_shardings` (and is donated),
+    batches are split over the data axes, metrics come back replicated."""
+    with sharding.activate(mesh):
+        return jax.jit(
+            make_train_step(model, task, tx, schedule, train_cfg.grad_accum_steps, train_cfg.nonfinite_policy),
+            in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+            out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
 def make_eval_step(model, task: Task):

@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
+# libtpu, for compiling to TPU topologies on this machine (tests/test_tpu_compile.py); pinned to the
+# installed jax so that pip does not move jax itself
+python -m pip install -q "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
 python -m pytest -q tests "$@"

@@ -5,6 +5,8 @@ import os
 # Before JAX is imported anywhere: sharding is tested on 8 devices everywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# CPU only, even where libtpu is installed (for compiling to TPU topologies): no TPU probe at start
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pathlib import Path  # noqa: E402
 

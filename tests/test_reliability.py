@@ -221,3 +221,11 @@ def test_a_checkpoint_from_before_the_skipped_step_count_still_resumes(tmp_path,
     train.train(cfg, tmp_path / "old")
     assert "resumed from step 4" in capsys.readouterr().out and not (tmp_path / "old" / UNREADABLE).exists()
     _assert_same_run(cfg, tmp_path / "uninterrupted", tmp_path / "old")
+
+
+def test_same_config_seed_and_devices_give_bit_identical_parameters(tmp_path, shakespeare):
+    """Deterministic mode on CPU is the default: nothing in a run depends on timing or threads."""
+    cfg = tiny_config(model=dict(dropout=0.1), train=dict(steps=6, eval_every=6))
+    train.train(cfg, tmp_path / "a")
+    train.train(cfg, tmp_path / "b")
+    _assert_same_run(cfg, tmp_path / "a", tmp_path / "b")
