@@ -39,7 +39,25 @@ def make_mesh(cfg, devices=None) -> jax.sharding.Mesh:
             f"{data * fsdp} data-parallel devices (parallel.data={data} x parallel.fsdp={fsdp})")
     if cfg.model.n_heads % tensor:
         raise UserError(f"model.n_heads ({cfg.model.n_heads}) must be divisible by parallel.tensor ({tensor})")
+    devices = np.asarray(devices).ravel().tolist()
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
     # On TPU the axes follow the chips' physical torus; an axis of 2 on a 4x4 slice splits one of its sides.
-    device_array = mesh_utils.create_device_mesh(shape, devices=np.asarray(devices).ravel().tolist(),
-                                                 allow_split_physical_axes=True)
+    if slices == 1:
+        device_array = mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
+    else:
+        device_array = mesh_utils.create_hybrid_device_mesh(
+            *_within_and_across_slices(shape, slices), devices=devices, allow_split_physical_axes=True)
     return jax.sharding.Mesh(device_array, MESH_AXES)
+
+
+def _within_and_across_slices(shape: tuple[int, int, int], slices: int) -> tuple[tuple, tuple]:
+    """(ICI shape, DCN shape) of a multi-slice mesh. The slow links between slices get the data
+    axis when the slices divide it (one gradient all-reduce a step crosses them), else fsdp (whose
+    parameter all-gathers then cross them too); tensor parallelism always stays within a slice."""
+    data, fsdp, tensor = shape
+    if data % slices == 0:
+        return (data // slices, fsdp, tensor), (slices, 1, 1)
+    if fsdp % slices == 0:
+        return (data, fsdp // slices, tensor), (1, slices, 1)
+    raise UserError(f"the {slices} slices must divide parallel.data ({data}) or parallel.fsdp ({fsdp}): "
+                    f"only data parallelism crosses slices")

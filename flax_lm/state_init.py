@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lm import sharding
+from flax_lm.errors import UserError
 from flax_lm.train_state import TrainState
 
 
@@ -39,10 +40,20 @@ def host_params(model, seed: int, seq_len: int) -> dict:
 
 
 def state_shardings(model, tx, mesh, seed: int, seq_len: int):
-    """(abstract unboxed TrainState, its NamedShardings)."""
+    """(abstract unboxed TrainState, its NamedShardings); a tensor that does not divide over
+    the mesh axes its sharding names is a UserError naming it."""
     boxed = jax.eval_shape(_init_fn(model, tx, seed, seq_len))
     shardings = sharding.logical_sharding(boxed, mesh)
-    return nn.unbox(boxed), shardings
+    abstract = nn.unbox(boxed)
+    for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(abstract.params),
+                            jax.tree.leaves(shardings.params)):
+        try:
+            s.shard_shape(x.shape)
+        except ValueError:  # jax's IndivisibleError
+            raise UserError(f"parameter {jax.tree_util.keystr(path)} of shape {x.shape} does not divide over the "
+                            f"mesh axes {tuple(s.spec)} of sizes {dict(mesh.shape)}; change parallel.* or the model "
+                            f"(e.g. pad model.vocab_size to a multiple of 128)") from None
+    return abstract, shardings
 
 
 def state_from_params(params, tx, abstract_state, shardings, seed: int) -> TrainState:

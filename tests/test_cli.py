@@ -45,6 +45,7 @@ def test_train_resume_evaluate_generate(tmp_path):
     (["--config.data.source=/no/such/dir/*.txt"], "data.source: no file matches"),
     (["--config.train.batch_size=12"], "must be divisible by the 8 data-parallel devices"),
     (["--config.parallel.tensor=3"], "do not divide the 8 devices"),
+    (["--config.parallel.tensor=2", "--config.model.vocab_size=301"], "of shape (301, 32) does not divide"),
     ([], "EMPTY"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):

@@ -6,7 +6,8 @@ from flax_lm import config
 from flax_lm.errors import UserError
 
 
-@pytest.mark.parametrize("name", ["gpt2_tiny", "gpt2_small", "gpt2_medium"])
+@pytest.mark.parametrize("name", ["gpt2_tiny", "gpt2_small", "gpt2_medium", "gpt2_large", "gpt2_xl", "gpt3_1p3b",
+                                  "gpt3_6p7b", "gpt3_175b"])
 def test_recipes_load_and_validate(name):
     cfg = config.load(name)
     assert cfg.model.family == "gpt2"

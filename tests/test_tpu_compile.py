@@ -44,6 +44,10 @@ def test_multi_host_and_multi_slice_topologies_shard_the_state():
     sliced = tpu_compile.topology_devices("v5e:2x2", num_slices=2)
     assert sorted({d.slice_index for d in sliced}) == [0, 1]
     assert tpu_compile.compile_train_step(tiny_config(), sliced)["mesh"]["data"] == 8
+    # two multi-host slices, FSDP across both: the mesh is built slice-aware (ICI within, DCN across)
+    fsdp_only = tiny_config(parallel=dict(data=1, fsdp=-1), train=dict(batch_size=32))
+    report = tpu_compile.compile_train_step(fsdp_only, tpu_compile.topology_devices("v5e:4x4", num_slices=2))
+    assert report["mesh"] == {"data": 1, "fsdp": 32, "tensor": 1} and report["fits"] is True
 
 
 def test_a_config_too_big_for_the_chips_is_reported_with_remedies():

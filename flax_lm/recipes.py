@@ -1,0 +1,19 @@
+"""Shared recipe builders, for config families that differ only in size."""
+
+from flax_lm import defaults
+
+
+def gpt3(n_layers: int, d_model: int, n_heads: int, batch_size: int, learning_rate: float, tensor: int = 1):
+    """A GPT-3 model of Brown et al. 2020, table 2.1: context 2048, bf16 compute, layers scanned
+    and fully recomputed in the backward pass, parameters and optimizer state sharded over the
+    data-parallel devices (FSDP), `tensor`-way tensor parallelism. The vocabulary is GPT-2's
+    50,257 tokens padded to 50,304 (a multiple of 128), so that the embedding divides over devices."""
+    c = defaults.get_config()
+    c.model.update(vocab_size=50304, max_len=2048, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                   dtype="bfloat16", scan_layers=True, remat_policy="full")
+    c.parallel.update(data=1, fsdp=-1, tensor=tensor)
+    c.train.update(steps=300_000, batch_size=batch_size, eval_every=2000, eval_batches=50, checkpoint_every=2000,
+                   log_every=50)
+    c.optim.update(learning_rate=learning_rate, warmup_steps=375, schedule="cosine", min_lr_ratio=0.1,
+                   weight_decay=0.1, b2=0.95)
+    return c
