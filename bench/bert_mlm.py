@@ -17,7 +17,7 @@ import sys
 import jax
 import numpy as np
 
-from bench.common import add_row, machine, publish, time_rounds, torch_train_step
+from bench.harness import add_row, machine, publish, time_rounds, torch_train_step
 from flax_lm import config as config_lib
 from flax_lm import mesh as mesh_lib
 from flax_lm import optim, state_init

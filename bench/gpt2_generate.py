@@ -16,7 +16,7 @@ import sys
 import jax
 import numpy as np
 
-from bench.common import add_row, machine, publish, time_rounds, torch_gpt2
+from bench.harness import add_row, machine, publish, time_rounds, torch_gpt2
 from flax_lm import config as config_lib
 from flax_lm.generation import CausalDecoder, GenerationConfig, generate
 from flax_lm.models import build_model

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.common import add_row, machine, publish
+from bench.harness import add_row, machine, publish
 
 TABLE_HEADING = "## Kill -9 soak (resume after crashes vs an uninterrupted run)"
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from bench.common import add_row, machine
+from bench.harness import add_row, machine
 from flax_lm import config as config_lib
 from flax_lm import tpu_compile
 

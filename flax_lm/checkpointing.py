@@ -34,9 +34,6 @@ class Checkpointer:
             item_names=("state", "data"),
         )
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
         """Starts saving `step` if it is due (or `force`); returns whether it did."""
         return self.manager.save(

@@ -1,4 +1,4 @@
-"""What the benchmarks share: timing, and the PyTorch twin of a flax_lm GPT-2."""
+"""The benchmark harness: timing both sides in turns, the PyTorch references, and recording results."""
 
 import datetime
 import json
