@@ -120,10 +120,11 @@ def load_run(workdir: str | Path, step: int | None = None, splits: tuple[str, ..
 def generate_texts(run: Run, params, prompts: list[str], streamer=None, **overrides) -> list[str]:
     """Each prompt followed by its continuation (`sample.num_return_sequences` per prompt), with
     the run's `sample` settings or `overrides` of them; generation stops at the end-of-text token.
-    `streamer(tokens_B)` sees each step's new tokens on the host."""
-    config = settings.from_sample_section({**run.cfg.sample.to_dict(), **overrides},
-                                          tokenizer_lib.eos_id(run.tokenizer), run.cfg.train.seed)
-    ids = [run.tokenizer.encode(p).ids for p in prompts]
+    `streamer(tokens_B)` sees each step's new tokens on the host. An empty prompt starts from the
+    end-of-text token, as a new text does in GPT-2's training data."""
+    eos = tokenizer_lib.eos_id(run.tokenizer)
+    config = settings.from_sample_section({**run.cfg.sample.to_dict(), **overrides}, eos, run.cfg.train.seed)
+    ids = [run.tokenizer.encode(p).ids or [eos] for p in prompts]
     with sharding.activate(run.mesh):
         out = generate(CausalDecoder(run.model), params, ids, config, streamer)
     copies = len(out) // len(prompts)

@@ -105,3 +105,9 @@ def test_sharded_state_lives_on_all_devices(tmp_path, shakespeare):
     assert len(kernel.sharding.device_set) == 8
 
 
+
+
+def test_an_empty_sample_prompt_samples_from_the_start_of_a_text(tmp_path, shakespeare, capsys):
+    """sample.prompt="" starts the end-of-run sample from the end-of-text token, as GPT-2 does."""
+    train.train(tiny_config(train=dict(steps=2, eval_every=2), sample=dict(prompt="", max_new_tokens=4)), tmp_path)
+    assert "sample:\n" in capsys.readouterr().out
