@@ -70,7 +70,7 @@ class Checkpointer:
         return state, restored.data
 
     def restore_newest_readable(self, abstract_state, warn):
-        """(step, state, data_state) of the newest checkpoint that restores, or None when there
+        """(state, data_state) of the newest checkpoint that restores, or None when there
         are none. Newer steps that fail, while an older one restores, are damaged: each is
         reported through `warn(line)` and moved (not deleted) to UNREADABLE. When no step
         restores, nothing is moved: the config, not the files, is the likely cause."""
@@ -84,7 +84,7 @@ class Checkpointer:
             for bad_step, error in failures:
                 moved_to = self._set_aside(bad_step)
                 warn(f"{error}; moved it to {moved_to} and resuming from checkpoint {step}")
-            return step, state, data_state
+            return state, data_state
         if failures:
             raise failures[0][1]
         return None

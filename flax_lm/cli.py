@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "report memory per chip, FLOPs and whether it fits",
                        epilog="Override any config key with --config.section.key=value.")
     p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
-    p.add_argument("--topology", required=True, help="a TPU topology, e.g. v5e:4x4, v5p:2x2x1, v4:2x2x1, v6e:2x2")
+    p.add_argument("--topology", required=True, help="a TPU topology, e.g. v5e:2x2, v5e:4x4, v5p:2x2x1, v6e:2x2")
     p.add_argument("--num-slices", type=int, default=1, help="slices of that topology (multi-slice)")
     p.add_argument("--json", default=None, help="also write the report here")
 

@@ -240,9 +240,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _validate_task(cfg)
     from flax_lm.generation import settings as generation_settings
     try:
-        generation_settings.token_ids(cfg.sample.stop_token_ids)
+        sample = generation_settings.from_sample_section(cfg.sample.to_dict())  # parses the stop ids
         if cfg.sample.max_new_tokens:
-            generation_settings.from_sample_section(cfg.sample.to_dict()).validate()
+            sample.validate()
     except UserError as e:
         raise UserError(f"sample.{e}") from None
     if not 0.0 < o.layer_decay <= 1.0:

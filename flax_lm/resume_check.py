@@ -49,7 +49,11 @@ def check_config(cfg, saved: dict, workdir) -> list[str]:
     """The allowed changes of `cfg` from the `saved` config (to report); a UserError naming the
     others, if any. `cfg` gets the saved run's resolved values first (`adopt_resolved`)."""
     adopt_resolved(cfg, saved)
-    return check(saved, json.loads(cfg.to_json()), workdir)
+    safe, refused = changes(saved, json.loads(cfg.to_json()))
+    if refused:
+        raise UserError(f"--workdir {workdir} holds checkpoints of another config; changed: {'; '.join(refused)}. "
+                        f"Resume with the run's own settings, or start a new --workdir")
+    return safe
 
 
 def changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
@@ -62,15 +66,6 @@ def changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
             line = f"{key}: {old!r} -> {new!r}"
             (safe if key.startswith(SAFE) else refused).append(line)
     return safe, refused
-
-
-def check(saved: dict, current: dict, workdir) -> list[str]:
-    """The allowed changes (to report); a UserError naming the others, if any."""
-    safe, refused = changes(saved, current)
-    if refused:
-        raise UserError(f"--workdir {workdir} holds checkpoints of another config; changed: {'; '.join(refused)}. "
-                        f"Resume with the run's own settings, or start a new --workdir")
-    return safe
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

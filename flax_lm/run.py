@@ -85,7 +85,7 @@ def restore_or_init(run: Run, step: int | None = None, warn=print):
     if step is None:
         newest = run.checkpointer.restore_newest_readable(target, warn)
         if newest is not None:
-            return newest[1:]
+            return newest
     if step is None and run.cfg.train.init_from:
         fresh = state_init.host_params(run.model, run.cfg.train.seed, run.cfg.model.max_len)
         params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family,

@@ -73,7 +73,7 @@ def train(cfg, workdir: str | Path) -> dict:
             with sharding.activate(run.mesh):
                 state, metrics = train_step(state, batch)
             if t.nonfinite_policy == "stop" and int(metrics["nonfinite"]):
-                _halt_on_nonfinite(run, state, data_before, step + 1)
+                _halt_on_nonfinite(run, state, data_before, step + 1, log, best)
             if pending is not None and pending[0] % t.log_every == 0:
                 reporter.train_metrics(*pending)
             pending = (step + 1, metrics)
@@ -82,7 +82,9 @@ def train(cfg, workdir: str | Path) -> dict:
             if stop_requests.requested(step + 1):
                 reporter.train_metrics(*pending)
                 reporter.close()
-                _save_and_exit(run, state, iterator.state(), step + 1, stop_requests.received, log, best)
+                _save_and_close(run, state, iterator.state(), log, best)
+                _say(is_primary, f"stopped by {stop_requests.received} after step {step + 1}; its checkpoint is in "
+                                 f"{run.workdir / workdir_lib.CHECKPOINTS}; run the same command to resume")
                 return {}
             if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
                 eval_metrics, stop = run_eval(step + 1)
@@ -97,13 +99,9 @@ def train(cfg, workdir: str | Path) -> dict:
 
     final_step = int(jax.device_get(state.step))
     eval_metrics, _ = run_eval(final_step)
-    run.checkpointer.save_final(final_step, state, iterator.state())
-    run.checkpointer.wait()
-    run.checkpointer.close()
+    _save_and_close(run, state, iterator.state(), log, best)
     if best:
-        best.close()
         _say(is_primary, f"best {t.best_metric}: {best.best:.4f} (checkpoint in {run.workdir / 'best'})")
-    log.close()
     _say(is_primary, f"step {final_step}: validation " + format_metrics(eval_metrics))
     _say(is_primary, f"checkpoints in {run.workdir / workdir_lib.CHECKPOINTS}")
     if cfg.task == "causal_lm" and cfg.sample.max_new_tokens > 0:
@@ -111,27 +109,23 @@ def train(cfg, workdir: str | Path) -> dict:
     return eval_metrics
 
 
-def _save_and_exit(run, state, data_state: dict, step: int, signal_name: str, log, best) -> None:
-    """After a stop request: the state of `step` saved and durable, everything closed."""
-    run.checkpointer.save_final(step, state, data_state)
+def _save_and_close(run, state, data_state: dict, log, best) -> None:
+    """The end of every way out of the loop: `state` saved (unless its step has a checkpoint
+    already) and durable, the checkpointers and the metrics log closed."""
+    run.checkpointer.save_final(int(jax.device_get(state.step)), state, data_state)
     run.checkpointer.wait()
     run.checkpointer.close()
     if best:
         best.close()
     log.close()
-    _say(jax.process_index() == 0, f"stopped by {signal_name} after step {step}; its checkpoint is in "
-                                   f"{run.workdir / workdir_lib.CHECKPOINTS}; run the same command to resume")
 
 
-def _halt_on_nonfinite(run, state, data_state: dict, step: int) -> None:
+def _halt_on_nonfinite(run, state, data_state: dict, step: int, log, best) -> None:
     """train.nonfinite_policy=stop: `state` is still the last good one (the step left it
     untouched); it is saved with the data position before the bad batch, then a UserError."""
-    good_step = int(jax.device_get(state.step))
-    run.checkpointer.save_final(good_step, state, data_state)
-    run.checkpointer.wait()
-    run.checkpointer.close()
+    _save_and_close(run, state, data_state, log, best)
     raise UserError(f"step {step}: the loss or gradient norm is not finite; stopped (train.nonfinite_policy=stop) "
-                    f"with the last good state saved as checkpoint {good_step} in "
+                    f"with the last good state saved as checkpoint {int(jax.device_get(state.step))} in "
                     f"{run.workdir / workdir_lib.CHECKPOINTS}")
 
 
