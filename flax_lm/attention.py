@@ -31,6 +31,7 @@ def dot_product_attention(
     *,
     causal: bool,
     kv_mask_BxS: jax.Array | None = None,
+    segment_ids_BxT: jax.Array | None = None,
     query_offset: jax.Array | int = 0,
     implementation: str = "auto",
     dropout_rate: float = 0.0,
@@ -40,6 +41,8 @@ def dot_product_attention(
 
     Shapes: B batch, T query length, S key length, N heads, H head size.
     `kv_mask_BxS` is True where a key may be attended to (False for padding).
+    `segment_ids_BxT` (self-attention, T == S) numbers the documents packed into a row: a
+    query attends only to keys of its own document.
     `causal` lets query t see keys s <= t + `query_offset`: queries are the keys from position
     `query_offset` on, as when decoding with a key/value cache (a traced scalar is fine).
     Returns B x T x N x H in the dtype of `q`.
@@ -49,22 +52,27 @@ def dot_product_attention(
         raise ValueError(f"unknown attention implementation {implementation!r}")
     t, s = q_BxTxNxH.shape[1], k_BxSxNxH.shape[1]
     if implementation == "reference" or dropout_rate > 0.0:
-        allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, query_offset)
+        allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
         return _reference(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, dropout_rate, dropout_rng)
     if implementation == "explicit":
-        allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, query_offset)
+        allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
         return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed)
     if causal and not (isinstance(query_offset, int) and query_offset == 0):
         # The fused kernels' is_causal aligns queries and keys at the start; a cache needs the full mask.
-        mask, causal = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, query_offset), False
-    else:
+        mask, causal = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset), False
+    elif segment_ids_BxT is None:
         mask = None if kv_mask_BxS is None else kv_mask_BxS[:, None, None, :]
+    else:  # is_causal stays with the kernel (cuDNN skips the blocks above the diagonal)
+        mask = _allowed_Bx1xTxS(t, s, False, kv_mask_BxS, segment_ids_BxT)
     return jax.nn.dot_product_attention(
         q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=causal,
         implementation=None if implementation == "xla" else implementation)
 
 
-def _allowed_Bx1xTxS(t: int, s: int, causal: bool, kv_mask_BxS, query_offset=0) -> jax.Array:
+def _allowed_Bx1xTxS(t: int, s: int, causal: bool, kv_mask_BxS, segment_ids_BxT=None,
+                     query_offset=0) -> jax.Array:
+    """True where query t may attend to key s (broadcast over heads; the batch dimension is 1
+    when neither a key mask nor segment ids vary it)."""
     if causal:
         allowed = jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + query_offset
     else:
@@ -72,6 +80,8 @@ def _allowed_Bx1xTxS(t: int, s: int, causal: bool, kv_mask_BxS, query_offset=0) 
     allowed = allowed[None, None]
     if kv_mask_BxS is not None:
         allowed = allowed & kv_mask_BxS[:, None, None, :].astype(bool)
+    if segment_ids_BxT is not None:
+        allowed = allowed & (segment_ids_BxT[:, None, :, None] == segment_ids_BxT[:, None, None, :])
     return allowed
 
 

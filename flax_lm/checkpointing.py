@@ -40,6 +40,11 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
             force=force)
 
+    def due(self, step: int) -> bool:
+        """Whether `save(step, ...)` would save (its interval, or a preemption all processes
+        reached); the loop then builds the state to save only when it is."""
+        return self.manager.should_save(step)
+
     def save_final(self, step: int, state, data_state: dict) -> None:
         """Saves `step` unless a checkpoint of it exists already (a resumed, finished run)."""
         if step not in self.all_steps():

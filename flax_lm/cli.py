@@ -16,6 +16,11 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="Override any config key with --config.section.key=value.")
     p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
     p.add_argument("--workdir", required=True, help="the run's directory; an existing one is resumed")
+    multi = p.add_argument_group("multi-process runs (else the FLAX_LM_COORDINATOR, FLAX_LM_NUM_PROCESSES and "
+                                 "FLAX_LM_PROCESS_ID variables; on TPU VMs none is needed)")
+    multi.add_argument("--coordinator", default=None, help="HOST:PORT of process 0, the same for every process")
+    multi.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+    multi.add_argument("--process-id", type=int, default=None, help="this process, 0 .. num-processes - 1")
 
     p = sub.add_parser("evaluate", help="loss and task metrics of a run's checkpoint on a split; saved in the workdir")
     p.add_argument("--workdir", required=True)
@@ -79,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args, overrides) -> int:
-    from flax_lm import config, train
+    from flax_lm import config, distributed, train
+    joined = distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before JAX starts
     cfg = config.load(args.config, overrides)
+    if joined:
+        print(f"joined the run as {joined}", flush=True)
     train.train(cfg, args.workdir)
     return 0
 

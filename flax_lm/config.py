@@ -30,6 +30,8 @@ CHOICES = {
     "optim.schedule": ("cosine", "linear", "constant"),
     "sample.early_stopping": ("false", "true", "never"),
     "train.nonfinite_policy": ("skip", "stop"),
+    "parallel.strategy": ("jit", "pmap"),
+    "data.packing": ("concat", "segments"),
 }
 POSITIVE = (
     "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
@@ -40,7 +42,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "train.loss_chunk_len", "train.eval_batches", "data.max_bytes", "sample.max_new_tokens", "sample.top_k",
     "model.num_labels", "model.pad_token_id", "data.seq_len", "data.max_predictions", "train.early_stopping_patience",
-    "optim.unfreeze_top_layers", "optim.unfreeze_every",
+    "optim.unfreeze_top_layers", "optim.unfreeze_every", "parallel.dcn_data", "parallel.dcn_fsdp",
 )
 
 
@@ -237,6 +239,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise UserError("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
     if o.warmup_steps < 0 or o.warmup_steps > t.steps:
         raise UserError(f"optim.warmup_steps ({o.warmup_steps}) must be in [0, train.steps={t.steps}]")
+    p = cfg.parallel
+    if p.strategy == "pmap" and (p.fsdp != 1 or p.tensor != 1):
+        raise UserError(f"parallel.strategy=pmap is pure data parallelism: it needs parallel.fsdp=1 and "
+                        f"parallel.tensor=1 (got {p.fsdp} and {p.tensor}); use parallel.strategy=jit to shard")
     _validate_task(cfg)
     from flax_lm.generation import settings as generation_settings
     try:

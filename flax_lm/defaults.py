@@ -37,7 +37,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_labels = 0             # classification heads: 0 takes the count from the data; 1 is regression
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "default"          # "default" (embedded corpus) or comma-separated files/globs
+    # pre-training text: "default" (the embedded corpus), "tfds:NAME[/CONFIG][:SPLIT]", or comma-separated
+    # files/globs: plain text (a file is a document), .jsonl, .csv, .tsv, .parquet (a record is a document)
+    c.data.source = "default"
+    c.data.document_field = "text"     # the field of a JSONL/CSV/Parquet/TFDS record that holds its text
+    c.data.tfds_data_dir = ""          # where TFDS data sets are (prepared, or prepared there); empty: TFDS's own
+    c.data.tfds_download = True        # prepare a TFDS data set that is not in tfds_data_dir yet (downloads)
+    # causal LM: "concat" joins documents into one stream that attends across them (GPT-2); "segments"
+    # cuts the same windows but tokens attend, and positions count, within their own document
+    c.data.packing = "concat"
     c.data.tokenizer = ""              # a tokenizer.json to reuse; empty trains one
     c.data.validation_fraction = 0.05  # tail of the token stream held out
     c.data.max_bytes = 0               # read at most this many bytes of text; 0 = all
@@ -105,6 +113,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.parallel.data = -1               # -1: all devices not used by the other axes
     c.parallel.fsdp = 1
     c.parallel.tensor = 1
+    # slices that the data / fsdp axes span over the data-center network on multi-slice TPU;
+    # 0 picks automatically (data if the slices divide it, else fsdp); their product is the slice count
+    c.parallel.dcn_data = 0
+    c.parallel.dcn_fsdp = 0
+    # jit: one program over the (data, fsdp, tensor) mesh | pmap: jax.pmap data parallelism (fsdp = tensor = 1)
+    c.parallel.strategy = "jit"
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "def "

@@ -13,19 +13,23 @@ from flax_lm.train_step import make_eval_step
 def make_evaluator(run, task):
     """Returns evaluate_split(params, dataset, max_batches=0) -> metrics for a run, with its eval
     step compiled once; batches are the run's micro-batch size. `evaluate_split.outputs(params,
-    dataset)` gives the per-example outputs instead (for `predict`)."""
+    dataset)` gives the per-example outputs instead (for `predict`).
+
+    Every process loads each whole batch and places its own rows; the results come back replicated,
+    so every process can read them (several processes cannot read an array sharded over them)."""
     with sharding.activate(run.mesh):
-        eval_step = jax.jit(make_eval_step(run.model, task))
+        eval_step = jax.jit(make_eval_step(run.model, task), out_shardings=sharding.replicated(run.mesh))
     t = run.cfg.train
 
     def evaluate_split(params, dataset, max_batches: int = 0) -> dict[str, float]:
         with sharding.activate(run.mesh):
             return evaluate(eval_step, task, params, dataset, t.batch_size // t.grad_accum_steps, max_batches,
-                            run.to_global)
+                            run.whole_to_global)
 
     def outputs(params, dataset) -> dict[str, np.ndarray]:
         with sharding.activate(run.mesh):
-            return run_batches(eval_step, params, dataset, t.batch_size // t.grad_accum_steps, 0, run.to_global)[1]
+            return run_batches(eval_step, params, dataset, t.batch_size // t.grad_accum_steps, 0,
+                               run.whole_to_global)[1]
 
     evaluate_split.outputs = outputs
     return evaluate_split

@@ -10,6 +10,7 @@ and the changes are reported.
 import json
 from pathlib import Path
 
+from flax_lm import defaults
 from flax_lm import workdir as workdir_lib
 from flax_lm.errors import UserError
 from flax_lm.init_from import ARCHITECTURE_KEYS
@@ -49,11 +50,19 @@ def check_config(cfg, saved: dict, workdir) -> list[str]:
     """The allowed changes of `cfg` from the `saved` config (to report); a UserError naming the
     others, if any. `cfg` gets the saved run's resolved values first (`adopt_resolved`)."""
     adopt_resolved(cfg, saved)
-    safe, refused = changes(saved, json.loads(cfg.to_json()))
+    safe, refused = changes(with_new_keys(saved), json.loads(cfg.to_json()))
     if refused:
         raise UserError(f"--workdir {workdir} holds checkpoints of another config; changed: {'; '.join(refused)}. "
                         f"Resume with the run's own settings, or start a new --workdir")
     return safe
+
+
+def with_new_keys(saved: dict) -> dict:
+    """`saved` with the keys added to flax_lm since it was written, at their defaults: a default
+    is what a run without the key did, so an older run resumes under a newer flax_lm."""
+    def fill(tree: dict, schema: dict) -> dict:
+        return {**schema, **{k: fill(v, schema.get(k, {})) if isinstance(v, dict) else v for k, v in tree.items()}}
+    return fill(saved, json.loads(defaults.get_config().to_json()))
 
 
 def changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:

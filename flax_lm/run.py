@@ -36,8 +36,14 @@ class Run:
 
     def to_global(self, host_batch: dict) -> dict:
         """This process's slice of a batch -> global arrays sharded over the batch axes."""
+        return sharding.process_batch_to_global(host_batch, self.mesh)
+
+    def whole_to_global(self, whole_batch: dict) -> dict:
+        """A whole batch that every process holds (e.g. evaluation's) -> global arrays sharded over
+        the batch axes; each process places only the rows its own devices hold."""
         batch_sharding = sharding.batch_sharding(self.mesh)
-        return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
+        return {k: jax.make_array_from_callback(v.shape, batch_sharding, lambda index, v=v: v[index])
+                for k, v in whole_batch.items()}
 
 
 def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:

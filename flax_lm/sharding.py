@@ -46,6 +46,13 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*mesh_axes))
 
 
+def process_batch_to_global(host_batch: dict, mesh: jax.sharding.Mesh) -> dict:
+    """This process's rows of a global batch (arrays leading with B / processes) -> global arrays
+    (leading with B) split over the batch axes of `mesh`."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

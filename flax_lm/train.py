@@ -13,17 +13,17 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from flax_lm import hardware, preemption, resume_check, sharding
+from flax_lm import hardware, preemption, resume_check
 from flax_lm import workdir as workdir_lib
 from flax_lm.best import BestKeeper
-from flax_lm.data import length_buckets, lm_data, pipeline
+from flax_lm.data import length_buckets, lm_data, packing_stats, pipeline
 from flax_lm.errors import UserError
 from flax_lm.evaluate import make_evaluator
 from flax_lm.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
 from flax_lm.run import restore_or_init, sample_text, setup
+from flax_lm.strategy import make_steps
 from flax_lm.tasks import get_task
-from flax_lm.train_step import jit_train_step
 
 
 def train(cfg, workdir: str | Path) -> dict:
@@ -45,22 +45,25 @@ def train(cfg, workdir: str | Path) -> dict:
     padding = length_buckets.padding_of(train_data)
     iterator = lm_data.BatchIterator(len(train_data), t.batch_size, t.seed, jax.process_index(), jax.process_count(),
                                      lengths=padding.lengths if padding and cfg.data.group_by_length else None)
+    _say(is_primary, packing_stats.describe(train_data, pipeline.seq_len(cfg), padding is not None))
     if data_state:  # an imported checkpoint has no data position yet
         iterator.restore(data_state)
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
 
     task = get_task(cfg, run.label_names)
-    train_step = jit_train_step(run.model, task, run.tx, run.schedule, t, run.mesh, run.shardings)
+    steps = make_steps(run, task)  # parallel.strategy: jit, or pmap with a replicated state
+    state = steps.place(state)
     evaluate_split = make_evaluator(run, task)
     reporter = _Reporter(log, cfg, start, flops_per_token=flops_per_token(run.model.cfg, pipeline.seq_len(cfg)),
                          enabled=is_primary)
     best = BestKeeper(run.workdir, t.best_metric, t.early_stopping_patience, t.async_checkpointing,
                       is_primary) if t.best_metric else None
 
-    def run_eval(step):
-        metrics = evaluate_split(state.params, validation_data, t.eval_batches)
+    def run_eval(step, current):
+        """Evaluates `current` (a state in the jit layout)."""
+        metrics = evaluate_split(current.params, validation_data, t.eval_batches)
         log.write(step, metrics, prefix="eval/")
-        stop = best.update(step, metrics, state) if best else False
+        stop = best.update(step, metrics, current) if best else False
         return metrics, stop
 
     pending = None  # (step, metrics on device): read one step late, so the device never waits
@@ -68,26 +71,25 @@ def train(cfg, workdir: str | Path) -> dict:
         for step in range(start, t.steps):
             epoch, data_before = iterator.epoch, iterator.state()
             global_indices = iterator.next_global_indices()
-            batch = run.to_global(length_buckets.load_batch(train_data, iterator.local(global_indices), epoch,
-                                                            global_indices))
-            with sharding.activate(run.mesh):
-                state, metrics = train_step(state, batch)
+            host_batch = length_buckets.load_batch(train_data, iterator.local(global_indices), epoch, global_indices)
+            state, metrics = steps(state, host_batch)
             if t.nonfinite_policy == "stop" and int(metrics["nonfinite"]):
-                _halt_on_nonfinite(run, state, data_before, step + 1, log, best)
+                _halt_on_nonfinite(run, steps.global_state(state), data_before, step + 1, log, best)
             if pending is not None and pending[0] % t.log_every == 0:
                 reporter.train_metrics(*pending)
             pending = (step + 1, metrics)
-            reporter.advance(_tokens(batch))
-            run.checkpointer.save(step + 1, state, iterator.state())
+            reporter.advance(_tokens(host_batch))
+            if run.checkpointer.due(step + 1):
+                run.checkpointer.save(step + 1, steps.global_state(state), iterator.state())
             if stop_requests.requested(step + 1):
                 reporter.train_metrics(*pending)
                 reporter.close()
-                _save_and_close(run, state, iterator.state(), log, best)
+                _save_and_close(run, steps.global_state(state), iterator.state(), log, best)
                 _say(is_primary, f"stopped by {stop_requests.received} after step {step + 1}; its checkpoint is in "
                                  f"{run.workdir / workdir_lib.CHECKPOINTS}; run the same command to resume")
                 return {}
             if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
-                eval_metrics, stop = run_eval(step + 1)
+                eval_metrics, stop = run_eval(step + 1, steps.global_state(state))
                 reporter.eval_loss(eval_metrics["loss"])
                 if stop:
                     _say(is_primary, f"early stopping at step {step + 1}: no better {t.best_metric} in "
@@ -97,8 +99,9 @@ def train(cfg, workdir: str | Path) -> dict:
         reporter.train_metrics(*pending)
     reporter.close()
 
+    state = steps.global_state(state)
     final_step = int(jax.device_get(state.step))
-    eval_metrics, _ = run_eval(final_step)
+    eval_metrics, _ = run_eval(final_step, state)
     _save_and_close(run, state, iterator.state(), log, best)
     if best:
         _say(is_primary, f"best {t.best_metric}: {best.best:.4f} (checkpoint in {run.workdir / 'best'})")
@@ -129,10 +132,11 @@ def _halt_on_nonfinite(run, state, data_state: dict, step: int, log, best) -> No
                     f"{run.workdir / workdir_lib.CHECKPOINTS}")
 
 
-def _tokens(batch: dict) -> int:
-    """Token positions the step computes (padding included): batch x its widest per-token array."""
-    rows = next(iter(batch.values())).shape[0]
-    return rows * max((v.shape[1] for v in batch.values() if v.ndim > 1), default=1)
+def _tokens(host_batch: dict) -> int:
+    """Token positions the step computes on all processes (padding included), from this process's
+    equal share of the batch: rows x the widest per-token array."""
+    rows = next(iter(host_batch.values())).shape[0] * jax.process_count()
+    return rows * max((v.shape[1] for v in host_batch.values() if v.ndim > 1), default=1)
 
 
 def format_metrics(metrics: dict) -> str:

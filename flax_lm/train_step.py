@@ -10,6 +10,11 @@ moment (a select that XLA fuses into the update) and is flagged in the metrics a
 `nonfinite`. With the "skip" policy it is counted in `skipped_steps` and the step counter
 moves on (the batch is consumed); with "stop" the whole state stays as it was, so the loop
 can save exactly the last good state.
+
+Under `jax.pmap` (parallel.strategy=pmap, `axis_name` set) each device runs the step on its
+own rows of the batch: the loss weights are summed over the devices first, so each device's
+loss is its share of the global mean, and the gradients and loss sums are then summed over the
+devices (`lax.psum`): exactly the gradient of the whole batch, as under `jax.jit`.
 """
 
 import jax
@@ -22,8 +27,9 @@ from flax_lm.train_state import TrainState
 
 
 def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedule, grad_accum_steps: int,
-                    nonfinite_policy: str = "skip"):
-    """Returns train_step(state, batch) -> (state, metrics); batch arrays lead with the global batch."""
+                    nonfinite_policy: str = "skip", axis_name: str | None = None):
+    """Returns train_step(state, batch) -> (state, metrics); batch arrays lead with the global batch,
+    or, with `axis_name` (the step runs under `jax.pmap` over that axis), with this device's rows."""
 
     def micro_grads(params, micro_batch, weights, rng):
         def objective(p):
@@ -35,6 +41,9 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
         weights = task.weights(batch)
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))  # each device its own dropout
+            weights = jax.lax.psum(weights, axis_name)
         if grad_accum_steps == 1:
             grads, sums = micro_grads(state.params, batch, weights, rng)
         else:
@@ -50,6 +59,8 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
 
             zeros = (jax.tree.map(jnp.zeros_like, state.params), jax.tree.map(jnp.zeros_like, weights))
             (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+        if axis_name is not None:  # one all-reduce a step, after the micro-batches
+            grads, sums = jax.lax.psum((grads, sums), axis_name)
         loss, grad_norm = total_loss(sums, weights), optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -9,4 +9,5 @@ python -m pip install -q -e ".[test]"
 # libtpu, for compiling to TPU topologies on this machine (tests/test_tpu_compile.py); pinned to the
 # installed jax so that pip does not move jax itself
 python -m pip install -q "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
-python -m pytest -q tests "$@"
+# two workers: compiling is single-threaded, so a second test process uses the second core
+python -m pytest -q -n 2 tests "$@"

@@ -127,6 +127,15 @@ def test_resume_refuses_a_changed_model_or_data_and_allows_safe_changes(tmp_path
     assert "resuming with a changed train.steps: 4 -> 6" in out
 
 
+def test_a_run_from_before_a_config_key_existed_resumes_at_its_default(tmp_path):
+    from flax_lm import resume_check
+    saved = json.loads(tiny_config().to_json())
+    del saved["data"]["packing"]  # written by a flax_lm that had no such key
+    assert resume_check.check_config(tiny_config(), saved, tmp_path) == []
+    with pytest.raises(UserError, match="data.packing: 'concat' -> 'segments'"):
+        resume_check.check_config(tiny_config(data=dict(packing="segments")), saved, tmp_path)
+
+
 def test_a_run_started_from_another_run_resumes(tmp_path, shakespeare):
     """init_from takes the source's architecture; a resume must keep it, not fall back to the
     recipe's shape (which is not the source's here: the default d_model is 256)."""

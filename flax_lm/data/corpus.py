@@ -1,22 +1,41 @@
-"""Where the training text comes from.
+"""Where the pre-training text comes from: one `data.source` string, read as documents.
 
 "default" is the embedded corpus: the Python standard library's own top-level
 modules, which every Python install carries, so the default job needs no download.
-Anything else is a comma-separated list of files or globs of UTF-8 text.
+"tfds:NAME[/CONFIG][:SPLIT]" is a TFDS data set (`tfds_source`). Anything else is a
+comma-separated list of files or globs: a plain-text file is one document; in a
+.jsonl/.json, .csv, .tsv or .parquet file each record is one, its text in the field
+`data.document_field`.
+
+Reading may be sharded (`shard=(index, count)`): with as many files as processes or
+more, each process reads only its files; otherwise each keeps every count-th record
+(a TFDS split is split evenly). The shards are disjoint, together they are the whole
+source, and each document carries its place in the whole (`Document.key`), so
+shards gathered and sorted give the documents of an unsharded read, in its order.
 """
 
+import dataclasses
 import glob
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
-from flax_lm.data import input_files
+from flax_lm.data import input_files, text_classification, tfds_source
 from flax_lm.errors import UserError
 
 DEFAULT_SOURCE = "default"
+RECORD_FILES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+_KEY_STRIDE = 1 << 32  # documents of one file (or one TFDS shard) at most
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    key: int    # its place in the whole source: documents sort by it into reading order
+    text: str
 
 
 def source_files(source: str) -> list[Path]:
-    """Resolves `data.source` to a sorted, de-duplicated list of files."""
+    """Resolves a file `data.source` to a sorted, de-duplicated list of files."""
     if source == DEFAULT_SOURCE:
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         return sorted(stdlib.glob("*.py"))
@@ -32,21 +51,65 @@ def source_files(source: str) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def read_documents(source: str, max_bytes: int = 0) -> list[str]:
-    """Reads each file as one document, in order; stops after `max_bytes` (0: no limit)."""
-    documents, total = [], 0
-    for path in source_files(source):
-        try:
-            text = input_files.read_text(path)
-        except UserError as e:
-            raise UserError(f"data.source: {e}") from None
-        if max_bytes and total + len(text) > max_bytes:
-            text = text[: max_bytes - total]
+def read_documents(source: str, max_bytes: int = 0, **options) -> list[str]:
+    """The texts of `read_shard` (by default the whole source), in reading order."""
+    return [d.text for d in read_shard(source, max_bytes, **options)]
+
+
+def read_shard(source: str, max_bytes: int = 0, *, document_field: str = "text", tfds_data_dir: str = "",
+               tfds_download: bool = True, skip_bad_records: bool = False,
+               shard: tuple[int, int] = (0, 1)) -> list[Document]:
+    """The non-empty documents of `shard` of the source, in reading order; reading stops after
+    `max_bytes` characters (0: no limit). An unsharded read is the first `max_bytes` of the
+    whole source; so is any set of shards each capped so, gathered, sorted and cut again."""
+    if tfds_source.is_tfds(source):
+        texts = tfds_source.records(source, [document_field], tfds_data_dir, tfds_download, shard)
+        index, count = shard
+        documents = (Document(index * _KEY_STRIDE + i, r[document_field]) for i, r in enumerate(texts))
+    else:
+        documents = _file_documents(source_files(source), document_field, skip_bad_records, shard)
+    kept, total = [], 0
+    for document in documents:
+        text = document.text[:max_bytes - total] if max_bytes else document.text
         if text.strip():
-            documents.append(text)
+            kept.append(Document(document.key, text))
             total += len(text)
         if max_bytes and total >= max_bytes:
             break
-    if not documents:
-        raise UserError(f"data.source: the corpus {source!r} is empty (no text in its files)")
-    return documents
+    if not kept and shard[1] == 1:
+        raise UserError(f"data.source: the corpus {source!r} is empty (no text in it)")
+    return kept
+
+
+def cap(documents: list[Document], max_bytes: int) -> list[str]:
+    """The texts of `documents` sorted into reading order and cut after `max_bytes` characters in all."""
+    texts, total = [], 0
+    for document in sorted(documents, key=lambda d: d.key):
+        text = document.text[:max_bytes - total] if max_bytes else document.text
+        texts.append(text)
+        total += len(text)
+        if max_bytes and total >= max_bytes:
+            break
+    return texts
+
+
+def _file_documents(files: list[Path], field: str, skip_bad_records: bool,
+                    shard: tuple[int, int]) -> Iterator[Document]:
+    index, count = shard
+    by_file = len(files) >= count
+    for file_index, path in enumerate(files):
+        if by_file and file_index % count != index:
+            continue
+        for record_index, text in enumerate(_file_texts(path, field, skip_bad_records)):
+            if by_file or record_index % count == index:
+                yield Document(file_index * _KEY_STRIDE + record_index, text)
+
+
+def _file_texts(path: Path, field: str, skip_bad_records: bool) -> list[str]:
+    try:
+        if path.suffix.lower() in RECORD_FILES:
+            return text_classification.read_examples(path, field, label_column="", require_labels=False,
+                                                     skip_bad_records=skip_bad_records).texts
+        return [input_files.read_text(path)]
+    except UserError as e:
+        raise UserError(f"data.source: {e}") from None

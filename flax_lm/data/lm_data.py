@@ -1,7 +1,15 @@
 """Token streams packed into fixed-length windows, and a resumable batch iterator.
 
 Documents are joined with EOS into one stream; the stream's tail is the validation
-split. Window i holds tokens [i*T, i*T + T] (T+1 tokens: inputs and shifted targets).
+split. Window i holds tokens [i*T, i*T + T] (T+1 tokens: inputs and shifted targets),
+so packing leaves no padding at all.
+
+Packed "concat" (GPT-2's way), a window's tokens attend to every earlier token in it,
+across documents. Packed "segments", each EOS starts a new document: the window also
+carries `segment_ids` (1, 2, ... per document) and `positions` that restart at 0 there,
+so a token attends only within its own document. The EOS that opens a document is
+where generation starts too, and the last token of a document still learns to predict
+it, so every target keeps its weight.
 """
 
 import dataclasses
@@ -42,15 +50,29 @@ def num_windows(tokens: np.ndarray, seq_len: int) -> int:
     return (len(tokens) - 1) // seq_len
 
 
-def windows(tokens: np.ndarray, indices: np.ndarray, seq_len: int) -> dict:
-    """The causal-LM batch for window `indices`: inputs, targets (B x T int32), weights."""
+def windows(tokens: np.ndarray, indices: np.ndarray, seq_len: int, eos: int | None = None) -> dict:
+    """The causal-LM batch for window `indices`: inputs, targets (B x T int32), weights; with
+    `eos`, also the documents' `segment_ids` and `positions` (B x T int32)."""
     starts = indices[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
     chunk = tokens[starts]
-    return {
+    batch = {
         "inputs": chunk[:, :-1],
         "targets": chunk[:, 1:],
         "weights": np.ones((len(indices), seq_len), np.float32),
     }
+    if eos is not None:
+        batch.update(document_segments(batch["inputs"], eos))
+    return batch
+
+
+def document_segments(inputs_BxT: np.ndarray, eos: int) -> dict[str, np.ndarray]:
+    """`segment_ids` (a new one at every EOS and at the row's start, from 1) and `positions`
+    (0 at each segment's first token) of packed rows, B x T int32."""
+    starts_BxT = inputs_BxT == eos
+    starts_BxT[:, 0] = True
+    columns = np.arange(inputs_BxT.shape[1], dtype=np.int32)
+    first_BxT = np.maximum.accumulate(np.where(starts_BxT, columns, 0), axis=1)
+    return {"segment_ids": np.cumsum(starts_BxT, axis=1, dtype=np.int32), "positions": columns - first_BxT}
 
 
 class BatchIterator:
@@ -118,13 +140,21 @@ class BatchIterator:
 
 
 class LMWindows:
-    """A token stream as a dataset (`flax_lm.data.dataset`) of its causal-LM windows."""
+    """A token stream (documents ended by `eos`) as a dataset (`flax_lm.data.dataset`) of its
+    causal-LM windows, packed "concat" or "segments" (documents do not attend to each other)."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int):
-        self.tokens, self.seq_len = tokens, seq_len
+    def __init__(self, tokens: np.ndarray, seq_len: int, eos: int, packing: str = "concat"):
+        self.tokens, self.seq_len, self.eos, self.packing = tokens, seq_len, eos, packing
 
     def __len__(self) -> int:
         return num_windows(self.tokens, self.seq_len)
 
     def batch(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
-        return windows(self.tokens, indices, self.seq_len)
+        return windows(self.tokens, indices, self.seq_len, self.eos if self.packing == "segments" else None)
+
+    def stats(self) -> dict[str, float]:
+        """Packing statistics: padding fraction (none: the windows tile the stream) and
+        documents per sequence (those with a token in it)."""
+        used = self.tokens[:len(self) * self.seq_len].reshape(len(self), self.seq_len)
+        starts = (used[:, 1:] == self.eos).sum() + len(self)  # a row's first token is in some document
+        return {"padding_fraction": 0.0, "documents_per_sequence": float(starts / max(len(self), 1))}

@@ -2,14 +2,18 @@
 workdir already has (its tokenizer and label map), so a resumed run reads data the same way."""
 
 import dataclasses
+import os
 import re
 from pathlib import Path
+
+import jax
 
 from flax_lm import init_from
 from flax_lm import workdir as workdir_lib
 from flax_lm.data import (
     conll,
     corpus,
+    exchange,
     lm_data,
     mlm_data,
     squad,
@@ -34,7 +38,7 @@ def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...]
     names are saved in the workdir the first time."""
     workdir = Path(workdir)
     if cfg.task in ("causal_lm", "masked_lm"):
-        documents = corpus.read_documents(cfg.data.source, cfg.data.max_bytes)
+        documents = _documents(cfg.data)
         tokenizer = _tokenizer(cfg, workdir, documents, is_primary)
         return Prepared(tokenizer, _pretraining_splits(cfg, documents, tokenizer), None)
     reader = _FINE_TUNING[cfg.task]
@@ -117,15 +121,34 @@ def _tokenizer(cfg, workdir: Path, texts: list[str], is_primary: bool):
         if cfg.model.variant == "roberta" and pad != cfg.model.pad_token_id:
             raise UserError(f"the tokenizer's padding id is {pad} but model.pad_token_id is {cfg.model.pad_token_id}")
     if is_primary and not saved.is_file():
-        tokenizer.save(str(saved))
+        # written whole, then renamed: another process may be reading the workdir already
+        partial = saved.with_suffix(".partial")
+        tokenizer.save(str(partial))
+        os.replace(partial, saved)
     return tokenizer
+
+
+def _documents(data) -> list[str]:
+    """The pre-training documents. With several processes each reads its shard and the
+    shards are exchanged (`exchange`), so every process has what one process would read."""
+    options = dict(document_field=data.document_field, tfds_data_dir=data.tfds_data_dir,
+                   tfds_download=data.tfds_download, skip_bad_records=data.skip_bad_records)
+    if jax.process_count() == 1:
+        return corpus.read_documents(data.source, data.max_bytes, **options)
+    shard = corpus.read_shard(data.source, data.max_bytes, shard=(jax.process_index(), jax.process_count()),
+                              **options)
+    documents = corpus.cap(exchange.all_documents(shard), data.max_bytes)
+    if not documents:
+        raise UserError(f"data.source: the corpus {data.source!r} is empty (no text in it)")
+    return documents
 
 
 def _pretraining_splits(cfg, documents: list[str], tokenizer) -> dict:
     if cfg.task == "causal_lm":
         streams = lm_data.tokenize_and_split(documents, tokenizer, cfg.data.validation_fraction, seq_len(cfg))
-        return {"train": lm_data.LMWindows(streams.train, seq_len(cfg)),
-                "validation": lm_data.LMWindows(streams.validation, seq_len(cfg))}
+        eos, packing = tokenizer_lib.eos_id(tokenizer), cfg.data.packing
+        return {"train": lm_data.LMWindows(streams.train, seq_len(cfg), eos, packing),
+                "validation": lm_data.LMWindows(streams.validation, seq_len(cfg), eos, packing)}
     # BERT's input format: a blank line ends a document. The last documents are held out.
     pieces = [p for doc in documents for p in re.split(r"\n\s*\n", doc) if p.strip()]
     n_val = max(1, int(len(pieces) * cfg.data.validation_fraction))
@@ -148,7 +171,8 @@ class _Classification:
     def read(cfg, path, require_labels=True):
         d = cfg.data
         return text_classification.read_examples(path, d.text_column, d.text_pair_column, d.label_column,
-                                                 require_labels=require_labels, skip_bad_records=d.skip_bad_records)
+                                                 require_labels=require_labels, skip_bad_records=d.skip_bad_records,
+                                                 tfds_data_dir=d.tfds_data_dir, tfds_download=d.tfds_download)
 
     @staticmethod
     def texts(rows):

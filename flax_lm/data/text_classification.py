@@ -1,4 +1,4 @@
-"""Sentence and sentence-pair classification (or regression) data from CSV, TSV or JSON-lines files.
+"""Sentence and sentence-pair classification (or regression) data from CSV, TSV, JSON-lines or Parquet files.
 
 A file has a header row (JSON lines: keys) naming its columns; the text column, an optional
 second-text column and the label column are chosen by name. Labels stay strings until a
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from flax_lm.data import input_files, length_buckets
+from flax_lm.data import input_files, length_buckets, tfds_source
 from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
-_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
 @dataclasses.dataclass
@@ -36,23 +36,22 @@ class Examples:
 
 
 def read_examples(path: str | Path, text_column: str, text_pair_column: str = "", label_column: str = "label",
-                  require_labels: bool = True, skip_bad_records: bool = False) -> Examples:
-    """Reads a `.csv`, `.tsv` (no quoting: SST-2 has unbalanced quotes) or `.jsonl`/`.json` (JSON lines) file.
+                  require_labels: bool = True, skip_bad_records: bool = False, tfds_data_dir: str = "",
+                  tfds_download: bool = True) -> Examples:
+    """Reads a `.csv`, `.tsv` (no quoting: SST-2 has unbalanced quotes), `.jsonl`/`.json` (JSON lines)
+    or `.parquet` file, or a TFDS split `tfds:NAME[/CONFIG][:SPLIT]` (class ids become their names).
 
     With require_labels=False a file without `label_column` is accepted (labels=None), for prediction.
     Any problem with the file is a UserError naming it (and the line, where there is one). A malformed
     row (wrong field count, not JSON, an empty field, bytes that are not UTF-8) is one too, unless
     `skip_bad_records`: then such rows are left out and reported in one line (`input_files.BadRecords`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {str(path)!r} does not exist")
-    kind = _FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise UserError(f"{path}: unknown file type {path.suffix!r}; use .csv, .tsv or .jsonl (JSON lines)")
     bad = input_files.BadRecords(path, skip_bad_records, "row")
-    text = input_files.read_text_keeping_bad_bytes(path)
-    columns, rows = _read_jsonl(path, text, bad) if kind == "jsonl" else _read_delimited(path, text, kind, bad)
+    if tfds_source.is_tfds(str(path)):
+        columns, rows = _read_tfds(str(path), [text_column, text_pair_column, label_column], tfds_data_dir,
+                                   tfds_download)
+    else:
+        columns, rows = _read_file(Path(path), bad)
     if not rows:
         bad.report(kept=0)
         raise UserError(f"{path}: has no rows; give a file with a header and at least one example")
@@ -75,6 +74,35 @@ def read_examples(path: str | Path, text_column: str, text_pair_column: str = ""
     pairs = [values[1] for values in kept] if text_pair_column else None
     labels = [values[-1].strip() for values in kept] if has_labels else None
     return Examples(path=str(path), texts=texts, pairs=pairs, labels=labels)
+
+
+def _read_file(path: Path, bad: input_files.BadRecords) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Columns and (line number, {column: field}) rows of a data file; malformed rows go to `bad`."""
+    if not path.is_file():
+        raise UserError(f"data file {str(path)!r} does not exist")
+    kind = _FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: unknown file type {path.suffix!r}; use .csv, .tsv, .jsonl (JSON lines) or .parquet")
+    if kind == "parquet":
+        return _read_parquet(path)
+    text = input_files.read_text_keeping_bad_bytes(path)
+    return _read_jsonl(path, text, bad) if kind == "jsonl" else _read_delimited(path, text, kind, bad)
+
+
+def _read_tfds(source: str, wanted: list[str], data_dir: str,
+               download: bool) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The fields of a TFDS split and (record number, {field: value}) rows holding those of `wanted`
+    it has, class ids as class names."""
+    fields = tfds_source.fields(source, data_dir, download)
+    columns = [c for c in wanted if c in fields]
+    rows = []
+    for i, record in enumerate(tfds_source.records(source, columns, data_dir, download), 1):
+        for column in columns:
+            names = fields[column]
+            if names is not None and 0 <= record[column] < len(names):
+                record[column] = names[record[column]]
+        rows.append((i, record))
+    return list(fields), rows
 
 
 class _BadField(Exception):
@@ -164,6 +192,19 @@ def _read_jsonl(path: Path, text: str, bad: input_files.BadRecords) -> tuple[lis
         else:
             rows.append((lineno, row))
     return (list(rows[0][1]) if rows else []), rows
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Columns and (row number from 1, {column: value}) rows of a Parquet file."""
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except (OSError, pyarrow.ArrowException) as e:
+        raise UserError(f"{path}: is not a readable Parquet file ({e})") from None
+    return table.column_names, list(enumerate(table.to_pylist(), 1))
 
 
 def _is_int(text: str) -> bool:

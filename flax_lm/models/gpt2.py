@@ -83,7 +83,7 @@ class CausalSelfAttention(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x_BxTxD, kv_mask_BxS, cache_index=None, layer_cache=None):
+    def __call__(self, x_BxTxD, kv_mask_BxS, segment_ids_BxT=None, cache_index=None, layer_cache=None):
         """Returns (B x T x D, the updated `layer_cache`, or None without one).
 
         With `layer_cache` ({"k", "v"}: B x S x N x H), the T positions are cache slots
@@ -109,7 +109,8 @@ class CausalSelfAttention(nn.Module):
         if cfg.attention_dropout > 0 and not self.deterministic:
             dropout_rng = self.make_rng("dropout")
         out_BxTxNxH = dot_product_attention(
-            q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=True, kv_mask_BxS=kv_mask_BxS, query_offset=offset,
+            q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=True, kv_mask_BxS=kv_mask_BxS, segment_ids_BxT=segment_ids_BxT,
+            query_offset=offset,
             implementation=cfg.attention,
             dropout_rate=0.0 if self.deterministic else cfg.attention_dropout, dropout_rng=dropout_rng)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
@@ -138,17 +139,17 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """One pre-LayerNorm Transformer block; scan-compatible
-    (carry, mask, cache index, layer cache) -> (carry, updated layer cache or None)."""
+    (carry, mask, segment ids, cache index, layer cache) -> (carry, updated layer cache or None)."""
 
     cfg: GPT2Config
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x_BxTxD, kv_mask_BxS, cache_index=None, layer_cache=None):
+    def __call__(self, x_BxTxD, kv_mask_BxS, segment_ids_BxT=None, cache_index=None, layer_cache=None):
         cfg = self.cfg
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
         h_BxTxD, layer_cache = CausalSelfAttention(cfg, self.deterministic, name="attn")(
-            _layer_norm(cfg, "ln_1")(x_BxTxD), kv_mask_BxS, cache_index, layer_cache)
+            _layer_norm(cfg, "ln_1")(x_BxTxD), kv_mask_BxS, segment_ids_BxT, cache_index, layer_cache)
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
         h_BxTxD = MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x_BxTxD))
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out")
@@ -162,12 +163,14 @@ class GPT2LMHeadModel(nn.Module):
     cfg: GPT2Config
 
     @nn.compact
-    def __call__(self, input_ids_BxT, *, attention_mask_BxT=None, position_ids_BxT=None,
+    def __call__(self, input_ids_BxT, *, attention_mask_BxT=None, position_ids_BxT=None, segment_ids_BxT=None,
                  deterministic: bool = True, return_hidden: bool = False, cache=None, cache_index=None):
         """Returns logits B x T x V (compute dtype).
 
         `attention_mask_BxT` is 1 for real tokens and 0 for padding; `position_ids_BxT`
-        defaults to 0..T-1 (left-padded batches pass their own). With `return_hidden`,
+        defaults to 0..T-1 (left-padded batches pass their own). `segment_ids_BxT` numbers the
+        documents packed into each row (with per-document `position_ids_BxT`): tokens attend
+        only within their own document. With `return_hidden`,
         returns (final hidden states B x T x D, output embedding V x D) instead, for
         losses that fuse the output projection (`flax_lm.losses`).
 
@@ -197,14 +200,14 @@ class GPT2LMHeadModel(nn.Module):
         if cfg.scan_layers:
             x_BxTxD, cache = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, deterministic, name=LAYERS)(x_BxTxD, kv_mask_BxS, cache_index, cache)
+            )(cfg, deterministic, name=LAYERS)(x_BxTxD, kv_mask_BxS, segment_ids_BxT, cache_index, cache)
         else:
             layer_caches = [None] * cfg.n_layers if cache is None else list(cache)
             for i in range(cfg.n_layers):
                 x_BxTxD, layer_caches[i] = block(cfg, deterministic, name=f"{LAYERS}_{i}")(
-                    x_BxTxD, kv_mask_BxS, cache_index, layer_caches[i])
+                    x_BxTxD, kv_mask_BxS, segment_ids_BxT, cache_index, layer_caches[i])
             cache = None if cache is None else tuple(layer_caches)
 
         x_BxTxD = _layer_norm(cfg, "ln_f")(x_BxTxD)

@@ -7,7 +7,8 @@ from flax_lm.losses import linear_cross_entropy
 
 class CausalLM:
     """Batch: `inputs` and `targets` (B x T int32, targets shifted by one) and
-    `weights` (B x T float32, 0 where a position must not count).
+    `weights` (B x T float32, 0 where a position must not count); with packed documents
+    also `segment_ids` and `positions` (B x T int32, see `flax_lm.data.lm_data`).
 
     `loss_chunk_len` > 0 fuses the output projection into a chunked cross-entropy.
     """
@@ -20,7 +21,8 @@ class CausalLM:
 
     def loss(self, model, params, batch, *, rngs, deterministic):
         hidden_BxTxD, embedding_VxD = model.apply(
-            {"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, return_hidden=True)
+            {"params": params}, batch["inputs"], segment_ids_BxT=batch.get("segment_ids"),
+            position_ids_BxT=batch.get("positions"), deterministic=deterministic, rngs=rngs, return_hidden=True)
         return {"lm": linear_cross_entropy(hidden_BxTxD, embedding_VxD, batch["targets"], batch["weights"],
                                            self.loss_chunk_len)}, {}
 

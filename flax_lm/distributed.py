@@ -1,0 +1,90 @@
+"""Joining a multi-process (multi-host) run: `jax.distributed.initialize` before JAX starts.
+
+Where the processes come from, first match wins:
+1. `flax-lm train --coordinator HOST:PORT --num-processes N --process-id I`;
+2. the environment: FLAX_LM_COORDINATOR, FLAX_LM_NUM_PROCESSES, FLAX_LM_PROCESS_ID;
+3. a Cloud TPU VM: JAX finds the other workers itself (no arguments), so the same
+   `flax-lm train` command runs unchanged on every worker of a pod slice;
+4. otherwise one process, and nothing is initialised.
+
+Every process then sees all devices of all processes (`jax.devices()`) and its own
+(`jax.local_devices()`); process 0 alone writes the workdir's config, tokenizer and logs.
+"""
+
+import os
+
+import jax
+
+from flax_lm.errors import UserError
+
+ENV_COORDINATOR = "FLAX_LM_COORDINATOR"      # HOST:PORT of process 0's coordination service
+ENV_NUM_PROCESSES = "FLAX_LM_NUM_PROCESSES"
+ENV_PROCESS_ID = "FLAX_LM_PROCESS_ID"        # 0 .. N-1; process 0 runs the coordinator
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               environ=os.environ) -> str | None:
+    """Initialises JAX's distributed runtime from the flags (or `environ`, or a TPU VM); returns
+    what it joined, for a log line, or None for a single process. Call before any JAX computation."""
+    explicit = _explicit_settings(coordinator, num_processes, process_id, environ)
+    if explicit is not None:
+        coordinator, num_processes, process_id = explicit
+        # CPU processes exchange collectives over gloo (XLA:CPU has no other cross-process
+        # implementation); it configures only the CPU backend, so GPU runs are unaffected.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        _call_initialize(f"--coordinator {coordinator}", coordinator_address=coordinator,
+                         num_processes=num_processes, process_id=process_id)
+        return f"process {process_id} of {num_processes} (coordinator {coordinator})"
+    if _on_tpu_vm():
+        _call_initialize("on this TPU VM")  # the workers' addresses come from the TPU metadata
+        return f"TPU VM worker {jax.process_index()} of {jax.process_count()}"
+    return None
+
+
+def _explicit_settings(coordinator, num_processes, process_id, environ) -> tuple[str, int, int] | None:
+    """(coordinator, N, I) from the flags, else the environment, else None; half a set is a UserError."""
+    flags = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
+    if all(v is None for v in flags.values()):
+        names = {"--coordinator": ENV_COORDINATOR, "--num-processes": ENV_NUM_PROCESSES,
+                 "--process-id": ENV_PROCESS_ID}
+        flags = {names[k]: environ.get(names[k]) or None for k in flags}
+        if all(v is None for v in flags.values()):
+            return None
+    missing = [name for name, value in flags.items() if value is None]
+    if missing:
+        raise UserError(f"a multi-process run needs {', '.join(flags)} together; {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} missing")
+    (coord_name, address), (n_name, n), (i_name, i) = flags.items()
+    n, i = _integer(n_name, n), _integer(i_name, i)
+    host, _, port = str(address).rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"{coord_name} {address!r}: give the coordinator as HOST:PORT (process 0's address)")
+    if n < 1:
+        raise UserError(f"{n_name} must be at least 1; got {n}")
+    if not 0 <= i < n:
+        raise UserError(f"{i_name} must be in 0..{n - 1} for {n} processes; got {i}")
+    return str(address), n, i
+
+
+def _integer(name: str, value) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{name} must be an integer; got {value!r}") from None
+
+
+def _on_tpu_vm() -> bool:
+    """Whether this machine has TPU chips (JAX's own check, by PCI device ids)."""
+    try:
+        from jax._src import hardware_utils  # private; a JAX without it means no auto-detection
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except Exception:
+        return False
+
+
+def _call_initialize(where: str, **kwargs) -> None:
+    try:
+        jax.distributed.initialize(**kwargs)
+    except RuntimeError as e:  # e.g. the coordinator never answered, or JAX was already started
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"jax.distributed.initialize ({where}) failed: {reason}") from None

@@ -1,0 +1,1 @@
+"""A TFDS data set built from the shared Tiny Shakespeare file (see its builder)."""
