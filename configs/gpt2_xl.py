@@ -1,16 +1,8 @@
-"""GPT-2 XL (1.5B parameters) at context 1024: FSDP over all devices and full
-recomputation in the backward pass."""
+"""GPT-2 XL (1.5B parameters) at context 1024: FSDP over all devices (see
+flax_lm.recipes.gpt2_fsdp) and full recomputation in the backward pass."""
 
-from flax_lm import defaults
+from flax_lm.recipes import gpt2_fsdp
 
 
 def get_config():
-    c = defaults.get_config()
-    c.model.update(vocab_size=50257, max_len=1024, d_model=1600, n_layers=48, n_heads=25,
-                   dtype="bfloat16", scan_layers=True, remat_policy="full")
-    c.parallel.update(data=1, fsdp=-1)
-    c.train.update(steps=300_000, batch_size=512, eval_every=2000, eval_batches=50, checkpoint_every=2000,
-                   log_every=50)
-    c.optim.update(learning_rate=2e-4, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.1,
-                   weight_decay=0.1, b2=0.95)
-    return c
+    return gpt2_fsdp(d_model=1600, n_layers=48, n_heads=25, remat_policy="full", learning_rate=2e-4)

@@ -3,6 +3,21 @@
 from flax_lm import defaults
 
 
+def gpt2_fsdp(d_model: int, n_layers: int, n_heads: int, remat_policy: str, learning_rate: float):
+    """A GPT-2 size (50,257 tokens, context 1024) for a TPU slice or several GPUs: bf16 compute,
+    layers scanned, `remat_policy` in the backward pass, parameters and optimizer state sharded
+    over all data-parallel devices (FSDP), 512 sequences a step."""
+    c = defaults.get_config()
+    c.model.update(vocab_size=50257, max_len=1024, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                   dtype="bfloat16", scan_layers=True, remat_policy=remat_policy)
+    c.parallel.update(data=1, fsdp=-1)
+    c.train.update(steps=300_000, batch_size=512, eval_every=2000, eval_batches=50, checkpoint_every=2000,
+                   log_every=50)
+    c.optim.update(learning_rate=learning_rate, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.1,
+                   weight_decay=0.1, b2=0.95)
+    return c
+
+
 def gpt3(n_layers: int, d_model: int, n_heads: int, batch_size: int, learning_rate: float, tensor: int = 1):
     """A GPT-3 model of Brown et al. 2020, table 2.1: context 2048, bf16 compute, layers scanned
     and fully recomputed in the backward pass, parameters and optimizer state sharded over the

@@ -34,10 +34,6 @@ class Run:
     shardings: object
     checkpointer: checkpointing.Checkpointer
 
-    def to_global(self, host_batch: dict) -> dict:
-        """This process's slice of a batch -> global arrays sharded over the batch axes."""
-        return sharding.process_batch_to_global(host_batch, self.mesh)
-
     def whole_to_global(self, whole_batch: dict) -> dict:
         """A whole batch that every process holds (e.g. evaluation's) -> global arrays sharded over
         the batch axes; each process places only the rows its own devices hold."""

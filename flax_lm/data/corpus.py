@@ -17,7 +17,7 @@ shards gathered and sorted give the documents of an unsharded read, in its order
 import dataclasses
 import glob
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flax_lm.data import input_files, text_classification, tfds_source
@@ -63,19 +63,12 @@ def read_shard(source: str, max_bytes: int = 0, *, document_field: str = "text",
     `max_bytes` characters (0: no limit). An unsharded read is the first `max_bytes` of the
     whole source; so is any set of shards each capped so, gathered, sorted and cut again."""
     if tfds_source.is_tfds(source):
-        texts = tfds_source.records(source, [document_field], tfds_data_dir, tfds_download, shard)
+        texts = tfds_source.TfdsSplit(source, tfds_data_dir, tfds_download).records([document_field], shard)
         index, count = shard
         documents = (Document(index * _KEY_STRIDE + i, r[document_field]) for i, r in enumerate(texts))
     else:
         documents = _file_documents(source_files(source), document_field, skip_bad_records, shard)
-    kept, total = [], 0
-    for document in documents:
-        text = document.text[:max_bytes - total] if max_bytes else document.text
-        if text.strip():
-            kept.append(Document(document.key, text))
-            total += len(text)
-        if max_bytes and total >= max_bytes:
-            break
+    kept = list(_capped((d for d in documents if d.text.strip()), max_bytes))
     if not kept and shard[1] == 1:
         raise UserError(f"data.source: the corpus {source!r} is empty (no text in it)")
     return kept
@@ -83,14 +76,19 @@ def read_shard(source: str, max_bytes: int = 0, *, document_field: str = "text",
 
 def cap(documents: list[Document], max_bytes: int) -> list[str]:
     """The texts of `documents` sorted into reading order and cut after `max_bytes` characters in all."""
-    texts, total = [], 0
-    for document in sorted(documents, key=lambda d: d.key):
+    return [d.text for d in _capped(sorted(documents, key=lambda d: d.key), max_bytes)]
+
+
+def _capped(documents: Iterable[Document], max_bytes: int) -> Iterator[Document]:
+    """`documents` until `max_bytes` characters in all (0: no limit), the last one cut to fit;
+    reading stops there."""
+    total = 0
+    for document in documents:
         text = document.text[:max_bytes - total] if max_bytes else document.text
-        texts.append(text)
+        yield Document(document.key, text)
         total += len(text)
         if max_bytes and total >= max_bytes:
-            break
-    return texts
+            return
 
 
 def _file_documents(files: list[Path], field: str, skip_bad_records: bool,

@@ -93,10 +93,11 @@ def _read_tfds(source: str, wanted: list[str], data_dir: str,
                download: bool) -> tuple[list[str], list[tuple[int, dict]]]:
     """The fields of a TFDS split and (record number, {field: value}) rows holding those of `wanted`
     it has, class ids as class names."""
-    fields = tfds_source.fields(source, data_dir, download)
+    split = tfds_source.TfdsSplit(source, data_dir, download)
+    fields = split.fields()
     columns = [c for c in wanted if c in fields]
     rows = []
-    for i, record in enumerate(tfds_source.records(source, columns, data_dir, download), 1):
+    for i, record in enumerate(split.records(columns), 1):
         for column in columns:
             names = fields[column]
             if names is not None and 0 <= record[column] < len(names):

@@ -38,30 +38,33 @@ def parse(source: str, default_split: str = "train") -> TfdsName:
     return TfdsName(name=name, split=split or default_split)
 
 
-def records(source: str, fields: list[str], data_dir: str = "", download: bool = True,
-            shard: tuple[int, int] = (0, 1), default_split: str = "train") -> Iterator[dict[str, object]]:
-    """The `fields` of each record of the split (text decoded to str), in the order prepared;
-    with `shard` (index, count), only that part of an even split of it."""
-    spec = parse(source, default_split)
-    builder = _builder(spec, data_dir, download)
-    features = builder.info.features
-    missing = [f for f in fields if f not in features]
-    if missing:
-        raise UserError(f"{source}: the records have no field {missing[0]!r}; their fields are {sorted(features)}")
-    split = _split(spec, builder)
-    index, count = shard
-    if count > 1:
-        split = _tfds().even_splits(split, n=count, drop_remainder=False)[index]
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
-    for record in _tfds().as_numpy(dataset.map(lambda r: {f: r[f] for f in fields})):
-        yield {f: v.decode("utf-8") if isinstance(v, bytes) else v for f, v in record.items()}
+class TfdsSplit:
+    """One split of a TFDS data set, its builder found (and prepared) once."""
 
+    def __init__(self, source: str, data_dir: str = "", download: bool = True, default_split: str = "train"):
+        self.source, self.spec = source, parse(source, default_split)
+        self.builder = _builder(self.spec, data_dir, download)
+        self.split = _split(self.spec, self.builder)
 
-def fields(source: str, data_dir: str = "", download: bool = True) -> dict[str, list[str] | None]:
-    """The record fields of the data set: for a class-label field its class names in id order,
-    for any other None."""
-    features = _builder(parse(source), data_dir, download).info.features
-    return {name: list(f.names) if hasattr(f, "names") else None for name, f in features.items()}
+    def fields(self) -> dict[str, list[str] | None]:
+        """The record fields: for a class-label field its class names in id order, else None."""
+        features = self.builder.info.features
+        return {name: list(f.names) if hasattr(f, "names") else None for name, f in features.items()}
+
+    def records(self, fields: list[str], shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, object]]:
+        """The `fields` of each record (text decoded to str), in the order prepared; with `shard`
+        (index, count), only that part of an even split."""
+        missing = [f for f in fields if f not in self.builder.info.features]
+        if missing:
+            raise UserError(f"{self.source}: the records have no field {missing[0]!r}; "
+                            f"their fields are {sorted(self.builder.info.features)}")
+        split = self.split
+        index, count = shard
+        if count > 1:
+            split = _tfds().even_splits(split, n=count, drop_remainder=False)[index]
+        dataset = self.builder.as_dataset(split=split, shuffle_files=False)
+        for record in _tfds().as_numpy(dataset.map(lambda r: {f: r[f] for f in fields})):
+            yield {f: v.decode("utf-8") if isinstance(v, bytes) else v for f, v in record.items()}
 
 
 def _tfds():
