@@ -5,7 +5,7 @@ pipeline keeps ahead of it when batches come faster than that. Reading and token
 once when a run starts (the token stream then sits in memory); packing and batching run
 every step, on the host, while the device computes the step before.
 
-    python -m bench.input_pipeline [--batch 32] [--seq 1024] [--json FILE] [--no-record]
+    python -m bench input [--batch 32] [--seq-len 1024] [--json FILE] [--no-record]
 """
 
 import argparse
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import add_row, machine, publish
+from bench.harness import add_row, command_line, machine, publish
 from flax_lm.data import corpus, length_buckets, lm_data
 from flax_lm.data import tokenizer as tokenizer_lib
 
@@ -73,10 +73,10 @@ def record(result: dict) -> None:
         add_row(TABLE_HEADING, TABLE_HEADER, row)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m bench.input_pipeline") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--seq-len", "--seq", dest="seq", type=int, default=1024)
     parser.add_argument("--json")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
@@ -87,8 +87,7 @@ def main(argv=None) -> None:
         source = _tfds_shakespeare(data_dir)
         results.append(measure(f"{source} (TFDS, prepared locally)", source, args.batch, args.seq,
                                tfds_data_dir=data_dir))
-    command = "python -m bench.input_pipeline" + (f" --batch {args.batch}" if args.batch != 32 else "") + (
-        f" --seq {args.seq}" if args.seq != 1024 else "")
+    command = command_line(prog, argv)
     result = {"machine": machine(), "batch": args.batch, "seq_len": args.seq, "sources": results,
               "command": command, "h100_demand_tokens_per_s": H100_DEMAND}
     publish(result, args.json, None if args.no_record else record)

@@ -4,6 +4,8 @@ Models call `dot_product_attention` with per-head queries, keys and values and s
 which implementation to use; swapping the kernel is a config change, never a model edit.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -36,8 +38,10 @@ def dot_product_attention(
     implementation: str = "auto",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    bias_BxNxTxS: jax.Array | None = None,
+    scale: float | None = None,
 ) -> jax.Array:
-    """Multi-head attention softmax(q k^T / sqrt(H)) v.
+    """Multi-head attention softmax(scale * q k^T + bias) v, scale 1/sqrt(H) by default.
 
     Shapes: B batch, T query length, S key length, N heads, H head size.
     `kv_mask_BxS` is True where a key may be attended to (False for padding).
@@ -45,6 +49,9 @@ def dot_product_attention(
     query attends only to keys of its own document.
     `causal` lets query t see keys s <= t + `query_offset`: queries are the keys from position
     `query_offset` on, as when decoding with a key/value cache (a traced scalar is fine).
+    `bias_BxNxTxS` is added to the scaled scores before masking (T5's relative positions); its
+    batch and head dimensions may be 1 (broadcast), and it is differentiable in every
+    implementation. `scale` None means 1/sqrt(H); T5 uses 1.0.
     Returns B x T x N x H in the dtype of `q`.
     """
     implementation = resolve(implementation)
@@ -53,10 +60,11 @@ def dot_product_attention(
     t, s = q_BxTxNxH.shape[1], k_BxSxNxH.shape[1]
     if implementation == "reference" or dropout_rate > 0.0:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
-        return _reference(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, dropout_rate, dropout_rng)
+        return _reference(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, dropout_rate, dropout_rng, bias_BxNxTxS, scale)
     if implementation == "explicit":
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
-        return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed)
+        scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else float(scale)
+        return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, bias_BxNxTxS, scale)
     if causal and not (isinstance(query_offset, int) and query_offset == 0):
         # The fused kernels' is_causal aligns queries and keys at the start; a cache needs the full mask.
         mask, causal = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset), False
@@ -64,8 +72,10 @@ def dot_product_attention(
         mask = None if kv_mask_BxS is None else kv_mask_BxS[:, None, None, :]
     else:  # is_causal stays with the kernel (cuDNN skips the blocks above the diagonal)
         mask = _allowed_Bx1xTxS(t, s, False, kv_mask_BxS, segment_ids_BxT)
+    if bias_BxNxTxS is not None and implementation == "cudnn":
+        bias_BxNxTxS = bias_BxNxTxS.astype(q_BxTxNxH.dtype)  # cuDNN takes the bias in the inputs' dtype
     return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=causal,
+        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS, mask=mask, scale=scale, is_causal=causal,
         implementation=None if implementation == "xla" else implementation)
 
 
@@ -85,9 +95,15 @@ def _allowed_Bx1xTxS(t: int, s: int, causal: bool, kv_mask_BxS, segment_ids_BxT=
     return allowed
 
 
-def _reference(q, k, v, allowed_Bx1xTxS, dropout_rate, dropout_rng):
+def _reference(q, k, v, allowed_Bx1xTxS, dropout_rate, dropout_rng, bias_BxNxTxS=None, scale=None):
     scores_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-    scores_BxNxTxS = jnp.where(allowed_Bx1xTxS, scores_BxNxTxS / jnp.sqrt(jnp.float32(q.shape[-1])), _MASKED)
+    if scale is None:
+        scores_BxNxTxS = scores_BxNxTxS / jnp.sqrt(jnp.float32(q.shape[-1]))
+    else:
+        scores_BxNxTxS = scores_BxNxTxS * jnp.float32(scale)
+    if bias_BxNxTxS is not None:
+        scores_BxNxTxS = scores_BxNxTxS + bias_BxNxTxS.astype(jnp.float32)
+    scores_BxNxTxS = jnp.where(allowed_Bx1xTxS, scores_BxNxTxS, _MASKED)
     probs_BxNxTxS = jax.nn.softmax(scores_BxNxTxS, axis=-1)
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxNxTxS.shape)
@@ -105,45 +121,58 @@ def _heads_last(x_XxTxH, b):
     return x_XxTxH.reshape(b, x // b, t, h).transpose(0, 2, 1, 3)
 
 
-def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS):
-    b = allowed_Bx1xTxS.shape[0]
+def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b):
     s_XxTxS = jnp.einsum("xth,xsh->xts", q_XxTxH, k_XxSxH, preferred_element_type=jnp.float32)
     x, t, s = s_XxTxS.shape
-    if allowed_Bx1xTxS.shape[0] == 1:
+    if bias_BxNxTxS is None and allowed_Bx1xTxS.shape[0] == 1:
         return jnp.where(allowed_Bx1xTxS[0], s_XxTxS, _MASKED)
-    s_BxNxTxS = jnp.where(allowed_Bx1xTxS, s_XxTxS.reshape(b, x // b, t, s), _MASKED)
+    s_BxNxTxS = s_XxTxS.reshape(b, x // b, t, s)
+    if bias_BxNxTxS is not None:
+        s_BxNxTxS = s_BxNxTxS + bias_BxNxTxS.astype(jnp.float32)
+    s_BxNxTxS = jnp.where(allowed_Bx1xTxS, s_BxNxTxS, _MASKED)
     return s_BxNxTxS.reshape(x, t, s)
 
 
-@jax.custom_vjp
-def _explicit(q, k, v, allowed_Bx1xTxS):
-    return _explicit_fwd(q, k, v, allowed_Bx1xTxS)[0]
+# `scale` (a Python float) multiplies the scores; `bias` (or None) is added to them.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale):
+    return _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale)[0]
 
 
-def _explicit_fwd(q, k, v, allowed_Bx1xTxS):
+def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale):
     b = q.shape[0]
-    scale = q.shape[-1] ** -0.5
     q_XxTxH, k_XxSxH, v_XxSxH = _heads_first(q * jnp.asarray(scale, q.dtype)), _heads_first(k), _heads_first(v)
-    p_XxTxS = jax.nn.softmax(_masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS), axis=-1)
+    p_XxTxS = jax.nn.softmax(_masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b), axis=-1)
     o_XxTxH = jnp.einsum("xts,xsh->xth", p_XxTxS.astype(v.dtype), v_XxSxH, preferred_element_type=jnp.float32)
     o_XxTxH = o_XxTxH.astype(v.dtype)
-    return _heads_last(o_XxTxH, b), (q_XxTxH, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed_Bx1xTxS)
+    return _heads_last(o_XxTxH, b), (q_XxTxH, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed_Bx1xTxS, bias_BxNxTxS)
 
 
-def _explicit_bwd(residuals, do_BxTxNxH):
-    q_XxTxH, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed = residuals
+def _explicit_bwd(scale, residuals, do_BxTxNxH):
+    q_XxTxH, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed, bias = residuals
     b = do_BxTxNxH.shape[0]
-    scale = q_XxTxH.shape[-1] ** -0.5
     do_XxTxH = _heads_first(do_BxTxNxH)
     f32 = {"preferred_element_type": jnp.float32}  # bf16 inputs, f32 accumulation
     dv = jnp.einsum("xts,xth->xsh", p_XxTxS.astype(do_XxTxH.dtype), do_XxTxH, **f32).astype(do_XxTxH.dtype)
     dp_XxTxS = jnp.einsum("xth,xsh->xts", do_XxTxH, v_XxSxH, **f32)
     delta_XxTx1 = jnp.sum(do_XxTxH.astype(jnp.float32) * o_XxTxH.astype(jnp.float32), axis=-1, keepdims=True)
-    ds_XxTxS = (p_XxTxS * (dp_XxTxS - delta_XxTx1)).astype(q_XxTxH.dtype)
+    ds_f32_XxTxS = p_XxTxS * (dp_XxTxS - delta_XxTx1)
+    ds_XxTxS = ds_f32_XxTxS.astype(q_XxTxH.dtype)
     dq = (jnp.einsum("xts,xsh->xth", ds_XxTxS, k_XxSxH, **f32) * scale).astype(q_XxTxH.dtype)
     dk = jnp.einsum("xts,xth->xsh", ds_XxTxS, q_XxTxH, **f32).astype(k_XxSxH.dtype)  # q carries the scale
     zeros = jax.tree.map(jnp.zeros_like, allowed)
-    return _heads_last(dq, b), _heads_last(dk, b), _heads_last(dv, b), zeros
+    return _heads_last(dq, b), _heads_last(dk, b), _heads_last(dv, b), zeros, _bias_grad(ds_f32_XxTxS, allowed, bias, b)
+
+
+def _bias_grad(ds_XxTxS, allowed_Bx1xTxS, bias_BxNxTxS, b):
+    """The scores' gradient is the bias's, summed over the dimensions the bias broadcasts over.
+    Masked scores do not depend on the bias (a fully masked row would otherwise leak into it)."""
+    if bias_BxNxTxS is None:
+        return None
+    x, t, s = ds_XxTxS.shape
+    ds_BxNxTxS = jnp.where(allowed_Bx1xTxS, ds_XxTxS.reshape(b, x // b, t, s), 0.0)
+    broadcast = tuple(i for i in (0, 1) if bias_BxNxTxS.shape[i] == 1 and ds_BxNxTxS.shape[i] != 1)
+    return jnp.sum(ds_BxNxTxS, axis=broadcast, keepdims=True).astype(bias_BxNxTxS.dtype)
 
 
 _explicit.defvjp(_explicit_fwd, _explicit_bwd)

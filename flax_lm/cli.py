@@ -30,8 +30,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label the text of a file with a fine-tuned run")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--input", required=True, help="classification: .csv/.tsv/.jsonl; NER: CoNLL; QA: SQuAD .json")
-    p.add_argument("--output", required=True, help="classification: JSON lines; NER: CoNLL; QA: {id: answer} JSON")
+    p.add_argument("--input", required=True, help="classification: .csv/.tsv/.jsonl; NER: CoNLL; QA: SQuAD .json; "
+                                                   "seq2seq: a text file with one source a line, or a table")
+    p.add_argument("--output", required=True, help="classification: JSON lines; NER: CoNLL; QA: {id: answer} JSON; "
+                                                    "seq2seq: one output a line")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
 
     p = sub.add_parser("generate", help="continue prompts with a run's checkpoint (settings default to its "
@@ -155,7 +157,9 @@ def _generate(args, _) -> int:
     settings = {**run.cfg.sample.to_dict(), **overrides}
     stream = args.prompt is not None and settings["num_beams"] == 1 and settings["num_return_sequences"] == 1
     if stream:
-        printer = _StreamPrinter(run.tokenizer, args.prompt)
+        from flax_lm.run import special_ids
+        echo = "" if run.cfg.model.family == "t5" else args.prompt   # an encoder-decoder prints its output alone
+        printer = _StreamPrinter(run.tokenizer, echo, special_ids(run.cfg, run.tokenizer)[0])
         generate_texts(run, state.params, prompts, streamer=printer, **overrides)
         printer.finish()
         return 0
@@ -168,9 +172,8 @@ class _StreamPrinter:
     """Prints a continuation as its tokens arrive: the whole text is decoded each time and only
     the new end printed, so characters that span several tokens come out whole."""
 
-    def __init__(self, tokenizer, prompt: str):
-        from flax_lm.data.tokenizer import eos_id
-        self.tokenizer, self.ids, self.eos = tokenizer, tokenizer.encode(prompt).ids, eos_id(tokenizer)
+    def __init__(self, tokenizer, prompt: str, eos: int):
+        self.tokenizer, self.ids, self.eos = tokenizer, tokenizer.encode(prompt).ids if prompt else [], eos
         self.done, self.printed = False, tokenizer.decode(self.ids)
         print(self.printed, end="", flush=True)
 

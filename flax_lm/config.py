@@ -22,8 +22,9 @@ from flax_lm.errors import UserError
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 CHOICES = {
-    "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering"),
-    "model.family": ("gpt2", "bert"),
+    "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
+             "span_corruption", "seq2seq"),
+    "model.family": ("gpt2", "bert", "t5"),
     "model.variant": ("bert", "roberta"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -32,17 +33,21 @@ CHOICES = {
     "train.nonfinite_policy": ("skip", "stop"),
     "parallel.strategy": ("jit", "pmap"),
     "data.packing": ("concat", "segments"),
+    "model.feed_forward": ("relu", "gated-gelu"),
+    "data.too_long": ("truncate", "refuse"),
 }
 POSITIVE = (
     "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
     "train.steps", "train.batch_size", "train.grad_accum_steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "model.type_vocab_size",
-    "data.doc_stride", "data.max_query_len",
+    "data.doc_stride", "data.max_query_len", "model.relative_attention_num_buckets",
+    "model.relative_attention_max_distance", "data.mean_noise_span_length",
 )
 NON_NEGATIVE = (
     "train.loss_chunk_len", "train.eval_batches", "data.max_bytes", "sample.max_new_tokens", "sample.top_k",
     "model.num_labels", "model.pad_token_id", "data.seq_len", "data.max_predictions", "train.early_stopping_patience",
     "optim.unfreeze_top_layers", "optim.unfreeze_every", "parallel.dcn_data", "parallel.dcn_fsdp",
+    "model.n_decoder_layers", "model.head_dim", "data.target_len", "data.extra_ids",
 )
 
 
@@ -225,7 +230,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         if _get(cfg, name) < 0:
             raise UserError(f"config key {name!r} must be >= 0; got {_get(cfg, name)}")
     m, t, o = cfg.model, cfg.train, cfg.optim
-    if m.d_model % m.n_heads:
+    if m.d_model % m.n_heads and not m.head_dim:
         raise UserError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     if t.batch_size % t.grad_accum_steps:
         raise UserError(
@@ -260,18 +265,25 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     # Imported here: the attention and remat modules import JAX, this module need not.
     from flax_lm.attention import IMPLEMENTATIONS
     from flax_lm.models.remat import POLICIES
+    from flax_lm.profiling import parse_steps
     if m.attention not in IMPLEMENTATIONS:
         raise UserError(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
     if m.remat_policy not in POLICIES:
         raise UserError(f"model.remat_policy must be one of {', '.join(POLICIES)}; got {m.remat_policy!r}")
+    parse_steps(t.profile_steps)
+
+
+FAMILY_OF_TASK = {"causal_lm": "gpt2", "span_corruption": "t5", "seq2seq": "t5"}  # other tasks: bert
+GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
 
 def _validate_task(cfg) -> None:
     """The task, the model family and the data must fit together."""
-    decoder = cfg.model.family == "gpt2"
-    if decoder != (cfg.task == "causal_lm"):
-        need = "model.family=gpt2" if cfg.task == "causal_lm" else "model.family=bert"
-        raise UserError(f"task {cfg.task!r} needs {need} (model.family is {cfg.model.family!r})")
+    family = FAMILY_OF_TASK.get(cfg.task, "bert")
+    if cfg.model.family != family:
+        raise UserError(f"task {cfg.task!r} needs model.family={family} (model.family is {cfg.model.family!r})")
+    if cfg.model.family == "t5":
+        _validate_t5(cfg)
     if cfg.data.seq_len > cfg.model.max_len:
         raise UserError(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
     if cfg.data.nsp and cfg.model.variant == "roberta":
@@ -282,3 +294,24 @@ def _validate_task(cfg) -> None:
     if cfg.task == "question_answering" and cfg.data.doc_stride >= window - cfg.data.max_query_len - 3:
         raise UserError(f"data.doc_stride ({cfg.data.doc_stride}) must be smaller than the context part of a window "
                         f"({window} tokens - data.max_query_len - 3 = {window - cfg.data.max_query_len - 3})")
+
+
+def _validate_t5(cfg) -> None:
+    d = cfg.data
+    if (d.target_len or d.seq_len) > cfg.model.max_len:
+        raise UserError(f"data.target_len ({d.target_len or d.seq_len}) must be at most model.max_len "
+                        f"({cfg.model.max_len})")
+    if not 0.0 < d.noise_density < 1.0:
+        raise UserError(f"data.noise_density must be in (0, 1); got {d.noise_density}")
+    if cfg.optim.layer_decay != 1.0 or cfg.optim.unfreeze_top_layers:
+        raise UserError("optim.layer_decay and optim.unfreeze_top_layers are for single-stack models; T5 has an "
+                        "encoder and a decoder stack: leave them at 1.0 and 0")
+    unknown = [m for m in metric_names(cfg.train.generate_metrics) if m not in GENERATE_METRICS]
+    if unknown:
+        raise UserError(f"train.generate_metrics: unknown metric {unknown[0]!r}; choose from "
+                        f"{', '.join(GENERATE_METRICS)}")
+
+
+def metric_names(text: str) -> list[str]:
+    """"bleu, chrf" -> ["bleu", "chrf"]."""
+    return [m.strip().lower() for m in text.split(",") if m.strip()]

@@ -11,11 +11,12 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     """Returns the schema: every key flax_lm knows, with its default value."""
     c = ml_collections.ConfigDict()
-    # causal_lm | masked_lm | classification | token_classification | question_answering
+    # causal_lm | masked_lm | classification | token_classification | question_answering (encoders) |
+    # span_corruption (T5 pre-training) | seq2seq (text-to-text: translation, summarization)
     c.task = "causal_lm"
 
     c.model = ml_collections.ConfigDict()
-    c.model.family = "gpt2"            # gpt2 (decoder) | bert (encoder)
+    c.model.family = "gpt2"            # gpt2 (decoder) | bert (encoder) | t5 (encoder-decoder)
     c.model.variant = "bert"           # encoders: bert | roberta (positions after the padding id, no NSP)
     c.model.vocab_size = 4096          # tokens; a trained tokenizer gets this size
     c.model.max_len = 128              # positions the model has (GPT-2 n_positions)
@@ -35,6 +36,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.type_vocab_size = 2        # encoders: segment (token type) embeddings
     c.model.pad_token_id = 0           # encoders: the tokenizer's padding id (RoBERTa positions start after it)
     c.model.num_labels = 0             # classification heads: 0 takes the count from the data; 1 is regression
+    # T5 (n_layers is the encoder's; d_ff is its feed-forward width, 0 = 4 * d_model)
+    c.model.n_decoder_layers = 0       # 0: as many as the encoder
+    c.model.head_dim = 0               # 0: d_model / n_heads (T5's d_kv)
+    c.model.relative_attention_num_buckets = 32
+    c.model.relative_attention_max_distance = 128
+    c.model.feed_forward = "relu"      # relu (T5) | gated-gelu (T5 v1.1)
+    c.model.tie_word_embeddings = True  # tied output embedding, decoder output scaled by d_model ** -0.5
 
     c.data = ml_collections.ConfigDict()
     # pre-training text: "default" (the embedded corpus), "tfds:NAME[/CONFIG][:SPLIT]", or comma-separated
@@ -73,6 +81,18 @@ def get_config() -> ml_collections.ConfigDict:
     # (one compilation per width), and batch examples of similar length together in training
     c.data.dynamic_padding = True
     c.data.group_by_length = True      # needs dynamic_padding
+    # seq2seq: data.train/validation/test are .tsv/.csv/.jsonl/.parquet files or TFDS splits whose columns
+    # source_field and target_field hold the pair, or a prefix P of parallel text files P.SOURCE_FIELD and
+    # P.TARGET_FIELD, one sentence a line (multi30k/train with fields en and de)
+    c.data.source_field = "source"
+    c.data.target_field = "target"
+    c.data.source_prefix = ""          # put before every source, as T5 does ("translate English to German: ")
+    c.data.target_len = 0              # target tokens (with the end token); 0 = data.seq_len
+    c.data.too_long = "truncate"       # a source or target over its length: truncate (counted, one warning) | refuse
+    # span corruption (T5 pre-training); data.seq_len is the encoder input length
+    c.data.noise_density = 0.15
+    c.data.mean_noise_span_length = 3.0
+    c.data.extra_ids = 100             # sentinel tokens <extra_id_0> .. added to a tokenizer trained here
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
@@ -90,10 +110,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.init_from = ""             # a flax_lm workdir or HF model dir/hub id: initial weights and tokenizer
     c.train.best_metric = ""           # keep the checkpoint with the best value of this eval metric (e.g. accuracy)
     c.train.early_stopping_patience = 0  # stop after this many evals without a better best_metric; 0: never
+    # seq2seq: metrics of generated text in every evaluation (comma-separated: bleu, chrf, rouge); decoding
+    # follows the sample section (greedy at temperature 0, beam search with num_beams > 1)
+    c.train.generate_metrics = ""
     # a step whose loss or gradient norm is not finite leaves the parameters as they were; then
     # skip: count it and go on | stop: save the last good state and exit (reads a flag every step)
     c.train.nonfinite_policy = "skip"
     c.train.loss_spike_factor = 3.0    # report a logged loss above this times the median of the last 20; 0: off
+    # "START:STOP" (e.g. "10:15"): write a JAX profiler trace of those steps to WORKDIR/profile; empty: off
+    c.train.profile_steps = ""
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3       # peak, after warmup

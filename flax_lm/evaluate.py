@@ -5,14 +5,16 @@ import math
 import jax
 import numpy as np
 
-from flax_lm import sharding
+from flax_lm import config as config_lib
+from flax_lm import seq2seq_eval, sharding
 from flax_lm.data import length_buckets
 from flax_lm.train_step import make_eval_step
 
 
 def make_evaluator(run, task):
     """Returns evaluate_split(params, dataset, max_batches=0) -> metrics for a run, with its eval
-    step compiled once; batches are the run's micro-batch size. `evaluate_split.outputs(params,
+    step compiled once; batches are the run's micro-batch size. A seq2seq run also scores the text
+    it generates (`train.generate_metrics`). `evaluate_split.outputs(params,
     dataset)` gives the per-example outputs instead (for `predict`).
 
     Every process loads each whole batch and places its own rows; the results come back replicated,
@@ -20,11 +22,15 @@ def make_evaluator(run, task):
     with sharding.activate(run.mesh):
         eval_step = jax.jit(make_eval_step(run.model, task), out_shardings=sharding.replicated(run.mesh))
     t = run.cfg.train
+    generated = config_lib.metric_names(t.generate_metrics) if run.cfg.task == "seq2seq" else []
 
     def evaluate_split(params, dataset, max_batches: int = 0) -> dict[str, float]:
+        micro_batch = t.batch_size // t.grad_accum_steps
         with sharding.activate(run.mesh):
-            return evaluate(eval_step, task, params, dataset, t.batch_size // t.grad_accum_steps, max_batches,
-                            run.whole_to_global)
+            metrics = evaluate(eval_step, task, params, dataset, micro_batch, max_batches, run.whole_to_global)
+        if generated:  # over the examples the loss saw
+            metrics.update(seq2seq_eval.generated_metrics(run, params, dataset, generated, max_batches * micro_batch))
+        return metrics
 
     def outputs(params, dataset) -> dict[str, np.ndarray]:
         with sharding.activate(run.mesh):

@@ -2,7 +2,8 @@
 
 Classification writes JSON lines (the input texts, the label and its probability, or the
 score of a regression); NER writes CoNLL lines (word, tab, tag; a blank line between
-sentences); QA writes SQuAD's prediction format, {question id: answer text}.
+sentences); QA writes SQuAD's prediction format, {question id: answer text}; seq2seq writes
+one generated text a line (decoded with the run's `sample` settings).
 """
 
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flax_lm import seq2seq_eval
 from flax_lm.data import pipeline
 from flax_lm.evaluate import make_evaluator
 from flax_lm.run import load_run
@@ -22,8 +24,11 @@ def predict(workdir: str | Path, input_path: str | Path, output_path: str | Path
     run.checkpointer.close()
     dataset = pipeline.predict_dataset(run.cfg, pipeline.Prepared(run.tokenizer, {}, run.label_names),
                                        str(input_path))
-    outputs = make_evaluator(run, get_task(run.cfg, run.label_names)).outputs(state.params, dataset)
-    lines = _WRITERS[run.cfg.task](dataset, outputs, run.label_names)
+    if run.cfg.task == "seq2seq":
+        lines = (text + "\n" for text in seq2seq_eval.generated_outputs(run, state.params, dataset, len(dataset)))
+    else:
+        outputs = make_evaluator(run, get_task(run.cfg, run.label_names)).outputs(state.params, dataset)
+        lines = _WRITERS[run.cfg.task](dataset, outputs, run.label_names)
     Path(output_path).write_text("".join(lines), encoding="utf-8")
     return len(dataset)
 

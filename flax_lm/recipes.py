@@ -32,3 +32,21 @@ def gpt3(n_layers: int, d_model: int, n_heads: int, batch_size: int, learning_ra
     c.optim.update(learning_rate=learning_rate, warmup_steps=375, schedule="cosine", min_lr_ratio=0.1,
                    weight_decay=0.1, b2=0.95)
     return c
+
+
+def t5_span_corruption(d_model: int, n_layers: int, n_heads: int, d_ff: int, scan_layers: bool):
+    """A T5 size of Raffel et al. (2020) pre-trained by span corruption: 32,128 tokens (100 of them
+    sentinels), heads of 64, ReLU feed-forward, tied embeddings, inputs of 512 tokens with 15% noise
+    in spans of mean length 3, dropout 0.1, bf16 compute, 128 sequences a step. AdamW stands in
+    for Adafactor."""
+    c = defaults.get_config()
+    c.task = "span_corruption"
+    c.model.update(family="t5", vocab_size=32128, max_len=512, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                   head_dim=64, d_ff=d_ff, feed_forward="relu", layer_norm_epsilon=1e-6, initializer_range=1.0,
+                   dropout=0.1, dtype="bfloat16", scan_layers=scan_layers)
+    c.data.update(seq_len=512, extra_ids=100)
+    c.train.update(steps=524_288, batch_size=128, eval_every=5000, eval_batches=20, checkpoint_every=5000,
+                   log_every=100)
+    c.optim.update(learning_rate=1e-3, warmup_steps=10_000, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0)
+    c.sample.update(temperature=0.0, max_new_tokens=128)
+    return c

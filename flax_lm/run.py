@@ -10,10 +10,10 @@ from flax_lm import best, checkpointing, init_from, optim, sharding, state_init
 from flax_lm import config as config_lib
 from flax_lm import mesh as mesh_lib
 from flax_lm import workdir as workdir_lib
-from flax_lm.data import pipeline
+from flax_lm.data import pipeline, unigram
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
-from flax_lm.generation import CausalDecoder, generate, settings
+from flax_lm.generation import for_model, generate, settings
 from flax_lm.models import build_model, head_name
 
 
@@ -120,17 +120,49 @@ def load_run(workdir: str | Path, step: int | None = None, splits: tuple[str, ..
 
 
 def generate_texts(run: Run, params, prompts: list[str], streamer=None, **overrides) -> list[str]:
-    """Each prompt followed by its continuation (`sample.num_return_sequences` per prompt), with
-    the run's `sample` settings or `overrides` of them; generation stops at the end-of-text token.
-    `streamer(tokens_B)` sees each step's new tokens on the host. An empty prompt starts from the
-    end-of-text token, as a new text does in GPT-2's training data."""
+    """`sample.num_return_sequences` texts per prompt, with the run's `sample` settings or
+    `overrides` of them; generation stops at the end token. A decoder-only model gives each
+    prompt followed by its continuation; an empty prompt starts from the end-of-text token, as a
+    new text does in GPT-2's training data. An encoder-decoder gives the output text alone, for
+    the prompt put after `data.source_prefix`. `streamer(tokens_B)` sees each step's new tokens
+    on the host."""
+    if run.cfg.model.family == "t5":
+        ids = [_fitted(run.cfg, run.tokenizer.encode(run.cfg.data.source_prefix + p).ids) for p in prompts]
+        return [run.tokenizer.decode(new) for new in generate_ids(run, params, ids, streamer, **overrides)]
     eos = tokenizer_lib.eos_id(run.tokenizer)
-    config = settings.from_sample_section({**run.cfg.sample.to_dict(), **overrides}, eos, run.cfg.train.seed)
     ids = [run.tokenizer.encode(p).ids or [eos] for p in prompts]
-    with sharding.activate(run.mesh):
-        out = generate(CausalDecoder(run.model), params, ids, config, streamer)
+    out = generate_ids(run, params, ids, streamer, **overrides)
     copies = len(out) // len(prompts)
     return [run.tokenizer.decode(ids[i // copies] + new) for i, new in enumerate(out)]
+
+
+def _fitted(cfg, ids: list[int]) -> list[int]:
+    """An encoder input cut to data.seq_len, its end token kept, as the training data was
+    (data.too_long=truncate); with data.too_long=refuse one too long is a UserError."""
+    limit = pipeline.seq_len(cfg)
+    if len(ids) <= limit:
+        return ids
+    if cfg.data.too_long == "refuse":
+        raise UserError(f"an input has {len(ids)} tokens, more than data.seq_len ({limit}); shorten it or set "
+                        f"data.too_long=truncate")
+    return ids[:limit - 1] + ids[-1:]
+
+
+def generate_ids(run: Run, params, ids: list[list[int]], streamer=None, **overrides) -> list[list[int]]:
+    """The new token ids for each prompt of token `ids` (see `generate_texts`)."""
+    eos, pad = special_ids(run.cfg, run.tokenizer)
+    config = settings.from_sample_section({**run.cfg.sample.to_dict(), **overrides}, eos, run.cfg.train.seed, pad)
+    with sharding.activate(run.mesh):
+        return generate(for_model(run.model), params, ids, config, streamer)
+
+
+def special_ids(cfg, tokenizer) -> tuple[int, int]:
+    """(end token, padding token) of a generative run's tokenizer; GPT-2 pads with its end token."""
+    if cfg.model.family == "t5":
+        pad, eos, _ = unigram.special_ids(tokenizer)
+        return eos, pad
+    eos = tokenizer_lib.eos_id(tokenizer)
+    return eos, eos
 
 
 def sample_text(run: Run, params, prompt: str, **overrides) -> str:

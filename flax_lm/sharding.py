@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("positions", None),
+    ("relpos_buckets", None),  # T5's relative-position bias table (buckets x heads)
     ("qkv", None),
     ("layers", None),
 )

@@ -12,6 +12,7 @@ import numpy as np
 
 from flax_lm import sharding
 from flax_lm.errors import UserError
+from flax_lm.models import t5
 from flax_lm.train_state import TrainState
 
 
@@ -22,8 +23,10 @@ def rngs(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _init_params(model, seed: int, seq_len: int):
-    """The model's freshly initialised (boxed) parameters."""
-    return model.init({"params": rngs(seed)[0]}, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    """The model's freshly initialised (boxed) parameters (an encoder-decoder also takes decoder ids)."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    inputs = (ids, ids) if isinstance(model, t5.T5ForConditionalGeneration) else (ids,)
+    return model.init({"params": rngs(seed)[0]}, *inputs)["params"]
 
 
 def _init_fn(model, tx, seed: int, seq_len: int):

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from flax_lm import hardware, preemption, resume_check
+from flax_lm import hardware, preemption, profiling, resume_check, seq2seq_eval
 from flax_lm import workdir as workdir_lib
 from flax_lm.best import BestKeeper
 from flax_lm.data import length_buckets, lm_data, packing_stats, pipeline
@@ -67,12 +67,15 @@ def train(cfg, workdir: str | Path) -> dict:
         return metrics, stop
 
     pending = None  # (step, metrics on device): read one step late, so the device never waits
-    with preemption.StopRequests(run.checkpointer.manager) as stop_requests:
+    with preemption.StopRequests(run.checkpointer.manager) as stop_requests, \
+            profiling.StepProfiler(t.profile_steps, run.workdir, enabled=is_primary) as profiler:
         for step in range(start, t.steps):
+            profiler.before_step(step)
             epoch, data_before = iterator.epoch, iterator.state()
             global_indices = iterator.next_global_indices()
             host_batch = length_buckets.load_batch(train_data, iterator.local(global_indices), epoch, global_indices)
             state, metrics = steps(state, host_batch)
+            profiler.after_step(step, (state, metrics))
             if t.nonfinite_policy == "stop" and int(metrics["nonfinite"]):
                 _halt_on_nonfinite(run, steps.global_state(state), data_before, step + 1, log, best)
             if pending is not None and pending[0] % t.log_every == 0:
@@ -109,7 +112,17 @@ def train(cfg, workdir: str | Path) -> dict:
     _say(is_primary, f"checkpoints in {run.workdir / workdir_lib.CHECKPOINTS}")
     if cfg.task == "causal_lm" and cfg.sample.max_new_tokens > 0:
         _say(is_primary, "sample:\n" + sample_text(run, state.params, cfg.sample.prompt))
+    if cfg.task == "seq2seq" and cfg.sample.max_new_tokens > 0:
+        _say(is_primary, "samples:\n" + _seq2seq_samples(run, state.params, validation_data))
     return eval_metrics
+
+
+def _seq2seq_samples(run, params, dataset, count: int = 3) -> str:
+    """The first validation sources with their outputs and references, a block each."""
+    count = min(count, len(dataset))
+    outputs = seq2seq_eval.generated_outputs(run, params, dataset, count)
+    return "\n".join(f"  source:    {source}\n  output:    {output}\n  reference: {reference}"
+                     for source, output, reference in zip(dataset.sources, outputs, dataset.references))
 
 
 def _save_and_close(run, state, data_state: dict, log, best) -> None:

@@ -58,3 +58,54 @@ def test_attention_dropout_is_seeded_and_scales():
     b = dot_product_attention(q, k, v, causal=True, dropout_rate=0.5, dropout_rng=rng, implementation="reference")
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, dot_product_attention(q, k, v, causal=True))
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 3, 7, 7), (2, 3, 7, 7), (2, 1, 7, 7)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("implementation", ["xla", "explicit"])
+def test_bias_and_scale_agree_with_reference_values_and_gradients(bias_shape, causal, implementation):
+    """T5's relative-position bias is trained through the attention: its gradient (summed over
+    the broadcast dimensions) must match autodiff of the reference."""
+    q, k, v = _qkv(seed=1)
+    bias = jax.random.normal(jax.random.PRNGKey(7), bias_shape)
+    mask = np.ones((2, 7), bool)
+    mask[1, 5:] = False
+
+    def loss(impl, q, k, v, bias):
+        out = dot_product_attention(q, k, v, causal=causal, kv_mask_BxS=mask, bias_BxNxTxS=bias, scale=1.0,
+                                    implementation=impl)
+        return jnp.sum(out * jnp.cos(out)), out
+
+    grad = jax.value_and_grad(loss, argnums=(1, 2, 3, 4), has_aux=True)
+    (_, ref), ref_grads = grad("reference", q, k, v, bias)
+    (_, out), grads = grad(implementation, q, k, v, bias)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert grads[3].shape == bias_shape and np.abs(ref_grads[3]).max() > 1e-3
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=1e-5)
+
+
+def test_bias_and_scale_are_what_they_say():
+    """scale=None is 1/sqrt(H); a bias that is a function of the key only is a key preference:
+    a large bias on one key makes every query return (almost) that key's value."""
+    q, k, v = _qkv(seed=2)
+    for impl in ("reference", "explicit", "xla"):
+        default = dot_product_attention(q, k, v, causal=False, implementation=impl)
+        explicit_scale = dot_product_attention(q, k, v, causal=False, scale=8 ** -0.5, implementation=impl)
+        np.testing.assert_allclose(explicit_scale, default, atol=1e-6)
+        zero_bias = dot_product_attention(q, k, v, causal=False, bias_BxNxTxS=jnp.zeros((1, 1, 7, 7)),
+                                          implementation=impl)
+        np.testing.assert_allclose(zero_bias, default, atol=1e-6)
+        bias = jnp.zeros((1, 3, 7, 7)).at[:, :, :, 4].set(100.0)
+        out = dot_product_attention(q, k, v, causal=False, bias_BxNxTxS=bias, scale=1.0, implementation=impl)
+        np.testing.assert_allclose(out, jnp.broadcast_to(v[:, 4:5], out.shape), atol=1e-4)
+
+
+def test_bias_with_a_cache_offset_matches_reference():
+    q, _, _ = _qkv(seed=3, t=2)
+    _, k, v = _qkv(seed=4, t=7)
+    bias = jax.random.normal(jax.random.PRNGKey(5), (1, 3, 2, 7))
+    outs = [dot_product_attention(q, k, v, causal=True, query_offset=jnp.int32(3), bias_BxNxTxS=bias, scale=1.0,
+                                  implementation=impl) for impl in ("reference", "explicit", "xla")]
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
+    np.testing.assert_allclose(outs[2], outs[0], atol=1e-5)

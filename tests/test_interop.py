@@ -106,7 +106,7 @@ def _cli(*args):
 @pytest.mark.parametrize("damage, message", [
     ("no_weights", "no weights"),
     ("truncated", "cannot read the safetensors file"),
-    ("unsupported", "architecture T5ForConditionalGeneration is not supported"),
+    ("unsupported", "architecture BartForConditionalGeneration is not supported"),
     ("bad_shape", "has shape"),
 ])
 def test_bad_sources_are_one_line(tmp_path, hf_dir, damage, message):
@@ -118,7 +118,7 @@ def test_bad_sources_are_one_line(tmp_path, hf_dir, damage, message):
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "unsupported":
         config = json.loads((src / "config.json").read_text())
-        (src / "config.json").write_text(json.dumps({**config, "architectures": ["T5ForConditionalGeneration"]}))
+        (src / "config.json").write_text(json.dumps({**config, "architectures": ["BartForConditionalGeneration"]}))
     elif damage == "bad_shape":
         config = json.loads((src / "config.json").read_text())
         (src / "config.json").write_text(json.dumps({**config, "n_embd": 64}))

@@ -231,3 +231,17 @@ def test_squad_metrics_hand_computed():
                                                                                         "f1": 100.0}
     with pytest.raises(ValueError, match="no reference answers"):
         squad_metrics({"q": "x"}, {"q": []})
+
+
+def test_generated_text_metrics_on_hand_checked_cases():
+    from flax_lm.metrics import generated_text_metrics
+    refs = ["the cat sat on the mat", "a dog runs in the park"]
+    same = generated_text_metrics(["bleu", "chrf", "rouge"], refs, refs)
+    assert same == pytest.approx({"bleu": 100.0, "chrf": 100.0, "rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+    nothing = generated_text_metrics(["bleu", "rouge"], ["", ""], refs)
+    assert nothing["bleu"] == 0.0 and nothing["rouge1"] == 0.0
+    # one of two sentences right, the other with no word in common: ROUGE-1 averages 100 and 0
+    half = generated_text_metrics(["rouge"], [refs[0], "zebra"], refs)
+    assert half["rouge1"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="2 hypotheses for 1 references"):
+        generated_text_metrics(["bleu"], refs, refs[:1])

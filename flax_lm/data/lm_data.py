@@ -29,11 +29,12 @@ class Splits:
 
 
 def tokenize_and_split(documents: list[str], tokenizer: Tokenizer, validation_fraction: float,
-                       seq_len: int) -> Splits:
-    """Encodes documents (batched, in Rust threads), joins them with EOS and splits the tail off."""
-    eos = tokenizers_lib.eos_id(tokenizer)
+                       seq_len: int, eos: int | None = None) -> Splits:
+    """Encodes documents (batched, in Rust threads, without the tokenizer's own special tokens),
+    joins them with `eos` (default: GPT-2's end-of-text) and splits the tail off."""
+    eos = tokenizers_lib.eos_id(tokenizer) if eos is None else eos
     pieces = []
-    for encoding in tokenizer.encode_batch(documents):
+    for encoding in tokenizer.encode_batch(documents, add_special_tokens=False):
         pieces.append(np.asarray(encoding.ids, np.int32))
         pieces.append(np.asarray([eos], np.int32))
     stream = np.concatenate(pieces)

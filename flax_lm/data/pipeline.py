@@ -16,14 +16,18 @@ from flax_lm.data import (
     exchange,
     lm_data,
     mlm_data,
+    seq2seq_data,
+    span_corruption,
     squad,
     text_classification,
+    unigram,
     wordpiece,
 )
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+PRETRAINING = ("causal_lm", "masked_lm", "span_corruption")  # tasks that read data.source
 
 
 @dataclasses.dataclass
@@ -37,7 +41,7 @@ def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...]
     """The tokenizer, label names and datasets of the run's task; the tokenizer and label
     names are saved in the workdir the first time."""
     workdir = Path(workdir)
-    if cfg.task in ("causal_lm", "masked_lm"):
+    if cfg.task in PRETRAINING:
         documents = _documents(cfg.data)
         tokenizer = _tokenizer(cfg, workdir, documents, is_primary)
         return Prepared(tokenizer, _pretraining_splits(cfg, documents, tokenizer), None)
@@ -86,6 +90,11 @@ def seq_len(cfg) -> int:
     return cfg.data.seq_len or cfg.model.max_len
 
 
+def target_len(cfg) -> int:
+    """Target tokens of a seq2seq example: data.target_len, else data.seq_len's."""
+    return cfg.data.target_len or seq_len(cfg)
+
+
 def pad_id(tokenizer) -> int:
     return wordpiece.special_tokens(tokenizer).pad
 
@@ -110,12 +119,16 @@ def _tokenizer(cfg, workdir: Path, texts: list[str], is_primary: bool):
         tokenizer = init_from.tokenizer(cfg.train.init_from)
     elif cfg.model.family == "gpt2":
         tokenizer = tokenizer_lib.train_bpe(texts, cfg.model.vocab_size)
+    elif cfg.model.family == "t5":
+        tokenizer = unigram.train_unigram(texts, cfg.model.vocab_size, cfg.data.extra_ids)
     else:
         tokenizer = wordpiece.train_wordpiece(texts, cfg.model.vocab_size, cfg.data.lowercase)
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
         raise UserError(
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{cfg.model.vocab_size}; raise model.vocab_size")
+    if cfg.model.family == "t5":
+        unigram.special_ids(tokenizer)   # a tokenizer without T5's <pad>, </s>, <unk> is refused here
     if cfg.model.family == "bert":
         pad = pad_id(tokenizer)
         if cfg.model.variant == "roberta" and pad != cfg.model.pad_token_id:
@@ -149,6 +162,8 @@ def _pretraining_splits(cfg, documents: list[str], tokenizer) -> dict:
         eos, packing = tokenizer_lib.eos_id(tokenizer), cfg.data.packing
         return {"train": lm_data.LMWindows(streams.train, seq_len(cfg), eos, packing),
                 "validation": lm_data.LMWindows(streams.validation, seq_len(cfg), eos, packing)}
+    if cfg.task == "span_corruption":
+        return _span_corruption_splits(cfg, documents, tokenizer)
     # BERT's input format: a blank line ends a document. The last documents are held out.
     pieces = [p for doc in documents for p in re.split(r"\n\s*\n", doc) if p.strip()]
     n_val = max(1, int(len(pieces) * cfg.data.validation_fraction))
@@ -162,6 +177,21 @@ def _pretraining_splits(cfg, documents: list[str], tokenizer) -> dict:
                                    whole_word=d.whole_word_masking, mask_prob=d.mask_prob,
                                    max_predictions=d.max_predictions or None)
     return {"train": dataset(pieces[:-n_val], cfg.train.seed), "validation": dataset(pieces[-n_val:], cfg.train.seed)}
+
+
+def _span_corruption_splits(cfg, documents: list[str], tokenizer) -> dict:
+    """T5 pre-training: the documents joined with the end token into one stream, its tail held
+    out, each split cut into windows that span corruption turns into data.seq_len inputs."""
+    d = cfg.data
+    pad, eos, _ = unigram.special_ids(tokenizer)
+    sentinels = unigram.sentinel_ids(tokenizer, d.extra_ids)
+    raw_len, _ = span_corruption.lengths_for(seq_len(cfg), d.noise_density, d.mean_noise_span_length)
+    streams = lm_data.tokenize_and_split(documents, tokenizer, d.validation_fraction, raw_len, eos=eos)
+
+    def dataset(tokens):
+        return span_corruption.SpanCorruptionDataset(tokens, seq_len(cfg), d.noise_density, d.mean_noise_span_length,
+                                                     sentinels, eos, pad, cfg.train.seed)
+    return {"train": dataset(streams.train), "validation": dataset(streams.validation)}
 
 
 class _Classification:
@@ -237,14 +267,8 @@ class _TokenClassification:
                                                 cfg.data.dynamic_padding)
 
 
-class _QuestionAnswering:
-    @staticmethod
-    def read(cfg, path, require_labels=True):
-        return squad.read_squad(path)
-
-    @staticmethod
-    def texts(rows):
-        return [e.question for e in rows] + sorted({e.context for e in rows})
+class _Unlabelled:
+    """Tasks whose answers are text, not classes: nothing to map or save."""
 
     def labels(self, cfg, workdir, rows, is_primary):
         return None
@@ -256,11 +280,42 @@ class _QuestionAnswering:
     def saved_labels_from_names(names):
         return None
 
+
+class _QuestionAnswering(_Unlabelled):
+    @staticmethod
+    def read(cfg, path, require_labels=True):
+        return squad.read_squad(path)
+
+    @staticmethod
+    def texts(rows):
+        return [e.question for e in rows] + sorted({e.context for e in rows})
+
     @staticmethod
     def dataset(cfg, rows, tokenizer, labels):
         return squad.QADataset(rows, tokenizer, seq_len(cfg), pad_id(tokenizer), cfg.data.doc_stride,
                                cfg.data.max_query_len)
 
 
+class _Seq2Seq(_Unlabelled):
+    """Text pairs (translation, summarization); the tokenizer learns the prefixed sources."""
+
+    @staticmethod
+    def read(cfg, path, require_labels=True):
+        d = cfg.data
+        return seq2seq_data.read_pairs(path, d.source_field, d.target_field, require_targets=require_labels,
+                                       skip_bad_records=d.skip_bad_records, tfds_data_dir=d.tfds_data_dir,
+                                       tfds_download=d.tfds_download)
+
+    @staticmethod
+    def texts(rows):
+        return rows.sources + (rows.targets or [])
+
+    @staticmethod
+    def dataset(cfg, rows, tokenizer, labels):
+        d = cfg.data
+        return seq2seq_data.Seq2SeqDataset(rows, tokenizer, seq_len(cfg), target_len(cfg), prefix=d.source_prefix,
+                                           too_long=d.too_long, dynamic_padding=d.dynamic_padding)
+
+
 _FINE_TUNING = {"classification": _Classification(), "token_classification": _TokenClassification(),
-                "question_answering": _QuestionAnswering()}
+                "question_answering": _QuestionAnswering(), "seq2seq": _Seq2Seq()}

@@ -31,9 +31,10 @@ EXCLUDED = -1.0e9
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
-                config: GenerationConfig) -> jax.Array:
+                config: GenerationConfig, context=None) -> jax.Array:
     """The R best hypotheses of every left-padded prompt, as new tokens (B * R) x N int32,
-    prompt-major and best first; each row holds its end token, then the padding id."""
+    prompt-major and best first; each row holds its end token, then the padding id.
+    `context` is the decoder's conditioning, one row per prompt (see `decoder.start`)."""
     B, P = prompt_BxP.shape
     prepared = decoder.prepare(params)
     W, N, R = config.num_beams, config.max_new_tokens, config.num_return_sequences
@@ -48,8 +49,9 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     prompt_BWxP = jnp.repeat(prompt_BxP, W, axis=0)
     prompt_mask_BWxP = jnp.repeat(prompt_mask_BxP, W, axis=0)
     mask_BWxS = jnp.concatenate([prompt_mask_BWxP.astype(bool), jnp.ones((B * W, N), bool)], axis=1)
+    context_BW = jax.tree.map(lambda x: jnp.repeat(x, W, axis=0), context)
     logits_BWxPxV, cache = decoder.forward(prepared, prompt_BWxP, mask_BWxS, left_pad_positions(prompt_mask_BWxP),
-                                           decoder.init_cache(B * W, P + N), 0)
+                                           decoder.start(prepared, context_BW, B * W, P + N), 0)
     V = logits_BWxPxV.shape[-1]
     prompt_seen_BWxV = processors.seen_tokens(prompt_BWxP, prompt_mask_BWxP, V)
     first_row_B = jnp.arange(B, dtype=jnp.int32) * W

@@ -1,10 +1,12 @@
 """A model as the decoding loops see it: prefill and one-token steps against a key/value cache.
 
-Every loop calls `prepare(params)` once, then `forward(prepared, ids_BxT, mask_BxS,
-positions_BxT, cache, index)`: the T tokens go into cache slots index..index+T-1, attend to
-the slots `mask_BxS` allows up to their own, and come back as logits B x T x V with the
-updated cache. A new model family plugs in here and every strategy (greedy, sampling, beam
-search) works with it.
+Every loop calls `prepare(params)` once, then `start(prepared, context, batch, length)` for
+the cache, then `forward(prepared, ids_BxT, mask_BxS, positions_BxT, cache, index)`: the T
+tokens go into cache slots index..index+T-1, attend to the slots `mask_BxS` allows up to their
+own, and come back as logits B x T x V with the updated cache. `context` is what the decoder
+is conditioned on besides its own tokens: None for a decoder-only model, the encoder's input
+for an encoder-decoder. A new model family plugs in here and every strategy (greedy,
+sampling, beam search) works with it.
 """
 
 import dataclasses
@@ -12,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from flax_lm.models import gpt2
+from flax_lm.models import gpt2, t5
 
 
 class CausalDecoder:
@@ -32,8 +34,14 @@ class CausalDecoder:
     def max_len(self) -> int:
         return self.model.cfg.max_len
 
+    encoder_decoder = False
+
     def init_cache(self, batch: int, length: int):
         return gpt2.init_cache(self.unrolled.cfg, batch, length)
+
+    def start(self, prepared, context, batch: int, length: int):
+        """An empty cache of `length` slots (a decoder-only model has no context)."""
+        return self.init_cache(batch, length)
 
     def prepare(self, params):
         """The parameters in the layout `forward` takes: stacked layers split into `h_{i}`."""
@@ -57,10 +65,60 @@ class CausalDecoder:
         return isinstance(other, CausalDecoder) and other.model == self.model
 
 
+class Seq2SeqDecoder:
+    """An encoder-decoder (`T5ForConditionalGeneration`) behind the decoding interface.
+
+    The context is the encoder's input (ids B x S, mask B x S). `start` runs the encoder once
+    and computes every decoder layer's cross-attention keys and values from its output; the
+    cache holds them with the self-attention slots and the encoder mask, so each step runs
+    only the decoder. Scanned layers decode through the unrolled twin, as in `CausalDecoder`.
+    """
+
+    encoder_decoder = True
+
+    def __init__(self, model: t5.T5ForConditionalGeneration):
+        self.model = model
+        self.unrolled = model.clone(cfg=t5.unrolled(model.cfg)) if model.cfg.scan_layers else model
+
+    @property
+    def max_len(self) -> int:
+        return self.model.cfg.max_len
+
+    def prepare(self, params):
+        return t5.unstack_params(params, self.model.cfg) if self.unrolled is not self.model else params
+
+    def start(self, prepared, context, batch: int, length: int):
+        ids_BxS, mask_BxS = context
+        variables = {"params": prepared}
+        encoded_BxSxD = self.unrolled.apply(variables, ids_BxS, mask_BxS, method="encode")
+        return {"self": t5.init_cache(self.unrolled.cfg, batch, length), "encoder_mask": mask_BxS,
+                "cross": self.unrolled.apply(variables, encoded_BxSxD, method="cross_cache")}
+
+    def forward(self, prepared, ids_BxT, mask_BxS, positions_BxT, cache, index):
+        """As `CausalDecoder.forward`; T5 has no absolute positions, so `positions_BxT` is unused
+        (relative positions come from the cache slots)."""
+        logits_BxTxV, self_cache = self.unrolled.apply(
+            {"params": prepared}, ids_BxT, attention_mask_BxS=cache["encoder_mask"],
+            decoder_attention_mask_BxT=mask_BxS, cache=cache["self"], cross_cache=cache["cross"],
+            cache_index=index, method="decode")
+        return logits_BxTxV, {**cache, "self": self_cache}
+
+    def __hash__(self):
+        return hash(self.model)
+
+    def __eq__(self, other):
+        return isinstance(other, Seq2SeqDecoder) and other.model == self.model
+
+
+def for_model(model):
+    """The decoder of a generative flax_lm model."""
+    return Seq2SeqDecoder(model) if isinstance(model, t5.T5ForConditionalGeneration) else CausalDecoder(model)
+
+
 def reorder_cache(cache, rows_B: jax.Array):
     """The cache with its batch rows taken in the order `rows_B` (beam search follows its beams).
-    Every cache array ends with B x S x N x H, with or without a leading layer axis."""
-    return jax.tree.map(lambda c: jnp.take(c, rows_B, axis=c.ndim - 4), cache)
+    Decoding caches are unscanned: every array leads with the batch."""
+    return jax.tree.map(lambda c: jnp.take(c, rows_B, axis=0), cache)
 
 
 def left_pad_positions(mask_BxP: jax.Array) -> jax.Array:

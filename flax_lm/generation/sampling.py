@@ -19,17 +19,18 @@ from flax_lm.generation.settings import GenerationConfig
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, config: GenerationConfig,
-           streamer=None) -> jax.Array:
+           streamer=None, context=None) -> jax.Array:
     """New tokens B x max_new_tokens (padding after a row finishes) for left-padded prompts.
 
     `streamer`, if given, is called on the host with each step's tokens (B,) as they are made.
+    `context` is the decoder's conditioning, one row per prompt (see `decoder.start`).
     """
     B, P = prompt_BxP.shape
     prepared = decoder.prepare(params)
     N = config.max_new_tokens
     mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
     positions_BxP = left_pad_positions(prompt_mask_BxP)
-    cache = decoder.init_cache(B, P + N)
+    cache = decoder.start(prepared, context, B, P + N)
     logits_BxPxV, cache = decoder.forward(prepared, prompt_BxP, mask_BxS, positions_BxP, cache, 0)
     V = logits_BxPxV.shape[-1]
     seen_BxV = processors.seen_tokens(prompt_BxP, prompt_mask_BxP, V)

@@ -26,6 +26,7 @@ class GenerationConfig:
     num_return_sequences: int = 1
     eos_token_ids: tuple[int, ...] = ()  # stop a sequence at any of these
     pad_token_id: int = 0               # fills finished sequences and left padding
+    decoder_start_token_id: int = 0     # encoder-decoders: the first decoder token (T5: the padding id)
     seed: int = 0
 
     @property
@@ -55,9 +56,11 @@ class GenerationConfig:
         return self
 
 
-def from_sample_section(sample: dict, eos_token_id: int = 0, seed: int = 0) -> GenerationConfig:
-    """The settings of a run config's `sample` section (with its overrides applied); the end
-    token also pads. Not yet validated."""
+def from_sample_section(sample: dict, eos_token_id: int = 0, seed: int = 0,
+                        pad_token_id: int | None = None) -> GenerationConfig:
+    """The settings of a run config's `sample` section (with its overrides applied); padding (and
+    an encoder-decoder's first decoder token) is `pad_token_id`, by default the end token, as
+    GPT-2 has no padding token. Not yet validated."""
     early_stopping = {"true": True, "false": False, "never": "never"}.get(str(sample["early_stopping"]).lower())
     if early_stopping is None:
         raise UserError(f"early_stopping must be true, false or never; got {sample['early_stopping']!r}")
@@ -67,7 +70,9 @@ def from_sample_section(sample: dict, eos_token_id: int = 0, seed: int = 0) -> G
         top_p=sample["top_p"], min_p=sample["min_p"], repetition_penalty=sample["repetition_penalty"],
         num_beams=sample["num_beams"], num_return_sequences=sample["num_return_sequences"],
         length_penalty=sample["length_penalty"], early_stopping=early_stopping,
-        eos_token_ids=tuple(dict.fromkeys((eos_token_id, *stop_ids))), pad_token_id=eos_token_id, seed=seed)
+        eos_token_ids=tuple(dict.fromkeys((eos_token_id, *stop_ids))),
+        pad_token_id=eos_token_id if pad_token_id is None else pad_token_id,
+        decoder_start_token_id=eos_token_id if pad_token_id is None else pad_token_id, seed=seed)
 
 
 def token_ids(text: str) -> tuple[int, ...]:

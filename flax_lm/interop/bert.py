@@ -170,7 +170,7 @@ def params_to_hf(params: dict, cfg: BertConfig, head: str) -> dict[str, np.ndarr
     out = {}
     encoder, heads = _table(cfg, head)
     for t in encoder + heads:
-        x = np.asarray(_get(params, t.path))
+        x = np.asarray(layout.get(params, t.path))
         if t.part is not None:
             x = np.take(x, t.part, axis=t.part_axis)
         if t.kind == "kernel":
@@ -197,7 +197,7 @@ def params_from_hf(state_dict: dict, cfg: BertConfig, head: str, fresh: dict | N
     for t in encoder + heads:
         if t.hf not in sd:
             if fresh is not None and (t in heads or t.hf.startswith(prefix + "pooler.")):
-                _set(params, t.path, np.asarray(_get(fresh, t.path)))
+                layout.put(params, t.path, np.asarray(layout.get(fresh, t.path)))
                 continue
             raise UserError(f"the checkpoint has no tensor {t.hf!r}")
         x = np.asarray(sd[t.hf])
@@ -205,30 +205,16 @@ def params_from_hf(state_dict: dict, cfg: BertConfig, head: str, fresh: dict | N
             raise UserError(f"tensor {t.hf!r} has shape {tuple(x.shape)}, the config needs {t.hf_shape}")
         x = x.T.reshape(t.shape) if t.kind == "kernel" else x.reshape(t.shape)
         if t.part is None:
-            _set(params, t.path, x)
+            layout.put(params, t.path, x)
         else:
             pieces.setdefault(t.path, {})[t.part] = (x, t.part_axis)
     for path, parts in pieces.items():
         axis = parts[0][1]
-        _set(params, path, np.stack([parts[j][0] for j in sorted(parts)], axis=axis))
+        layout.put(params, path, np.stack([parts[j][0] for j in sorted(parts)], axis=axis))
     if cfg.scan_layers:
         params["bert"] = layout.stack_layers(params["bert"], cfg.n_layers, "layer", "layers")
     return params
 
 
 def _unstack(encoder: dict, n_layers: int) -> dict:
-    out = {k: v for k, v in encoder.items() if k != "layers"}
-    out.update({f"layer_{i}": layout.layer(encoder, i, True, "layer", "layers") for i in range(n_layers)})
-    return out
-
-
-def _get(tree: dict, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
+    return layout.unstack_layers(encoder, n_layers, "layer", "layers")

@@ -18,7 +18,7 @@ import safetensors.numpy
 
 from flax_lm import workdir as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
-from flax_lm.data import wordpiece
+from flax_lm.data import unigram, wordpiece
 from flax_lm.errors import UserError
 from flax_lm.interop import families
 from flax_lm.models import head_name
@@ -39,7 +39,8 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     model_cfg = run.model.cfg
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)
     tensors = module.params_to_hf(host_params, model_cfg, head)
-    tensors.pop("lm_head.weight", None)  # tied to the input embedding; transformers re-ties it
+    if family == "gpt2":
+        tensors.pop("lm_head.weight")  # tied to the input embedding; transformers re-ties it
     tensors = {k: np.ascontiguousarray(v.astype(DTYPES[dtype], copy=False)) for k, v in tensors.items()}
 
     out = Path(out_dir)
@@ -54,6 +55,15 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
         _write_json(out / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos})
         eos_token = tokenizer_lib.EOS
         specials = {"bos_token": eos_token, "eos_token": eos_token, "unk_token": eos_token}
+    elif family == "t5":
+        pad, eos, unk = unigram.special_ids(run.tokenizer)
+        ids = {"pad_token_id": pad, "eos_token_id": eos, "decoder_start_token_id": pad}
+        hf_config.update(ids)
+        _write_json(out / "generation_config.json", ids)
+        vocab = run.tokenizer.get_vocab()
+        extra = sorted((t for t in vocab if t.startswith("<extra_id_")), key=lambda t: -vocab[t])
+        specials = {"eos_token": run.tokenizer.id_to_token(eos), "pad_token": run.tokenizer.id_to_token(pad),
+                    "unk_token": run.tokenizer.id_to_token(unk), "additional_special_tokens": extra}
     else:
         if run.label_names and head in ("sequence_classification", "token_classification"):
             hf_config["id2label"] = dict(enumerate(run.label_names))

@@ -15,6 +15,27 @@ def stack_layers(params: dict, n_layers: int, prefix: str, scanned_name: str) ->
     return params
 
 
+def unstack_layers(params: dict, n_layers: int, prefix: str, scanned_name: str) -> dict:
+    """The inverse of `stack_layers`: `{scanned_name}` split into `{prefix}_0 .. {prefix}_{n-1}` (a new dict)."""
+    out = {k: v for k, v in params.items() if k != scanned_name}
+    out.update({f"{prefix}_{i}": layer(params, i, True, prefix, scanned_name) for i in range(n_layers)})
+    return out
+
+
+def get(tree: dict, path: tuple):
+    """The value at `path` (a tuple of keys) of a nested dict."""
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def put(tree: dict, path: tuple, value) -> None:
+    """Sets the value at `path` of a nested dict, making the dicts on the way."""
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
 def layer(params: dict, i: int, scanned: bool, prefix: str, scanned_name: str) -> dict:
     """Layer `i`'s parameters in either layout."""
     if scanned:

@@ -1,6 +1,6 @@
 """Model families. Each module owns its module classes; `interop/` owns the HF mappings."""
 
-from flax_lm.models import bert, gpt2
+from flax_lm.models import bert, gpt2, t5
 
 # task -> the encoder head that serves it
 _BERT_HEADS = {"classification": "sequence_classification", "token_classification": "token_classification",
@@ -9,14 +9,17 @@ _BERT_HEADS = {"classification": "sequence_classification", "token_classificatio
 
 def task_of_head(head: str) -> str:
     """The task a model head serves (the inverse of `head_name`)."""
-    return {"causal_lm": "causal_lm", "pretraining": "masked_lm", "masked_lm": "masked_lm",
+    return {"causal_lm": "causal_lm", "seq2seq": "seq2seq", "pretraining": "masked_lm", "masked_lm": "masked_lm",
             **{h: task for task, h in _BERT_HEADS.items()}}[head]
 
 
 def head_name(cfg) -> str:
-    """The head a run config's task needs: "causal_lm" for GPT-2, a `bert.HEADS` key for encoders."""
+    """The head a run config's task needs: "causal_lm" for GPT-2, "seq2seq" for T5 (span corruption
+    and text-to-text alike), a `bert.HEADS` key for encoders."""
     if cfg.model.family == "gpt2":
         return "causal_lm"
+    if cfg.model.family == "t5":
+        return "seq2seq"
     if cfg.task == "masked_lm":
         return "pretraining" if cfg.data.nsp else "masked_lm"
     return _BERT_HEADS[cfg.task]
@@ -28,10 +31,12 @@ def build_model(model_cfg, head: str = "causal_lm"):
         return gpt2.GPT2LMHeadModel(gpt2.GPT2Config.from_config(model_cfg))
     if model_cfg.family == "bert":
         return bert.HEADS[head](bert.BertConfig.from_config(model_cfg))
+    if model_cfg.family == "t5":
+        return t5.T5ForConditionalGeneration(t5.T5Config.from_config(model_cfg))
     raise ValueError(f"unknown model family {model_cfg.family!r}")
 
 
 def flops_per_token(model_cfg, seq_len: int) -> float:
     """Training FLOPs per token of a model config (see each family's formula)."""
-    family = bert if isinstance(model_cfg, bert.BertConfig) else gpt2
-    return family.flops_per_token(model_cfg, seq_len)
+    families = {bert.BertConfig: bert, t5.T5Config: t5}
+    return families.get(type(model_cfg), gpt2).flops_per_token(model_cfg, seq_len)

@@ -5,10 +5,11 @@ from flax_lm.tasks.causal_lm import CausalLM
 from flax_lm.tasks.classification import SequenceClassification
 from flax_lm.tasks.masked_lm import MaskedLM
 from flax_lm.tasks.question_answering import QuestionAnswering
+from flax_lm.tasks.seq2seq import Seq2SeqLM
 from flax_lm.tasks.token_classification import TokenClassification
 
-__all__ = ["CausalLM", "MaskedLM", "QuestionAnswering", "SequenceClassification", "Task", "TokenClassification",
-           "get_task"]
+__all__ = ["CausalLM", "MaskedLM", "QuestionAnswering", "Seq2SeqLM", "SequenceClassification", "Task",
+           "TokenClassification", "get_task"]
 
 
 def get_task(cfg, label_names: list[str] | None = None) -> Task:
@@ -16,6 +17,8 @@ def get_task(cfg, label_names: list[str] | None = None) -> Task:
     (or tag) names of their data."""
     if cfg.task == "causal_lm":
         return CausalLM(loss_chunk_len=cfg.train.loss_chunk_len)
+    if cfg.task in ("seq2seq", "span_corruption"):
+        return Seq2SeqLM(loss_chunk_len=cfg.train.loss_chunk_len)
     if cfg.task == "masked_lm":
         return MaskedLM(nsp=cfg.data.nsp)
     if cfg.task == "classification":

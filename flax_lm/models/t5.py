@@ -1,0 +1,457 @@
+"""T5 as a Flax Linen module, layer for layer `transformers.T5ForConditionalGeneration`.
+
+An encoder and a decoder stack of pre-norm blocks. The norm is T5's RMS LayerNorm (float32
+variance, no mean, no bias); no layer has a bias; attention scores are not scaled by
+1/sqrt(H) (the init of `q` carries it) and get a learned relative-position bias, one table
+per stack, shared by its layers. The feed-forward is ReLU (T5) or gated tanh-GELU (T5 v1.1).
+Encoder and decoder read one shared embedding; the output is that embedding applied to the
+decoder output times d_model**-0.5 (tied, T5) or a separate `lm_head` (untied, T5 v1.1).
+
+Tensor names carry their shapes: B batch, S source (encoder) length, T target (decoder)
+length, D d_model, N heads, H head size, F d_ff, V vocab, K relative-position buckets,
+L layers.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from flax_lm.attention import dot_product_attention
+from flax_lm.models.layers import Projection, contract
+from flax_lm.models.remat import POLICIES
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+FEED_FORWARDS = ("relu", "gated-gelu")
+# A stack's blocks: one stacked tree of this name with scan_layers, else "block_0", "block_1", ...
+LAYERS = "block"
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    vocab_size: int
+    max_len: int                 # the longest input or target the model is used with (no absolute positions)
+    d_model: int
+    n_layers: int                # encoder layers
+    n_heads: int
+    d_ff: int = 0                # 0: 4 * d_model
+    n_decoder_layers: int = 0    # 0: n_layers
+    head_dim: int = 0            # 0: d_model // n_heads (T5's d_kv)
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    feed_forward: str = "relu"   # relu | gated-gelu
+    tie_word_embeddings: bool = True
+    layer_norm_epsilon: float = 1e-6
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    initializer_range: float = 1.0  # T5's initializer_factor: 1.0 is Hugging Face's default init
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+    attention: str = "auto"
+
+    def __post_init__(self):
+        # 0 stands for the derived size; resolved here so every reader sees the real one.
+        derived = {"d_ff": 4 * self.d_model, "n_decoder_layers": self.n_layers,
+                   "head_dim": self.d_model // self.n_heads}
+        for name, value in derived.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+        if self.feed_forward not in FEED_FORWARDS:
+            raise ValueError(f"feed_forward must be one of {FEED_FORWARDS}; got {self.feed_forward!r}")
+
+    @classmethod
+    def from_config(cls, model_cfg) -> "T5Config":
+        """Builds the model config from the `model` section of a run config."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in model_cfg.items() if k in fields})
+
+
+def unrolled(cfg: T5Config) -> T5Config:
+    """The config of the unscanned twin, which decoding with a cache uses."""
+    return dataclasses.replace(cfg, scan_layers=False)
+
+
+def _dtypes(cfg: T5Config) -> dict:
+    return {"dtype": DTYPES[cfg.dtype], "param_dtype": DTYPES[cfg.param_dtype]}
+
+
+def _normal(std: float):
+    return nn.initializers.normal(std)
+
+
+class RMSNorm(nn.Module):
+    """T5LayerNorm: x / sqrt(mean(x^2) + eps) * scale, the mean square in float32."""
+
+    cfg: T5Config
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        cfg = self.cfg
+        dtype = DTYPES[cfg.dtype]
+        scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.constant(cfg.initializer_range),
+                                                                   ("embed",)),
+                             (cfg.d_model,), DTYPES[cfg.param_dtype])
+        x_f32 = x_BxTxD.astype(jnp.float32)
+        variance_BxTx1 = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
+        return (x_f32 * jax.lax.rsqrt(variance_BxTx1 + cfg.layer_norm_epsilon)).astype(dtype) * scale_D.astype(dtype)
+
+
+class Attention(nn.Module):
+    """T5Attention without its position bias (the stack owns that): q, k, v, o, no biases.
+
+    `keys_values` and `__call__` are separate so that cross-attention keys and values can be
+    computed once per source and reused at every decoding step.
+    """
+
+    cfg: T5Config
+
+    def setup(self):
+        cfg = self.cfg
+        d, n, h, f = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.initializer_range
+
+        def heads_in(std):
+            return Projection((n, h), ("embed",), ("heads", "head_dim"), _normal(std), **_dtypes(cfg))
+
+        # HF's init: the query's std carries the 1/sqrt(H) that the scores leave out.
+        self.q = heads_in(f * (d * h) ** -0.5)
+        self.k = heads_in(f * d ** -0.5)
+        self.v = heads_in(f * d ** -0.5)
+        self.o = Projection((d,), ("heads", "head_dim"), ("embed",), _normal(f * (n * h) ** -0.5), **_dtypes(cfg))
+
+    def keys_values(self, x_BxSxD) -> dict:
+        """{"k", "v"}: B x S x N x H each, in the compute dtype."""
+        return {"k": self.k(x_BxSxD), "v": self.v(x_BxSxD)}
+
+    def __call__(self, x_BxTxD, kv: dict, *, causal: bool, kv_mask_BxS=None, bias_BxNxTxS=None, query_offset=0,
+                 deterministic: bool = True):
+        """Queries from `x_BxTxD` attend to `kv` ({"k", "v"}: B x S x N x H); returns B x T x D."""
+        cfg = self.cfg
+        dropout_rng = None
+        if cfg.attention_dropout > 0 and not deterministic:
+            dropout_rng = self.make_rng("dropout")
+        out_BxTxNxH = dot_product_attention(
+            self.q(x_BxTxD), kv["k"], kv["v"], causal=causal, kv_mask_BxS=kv_mask_BxS, query_offset=query_offset,
+            implementation=cfg.attention, dropout_rate=0.0 if deterministic else cfg.attention_dropout,
+            dropout_rng=dropout_rng, bias_BxNxTxS=bias_BxNxTxS, scale=1.0)
+        out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
+        return self.o(out_BxTxNxH)
+
+
+class FeedForward(nn.Module):
+    """T5DenseActDense (relu: wi, wo) or T5DenseGatedActDense (gated-gelu: wi_0, wi_1, wo)."""
+
+    cfg: T5Config
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        cfg = self.cfg
+        d, ff, f = cfg.d_model, cfg.d_ff, cfg.initializer_range
+
+        def wi(name):
+            return Projection((ff,), ("embed",), ("mlp",), _normal(f * d ** -0.5), name=name, **_dtypes(cfg))(x_BxTxD)
+
+        if cfg.feed_forward == "relu":
+            h_BxTxF = nn.relu(wi("wi"))
+        else:  # HF maps "gated-gelu" to gelu_new, the tanh approximation
+            h_BxTxF = nn.gelu(wi("wi_0"), approximate=True) * wi("wi_1")
+        h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
+        h_BxTxF = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BxTxF)
+        return Projection((d,), ("mlp",), ("embed",), _normal(f * ff ** -0.5), name="wo", **_dtypes(cfg))(h_BxTxF)
+
+
+class Block(nn.Module):
+    """T5Block: self-attention, cross-attention (decoder only) and feed-forward, each
+    x + dropout(sublayer(norm(x))). Scan-compatible: (carry, bias, self mask, encoder output,
+    encoder mask, cache index, layer cache, layer cross cache) -> (carry, updated layer cache)."""
+
+    cfg: T5Config
+    deterministic: bool
+    is_decoder: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD, bias_BxNxTxS, kv_mask_BxS, encoded_BxSxD=None, cross_mask_BxS=None,
+                 cache_index=None, layer_cache=None, layer_cross_cache=None):
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        h_BxTxD = RMSNorm(cfg, name="self_attention_norm")(x_BxTxD)
+        attention = Attention(cfg, name="self_attention")
+        kv = attention.keys_values(h_BxTxD)
+        offset = 0
+        if layer_cache is not None:  # the T new keys and values go into slots cache_index..cache_index+T-1
+            start = (0, cache_index, 0, 0)
+            kv = {name: jax.lax.dynamic_update_slice(layer_cache[name], kv[name].astype(layer_cache[name].dtype),
+                                                     start) for name in ("k", "v")}
+            layer_cache, offset = kv, cache_index
+        h_BxTxD = attention(h_BxTxD, kv, causal=self.is_decoder, kv_mask_BxS=kv_mask_BxS, bias_BxNxTxS=bias_BxNxTxS,
+                            query_offset=offset, deterministic=self.deterministic)
+        x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
+        if self.is_decoder:
+            h_BxTxD = RMSNorm(cfg, name="cross_attention_norm")(x_BxTxD)
+            cross = Attention(cfg, name="cross_attention")
+            kv = layer_cross_cache if layer_cross_cache is not None else cross.keys_values(encoded_BxSxD)
+            h_BxTxD = cross(h_BxTxD, kv, causal=False, kv_mask_BxS=cross_mask_BxS, deterministic=self.deterministic)
+            x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
+        h_BxTxD = FeedForward(cfg, self.deterministic, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BxTxD))
+        x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out")
+        return nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed")), layer_cache
+
+
+class CrossKeysValues(nn.Module):
+    """A decoder block's cross-attention keys and values only; named like the `Block` it belongs
+    to, so it reads that block's parameters. Scan-compatible: (encoder output) -> (same, kv)."""
+
+    cfg: T5Config
+
+    @nn.compact
+    def __call__(self, encoded_BxSxD):
+        return encoded_BxSxD, Attention(self.cfg, name="cross_attention").keys_values(encoded_BxSxD)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
+    """Mesh TensorFlow's bucketing of key position - query position (int array, any shape) into
+    [0, num_buckets): exact buckets for small distances, logarithmic ones up to `max_distance`.
+    Unidirectional (decoder self-attention) puts every later key in bucket 0. The float32
+    arithmetic follows `transformers` step for step, so bucket edges agree exactly."""
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # max(., max_exact) keeps log away from 0 where the small branch is taken anyway
+    far = jnp.maximum(distance, max_exact).astype(jnp.float32)
+    large = max_exact + (jnp.log(far / max_exact) / math.log(max_distance / max_exact)
+                         * (num_buckets - max_exact)).astype(relative_position.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(is_small, distance, large)
+
+
+def relative_bias(table_KxN, t: int, s: int, query_offset, bidirectional: bool, cfg: T5Config):
+    """The position bias 1 x N x T x S for queries at positions query_offset + 0..T-1 (a traced
+    scalar is fine) and keys at 0..S-1, in float32."""
+    relative_TxS = jnp.arange(s)[None, :] - (jnp.arange(t)[:, None] + query_offset)
+    buckets_TxS = relative_position_bucket(relative_TxS.astype(jnp.int32), bidirectional,
+                                           cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+    bias_TxSxN = jnp.take(table_KxN.astype(jnp.float32), buckets_TxS, axis=0)
+    return bias_TxSxN.transpose(2, 0, 1)[None]
+
+
+class Stack(nn.Module):
+    """T5Stack after its embedding: dropout, the blocks, the final norm, dropout. The relative
+    position table lives here (HF's block.0 holds it) and every block adds the same bias."""
+
+    cfg: T5Config
+    is_decoder: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_mask_BxS=None, *, encoded_BxSxD=None, cross_mask_BxS=None, cache=None,
+                 cross_cache=None, cache_index=None, deterministic=True, cross_keys_values=False):
+        """Returns (B x T x D after the final norm, the updated `cache` or None).
+
+        With `cross_keys_values` (decoder), `x_BxTxD` is the encoder output and the call returns
+        each block's cross-attention {"k", "v"} (B x S x N x H): a tuple of per-layer dicts,
+        or one dict of L x B x S x N x H arrays with scan_layers.
+        """
+        cfg = self.cfg
+        n_layers = cfg.n_decoder_layers if self.is_decoder else cfg.n_layers
+        if cross_keys_values:
+            return _cross_keys_values(cfg, n_layers, x_BxTxD)
+        if cache is not None and cfg.scan_layers:
+            raise ValueError("decoding with a cache uses the unscanned layout: apply the model of t5.unrolled(cfg) "
+                             "to t5.unstack_params(params, cfg)")
+        table_KxN = self.param(
+            "relative_attention_bias",
+            nn.with_logical_partitioning(_normal(cfg.initializer_range * cfg.d_model ** -0.5),
+                                         ("relpos_buckets", "heads")),
+            (cfg.relative_attention_num_buckets, cfg.n_heads), DTYPES[cfg.param_dtype])
+        t = x_BxTxD.shape[1]
+        s = cache[0]["k"].shape[1] if cache is not None else t
+        offset = cache_index if cache is not None else 0
+        bias_1xNxTxS = relative_bias(table_KxN, t, s, offset, not self.is_decoder, cfg)
+
+        x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
+        block = Block
+        if cfg.remat_policy != "none":
+            block = nn.remat(block, policy=POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        args = (bias_1xNxTxS, kv_mask_BxS, encoded_BxSxD, cross_mask_BxS, cache_index)
+        if cfg.scan_layers:
+            x_BxTxD, _ = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * len(args) + (0, 0), length=n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, deterministic, self.is_decoder, name=LAYERS)(x_BxTxD, *args, None, cross_cache)
+        else:
+            layer_caches = [None] * n_layers if cache is None else list(cache)
+            for i in range(n_layers):
+                x_BxTxD, layer_caches[i] = block(cfg, deterministic, self.is_decoder, name=f"{LAYERS}_{i}")(
+                    x_BxTxD, *args, layer_caches[i], None if cross_cache is None else cross_cache[i])
+            cache = None if cache is None else tuple(layer_caches)
+        x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
+        x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
+        return nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed")), cache
+
+
+def _cross_keys_values(cfg: T5Config, n_layers: int, encoded_BxSxD):
+    """Run inside `Stack.__call__`: the per-layer cross-attention keys and values."""
+    if cfg.scan_layers:
+        _, kv = nn.scan(CrossKeysValues, variable_axes={"params": 0}, split_rngs={"params": True},
+                        length=n_layers, metadata_params={nn.PARTITION_NAME: "layers"},
+                        )(cfg, name=LAYERS)(encoded_BxSxD)
+        return kv
+    return tuple(CrossKeysValues(cfg, name=f"{LAYERS}_{i}")(encoded_BxSxD)[1] for i in range(n_layers))
+
+
+class LMHead(nn.Module):
+    """The untied output projection D -> V (T5 v1.1's lm_head), no bias."""
+
+    cfg: T5Config
+
+    @nn.compact
+    def __call__(self, x_BxTxD, return_hidden: bool):
+        """Logits B x T x V, or with `return_hidden` (x_BxTxD, the head as V x D)."""
+        cfg = self.cfg
+        dtype = DTYPES[cfg.dtype]
+        kernel_DxV = self.param("kernel", nn.with_logical_partitioning(_normal(cfg.initializer_range),
+                                                                       ("embed", "vocab")),
+                                (cfg.d_model, cfg.vocab_size), DTYPES[cfg.param_dtype])
+        if return_hidden:
+            return x_BxTxD, kernel_DxV.T.astype(dtype)
+        return contract(x_BxTxD.astype(dtype), kernel_DxV.astype(dtype), 1)
+
+
+class T5ForConditionalGeneration(nn.Module):
+    """Encoder-decoder: source ids and (shifted) target ids -> target logits.
+
+    Methods, all on one parameter tree: `__call__` (teacher forcing), `encode`, `cross_cache`
+    and `decode` (teacher forcing or cached steps); `model.apply(vars, ..., method="encode")`.
+    """
+
+    cfg: T5Config
+
+    def setup(self):
+        cfg = self.cfg
+        self.shared = nn.Embed(
+            cfg.vocab_size, cfg.d_model,
+            embedding_init=nn.with_logical_partitioning(_normal(cfg.initializer_range), ("vocab", "embed")),
+            **_dtypes(cfg))
+        self.encoder = Stack(cfg, is_decoder=False)
+        self.decoder = Stack(cfg, is_decoder=True)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = LMHead(cfg)
+
+    def __call__(self, input_ids_BxS, decoder_input_ids_BxT, *, attention_mask_BxS=None,
+                 decoder_attention_mask_BxT=None, deterministic: bool = True, return_hidden: bool = False):
+        """Logits B x T x V (compute dtype). Masks are 1 for real tokens, 0 for padding; the
+        decoder is causal besides. With `return_hidden`, (hidden B x T x D, output embedding
+        V x D) such that logits = hidden @ embedding.T (the tied model's d_model**-0.5 is in
+        hidden), for losses that fuse the output projection (`flax_lm.losses`)."""
+        encoded_BxSxD = self.encode(input_ids_BxS, attention_mask_BxS, deterministic)
+        return self.decode(decoder_input_ids_BxT, encoded_BxSxD=encoded_BxSxD, attention_mask_BxS=attention_mask_BxS,
+                           decoder_attention_mask_BxT=decoder_attention_mask_BxT, deterministic=deterministic,
+                           return_hidden=return_hidden)
+
+    def encode(self, input_ids_BxS, attention_mask_BxS=None, deterministic: bool = True):
+        """The encoder output B x S x D (after its final norm)."""
+        x_BxSxD = nn.with_logical_constraint(self.shared(input_ids_BxS), ("batch", "act_length", "act_embed"))
+        mask_BxS = None if attention_mask_BxS is None else attention_mask_BxS.astype(bool)
+        return self.encoder(x_BxSxD, mask_BxS, deterministic=deterministic)[0]
+
+    def cross_cache(self, encoded_BxSxD):
+        """Every decoder layer's cross-attention {"k", "v"} (B x S x N x H, compute dtype) of the
+        encoder output: a tuple of per-layer dicts, or stacked L x ... with scan_layers."""
+        return self.decoder(encoded_BxSxD, cross_keys_values=True)
+
+    def decode(self, decoder_input_ids_BxT, *, encoded_BxSxD=None, attention_mask_BxS=None,
+               decoder_attention_mask_BxT=None, cache=None, cross_cache=None, cache_index=None,
+               deterministic: bool = True, return_hidden: bool = False):
+        """The decoder over `encoded_BxSxD` (or its `cross_cache`); `attention_mask_BxS` masks the source.
+
+        Without `cache`: teacher forcing, returns logits B x T x V (or the `return_hidden` pair).
+        With `cache` (`init_cache`, S' slots), `cross_cache` and `cache_index`: the T tokens fill
+        self-attention slots cache_index..cache_index+T-1 and see the slots up to their own that
+        `decoder_attention_mask_BxT` (then B x S', 1 = may attend) allows; relative positions are
+        the slots' positions. Returns (logits, updated cache).
+        """
+        if encoded_BxSxD is None and cross_cache is None:
+            raise ValueError("decode needs encoded_BxSxD or cross_cache")
+        x_BxTxD = nn.with_logical_constraint(self.shared(decoder_input_ids_BxT), ("batch", "act_length", "act_embed"))
+        self_mask = None if decoder_attention_mask_BxT is None else decoder_attention_mask_BxT.astype(bool)
+        cross_mask_BxS = None if attention_mask_BxS is None else attention_mask_BxS.astype(bool)
+        x_BxTxD, cache = self.decoder(
+            x_BxTxD, self_mask, encoded_BxSxD=encoded_BxSxD, cross_mask_BxS=cross_mask_BxS, cache=cache,
+            cross_cache=cross_cache, cache_index=cache_index, deterministic=deterministic)
+        out = self._output(x_BxTxD, return_hidden)
+        return out if cache is None else (out, cache)
+
+    def _output(self, x_BxTxD, return_hidden: bool):
+        dtype = DTYPES[self.cfg.dtype]
+        if self.cfg.tie_word_embeddings:
+            # T5 rescales before the tied projection (mesh-tensorflow); v1.1's own head does not.
+            x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.d_model ** -0.5, x_BxTxD.dtype)
+            if return_hidden:
+                return x_BxTxD, self.shared.embedding.astype(dtype)
+            logits_BxTxV = self.shared.attend(x_BxTxD)
+        else:
+            out = self.lm_head(x_BxTxD, return_hidden)
+            if return_hidden:
+                return out
+            logits_BxTxV = out
+        return nn.with_logical_constraint(logits_BxTxV, ("batch", "act_length", "act_vocab"))
+
+
+def init_cache(cfg: T5Config, batch: int, length: int):
+    """An empty decoder self-attention cache of `length` slots: a tuple (one per decoder layer)
+    of {"k", "v"} zeros B x length x N x H in the compute dtype. Decoding always uses the
+    unscanned layout (see `unrolled` and `unstack_params`)."""
+    zeros = jnp.zeros((batch, length, cfg.n_heads, cfg.head_dim), DTYPES[cfg.dtype])
+    return tuple({"k": zeros, "v": zeros} for _ in range(cfg.n_decoder_layers))
+
+
+def unstack_params(params: dict, cfg: T5Config) -> dict:
+    """A scanned model's (unboxed) parameters -> those of its `unrolled` twin: each stack's
+    stacked "block" split into "block_0", "block_1", ... (jnp indexing: fine inside jit)."""
+    params = dict(params)
+    for stack, n_layers in (("encoder", cfg.n_layers), ("decoder", cfg.n_decoder_layers)):
+        tree = dict(params[stack])
+        stacked = tree.pop(LAYERS)
+        for i in range(n_layers):
+            tree[f"{LAYERS}_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+        params[stack] = tree
+    return params
+
+
+def num_params(cfg: T5Config) -> int:
+    """Parameter count: shared embedding (once), both stacks with their relative-position
+    tables and norms, and the lm_head when untied."""
+    d, f, inner = cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.head_dim
+    attention = 4 * d * inner
+    ff = (3 if cfg.feed_forward == "gated-gelu" else 2) * d * f
+    table = cfg.relative_attention_num_buckets * cfg.n_heads
+    encoder = cfg.n_layers * (attention + ff + 2 * d) + table + d
+    decoder = cfg.n_decoder_layers * (2 * attention + ff + 3 * d) + table + d
+    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * d
+    return cfg.vocab_size * d + encoder + decoder + head
+
+
+def flops_per_token(cfg: T5Config, seq_len: int) -> float:
+    """Training FLOPs (fwd + bwd) per target token, for a source as long as the target (seq_len):
+    6 N' + 12 (H N) seq_len (L_enc + 2 L_dec).
+
+    N' is `num_params` without the input embedding when it is not also the output projection
+    (an untied model's lookups are no matmuls); each encoder token then costs as much as a target
+    token, so 6 N' counts both stacks. The attention term is PaLM's 12 L H Q T per attention
+    layer: encoder self-attention, decoder self-attention (causality not discounted) and
+    cross-attention.
+    """
+    n = num_params(cfg) - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.d_model)
+    attention_layers = cfg.n_layers + 2 * cfg.n_decoder_layers
+    return 6 * n + 12 * attention_layers * cfg.n_heads * cfg.head_dim * seq_len

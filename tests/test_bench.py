@@ -1,0 +1,124 @@
+"""`python -m bench`: every figure in the JSON, and one row in the right table of RESULTS.md,
+from the tiniest models (the speeds themselves belong to bench/, not to tests)."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from bench import __main__ as bench_main
+from bench import bert_mlm, gpt2_generate, gpt2_train, harness
+from flax_lm.models import gpt2
+
+TINY = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.n_heads=2",
+        "--config.model.vocab_size=256"]
+FAST = ["--steps", "2", "--rounds", "1", "--warmup", "1", "--no-record"]
+PEAK = 1e12
+
+
+@pytest.fixture(scope="module")
+def gpt2_result(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "gpt2.json"
+    argv = ["gpt2-train", "--config", "gpt2_tiny", "--batch", "2", "--seq-len", "16", *FAST, "--json", str(path),
+            "--peak-flops", str(PEAK), *TINY]
+    returned = bench_main.main(argv)
+    result = json.loads(path.read_text())
+    assert result == json.loads(json.dumps(returned))
+    return result, argv
+
+
+def test_gpt2_train_reports_every_figure_for_both_sides(gpt2_result):
+    r, argv = gpt2_result
+    assert r["command"] == "python -m bench " + " ".join(argv)
+    assert (r["batch"], r["seq_len"], r["vocab"], r["dtype"]) == (2, 16, 256, "float32")
+    assert r["device"] == "cpu" and r["torch_device"] == "cpu" and r["date"]
+    assert set(r["versions"]) >= {"jax", "jaxlib", "flax", "torch", "transformers"}
+    for side in ("flax_lm", "torch_eager"):
+        figures, times = r[side], r[side]["step_time_s"]
+        assert times["n"] == 2 and times["min"] <= times["p25"] <= times["median"] <= times["p75"] <= times["max"]
+        assert times["iqr"] == pytest.approx(times["p75"] - times["p25"])
+        assert figures["tokens_per_sec"] == pytest.approx(2 * 16 / times["median"])
+        assert figures["sequences_per_sec"] == pytest.approx(2 / times["median"])
+        for formula in ("nanogpt", "llmc"):
+            assert figures[f"mfu_{formula}"] == pytest.approx(
+                figures["tokens_per_sec"] * r["flops_per_token"][formula] / PEAK)
+    assert r["speedup_vs_torch_eager"] == pytest.approx(
+        r["torch_eager"]["step_time_s"]["median"] / r["flax_lm"]["step_time_s"]["median"])
+    assert r["peak_memory_bytes"] == {"flax_lm": None, "torch": None}  # CPU: neither library counts
+
+
+def test_the_two_flop_formulas(gpt2_result):
+    r, _ = gpt2_result
+    cfg = gpt2.GPT2Config(vocab_size=256, max_len=16, d_model=32, n_layers=2, n_heads=2, d_ff=128)
+    n_all = gpt2.num_params(cfg, include_positions=True)
+    assert r["params"] == n_all
+    # nanoGPT: 6N + 12 L H Q T, N without the position embeddings; llm.c: 6N + 6 L C T, N all parameters
+    assert r["flops_per_token"]["nanogpt"] == 6 * (n_all - 16 * 32) + 12 * 2 * 2 * 16 * 16
+    assert r["flops_per_token"]["llmc"] == 6 * n_all + 6 * 2 * 32 * 16
+
+
+def test_without_a_known_peak_mfu_is_null():
+    figures = harness.side_figures([0.5, 0.7], 100, 4, {"nanogpt": 1.0, "llmc": 2.0}, None)
+    assert figures["mfu_nanogpt"] is None and figures["mfu_llmc"] is None
+    assert figures["tokens_per_sec"] == pytest.approx(100 / 0.6)
+
+
+def _recorded_row(table, result, tmp_path, monkeypatch) -> tuple[list[str], list[str]]:
+    """(the header cells, the new row's cells) of `table` after recording `result` in a copy of RESULTS.md."""
+    tmp_path.mkdir(exist_ok=True)
+    copy = tmp_path / "RESULTS.md"
+    shutil.copy(harness.RESULTS, copy)
+    before = copy.read_text()
+    monkeypatch.setattr(harness, "RESULTS", copy)
+    table.record(result)
+    text = copy.read_text()
+    start = text.index(table.heading)
+    end = text.find("\n## ", start)
+    section = text[start:end if end > 0 else len(text)].rstrip("\n").splitlines()
+    assert len(text.splitlines()) == len(before.splitlines()) + 1
+    header = next(line for line in section if line.startswith("| date |"))
+    header, cells = ([cell.strip() for cell in line.strip().strip("|").split("|")] for line in (header, section[-1]))
+    assert header == [title for title, _ in table.columns]
+    assert cells[-1] == f"`{result['command']}`"
+    return header, cells
+
+
+def test_gpt2_train_appends_one_row_to_its_table(gpt2_result, tmp_path, monkeypatch):
+    r, _ = gpt2_result
+    header, cells = _recorded_row(gpt2_train.TABLE, r, tmp_path, monkeypatch)
+    assert len(cells) == len(header)
+    assert cells[1] == "gpt2_tiny B=2 T=16 V=256 float32" and cells[2].startswith(f"cpu, {r['cores']} cores, load ")
+    assert any(c.startswith("jax ") and "transformers" in c for c in cells)
+
+
+def test_bert_mlm_and_generate_report_and_record(tmp_path, monkeypatch):
+    bert = bert_mlm.main(["--config", "bert_tiny", "--batch", "2", "--seq-len", "16", "--predictions", "3", *FAST,
+                          *TINY, "--config.model.d_ff=64"], prog="python -m bench bert-mlm")
+    assert bert["flax_lm"]["sequences_per_sec"] > 0 and bert["torch_eager"]["tokens_per_sec"] > 0
+    assert bert["flax_lm"]["mfu_llmc"] is None and bert["flops_per_token"]["llmc"] > 0  # no peak on CPU
+    header, cells = _recorded_row(bert_mlm.TABLE, bert, tmp_path, monkeypatch)
+    assert len(cells) == len(header) and cells[1] == "bert_tiny B=2 T=16 P=3 float32"
+
+    decoding = gpt2_generate.main(["--config", "gpt2_tiny", "--batch", "2", "--seq-len", "4", "--new", "3", *FAST,
+                                   *TINY], prog="python -m bench generate")
+    assert re.fullmatch(r"[0-2]/2", decoding["rows_token_equal"])  # parity is test_generation's
+    assert decoding["flax_lm"]["tokens_per_sec"] == pytest.approx(2 * 3 / decoding["flax_lm"]["step_time_s"]["median"])
+    header, cells = _recorded_row(gpt2_generate.TABLE, decoding, tmp_path / "generate", monkeypatch)
+    assert len(cells) == len(header)
+
+
+def test_an_unknown_benchmark_or_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_main.main(["gpt3-train"])
+    assert e.value.code == 2 and "invalid choice: 'gpt3-train'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bench_main.main(["gpt2-train", "--batchsize", "4"])
+    assert e.value.code == 2 and "unrecognized arguments: --batchsize" in capsys.readouterr().err
+
+
+def test_a_ratio_measured_while_other_jobs_shared_the_cores_says_so():
+    r = {"platform": "cpu", "cores": 2, "load_average": 3.6, "speedup_vs_torch_eager": 1.5}
+    assert harness.speedup(r, "speedup_vs_torch_eager") == "**1.50x** (cores shared: not comparable)"
+    r["load_average"] = 2.1  # the run's own two threads
+    assert harness.speedup(r, "speedup_vs_torch_eager") == "**1.50x**"
