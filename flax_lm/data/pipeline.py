@@ -297,7 +297,7 @@ class _QuestionAnswering(_Unlabelled):
 
 
 class _Seq2Seq(_Unlabelled):
-    """Text pairs (translation, summarization); the tokenizer learns the prefixed sources."""
+    """Text pairs (translation, summarization); a tokenizer trained here learns the sources and targets."""
 
     @staticmethod
     def read(cfg, path, require_labels=True):
