@@ -13,7 +13,6 @@ L layers.
 """
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
@@ -22,6 +21,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
 from flax_lm.models.layers import Projection, contract
+from flax_lm.models.relative_position import relative_bias
 from flax_lm.models.remat import POLICIES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -213,38 +213,6 @@ class CrossKeysValues(nn.Module):
         return encoded_BxSxD, Attention(self.cfg, name="cross_attention").keys_values(encoded_BxSxD)
 
 
-def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
-    """Mesh TensorFlow's bucketing of key position - query position (int array, any shape) into
-    [0, num_buckets): exact buckets for small distances, logarithmic ones up to `max_distance`.
-    Unidirectional (decoder self-attention) puts every later key in bucket 0. The float32
-    arithmetic follows `transformers` step for step, so bucket edges agree exactly."""
-    buckets = jnp.zeros_like(relative_position)
-    if bidirectional:
-        num_buckets //= 2
-        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
-        distance = jnp.abs(relative_position)
-    else:
-        distance = -jnp.minimum(relative_position, 0)
-    max_exact = num_buckets // 2
-    is_small = distance < max_exact
-    # max(., max_exact) keeps log away from 0 where the small branch is taken anyway
-    far = jnp.maximum(distance, max_exact).astype(jnp.float32)
-    large = max_exact + (jnp.log(far / max_exact) / math.log(max_distance / max_exact)
-                         * (num_buckets - max_exact)).astype(relative_position.dtype)
-    large = jnp.minimum(large, num_buckets - 1)
-    return buckets + jnp.where(is_small, distance, large)
-
-
-def relative_bias(table_KxN, t: int, s: int, query_offset, bidirectional: bool, cfg: T5Config):
-    """The position bias 1 x N x T x S for queries at positions query_offset + 0..T-1 (a traced
-    scalar is fine) and keys at 0..S-1, in float32."""
-    relative_TxS = jnp.arange(s)[None, :] - (jnp.arange(t)[:, None] + query_offset)
-    buckets_TxS = relative_position_bucket(relative_TxS.astype(jnp.int32), bidirectional,
-                                           cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
-    bias_TxSxN = jnp.take(table_KxN.astype(jnp.float32), buckets_TxS, axis=0)
-    return bias_TxSxN.transpose(2, 0, 1)[None]
-
-
 class Stack(nn.Module):
     """T5Stack after its embedding: dropout, the blocks, the final norm, dropout. The relative
     position table lives here (HF's block.0 holds it) and every block adds the same bias."""
@@ -276,7 +244,8 @@ class Stack(nn.Module):
         t = x_BxTxD.shape[1]
         s = cache[0]["k"].shape[1] if cache is not None else t
         offset = cache_index if cache is not None else 0
-        bias_1xNxTxS = relative_bias(table_KxN, t, s, offset, not self.is_decoder, cfg)
+        bias_1xNxTxS = relative_bias(table_KxN, t, s, offset, not self.is_decoder, cfg.relative_attention_num_buckets,
+                                      cfg.relative_attention_max_distance)
 
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         block = Block
