@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.harness import add_row, command_line, machine, publish
-from flax_lm.data import corpus, length_buckets, lm_data
+from flax_lm.data import corpus, length_buckets, lm_data, token_store
 from flax_lm.data import tokenizer as tokenizer_lib
 
 TABLE_HEADING = "## Input pipeline throughput (tokens/s on the host)"
@@ -36,19 +36,46 @@ def measure(name: str, source: str, batch: int, seq_len: int, **options) -> dict
     start = time.perf_counter()
     stream = lm_data.tokenize_and_split(documents, tokenizer, 0.01, seq_len).train
     tokenize_s = time.perf_counter() - start
-    windows = lm_data.LMWindows(stream, seq_len, tokenizer_lib.eos_id(tokenizer), "segments")
-    iterator = lm_data.BatchIterator(len(windows), batch, seed=0)
-    start = time.perf_counter()
-    for _ in range(iterator.batches_per_epoch):
-        indices = iterator.next_global_indices()
-        length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
-    batch_s = time.perf_counter() - start
-    batched = iterator.batches_per_epoch * batch * seq_len
+    batched, batch_s = _batch_epoch(lm_data.LMWindows(stream, seq_len, tokenizer_lib.eos_id(tokenizer), "segments"),
+                                    batch)
     return {"source": name, "documents": len(documents), "tokens": int(len(stream)),
             "read_s": read_s, "tokenize_s": tokenize_s, "batch_s": batch_s, "batched_tokens": batched,
             "read_tokens_per_s": len(stream) / read_s, "tokenize_tokens_per_s": len(stream) / tokenize_s,
             "batch_tokens_per_s": batched / batch_s,
             "end_to_end_tokens_per_s": batched / (read_s + tokenize_s + batch_s)}
+
+
+def measure_store(name: str, source: str, batch: int, seq_len: int, **options) -> dict:
+    """The same stages for a token store of `source` (`flax-lm prepare`): tokenizing into the store
+    happens once, offline; a run only opens it (read) and cuts batches from the mapped parts."""
+    documents = corpus.read_documents(source, **options)
+    tokenizer = tokenizer_lib.train_bpe(documents, VOCAB)
+    eos = tokenizer_lib.eos_id(tokenizer)
+    with tempfile.TemporaryDirectory() as out:
+        tokenizer.save(str(Path(out) / token_store.TOKENIZER_FILE))
+        token_store.write_store_file(out, tokenizer, eos, 1, source)
+        start = time.perf_counter()
+        counts = token_store.write_part(out, 0, 1, (d.text for d in corpus.iter_shard(source, **options)),
+                                        tokenizer, eos)
+        prepare_s = time.perf_counter() - start
+        start = time.perf_counter()
+        stream = lm_data.split_stream(token_store.Store(token_store.PREFIX + out).stream, 0.01, seq_len).train
+        open_s = time.perf_counter() - start
+        batched, batch_s = _batch_epoch(lm_data.LMWindows(stream, seq_len, eos, "segments"), batch)
+    return {"source": name, "documents": counts["documents"], "tokens": counts["tokens"],
+            "read_s": open_s, "tokenize_s": prepare_s, "batch_s": batch_s, "batched_tokens": batched,
+            "read_tokens_per_s": len(stream) / open_s, "tokenize_tokens_per_s": counts["tokens"] / prepare_s,
+            "batch_tokens_per_s": batched / batch_s, "end_to_end_tokens_per_s": batched / (open_s + batch_s)}
+
+
+def _batch_epoch(windows, batch: int) -> tuple[int, float]:
+    """Tokens batched and seconds taken for one epoch of `windows`, as the training loop cuts them."""
+    iterator = lm_data.BatchIterator(len(windows), batch, seed=0)
+    start = time.perf_counter()
+    for _ in range(iterator.batches_per_epoch):
+        indices = iterator.next_global_indices()
+        length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
+    return iterator.batches_per_epoch * batch * windows.seq_len, time.perf_counter() - start
 
 
 def _tfds_shakespeare(data_dir: str) -> str:
@@ -83,6 +110,8 @@ def main(argv=None, prog: str = "python -m bench.input_pipeline") -> None:
     results = [measure("embedded corpus (Python stdlib, text files)", corpus.DEFAULT_SOURCE, args.batch, args.seq),
                measure("Tiny Shakespeare (one text file)", str(SHARED / "tinyshakespeare" / "input.txt"),
                        args.batch, args.seq)]
+    results.append(measure_store("token store of the embedded corpus (flax-lm prepare; tokenize = prepare, once, "
+                                 "offline; read = opening it)", corpus.DEFAULT_SOURCE, args.batch, args.seq))
     with tempfile.TemporaryDirectory() as data_dir:
         source = _tfds_shakespeare(data_dir)
         results.append(measure(f"{source} (TFDS, prepared locally)", source, args.batch, args.seq,

@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-slices", type=int, default=1, help="slices of that topology (multi-slice)")
     p.add_argument("--json", default=None, help="also write the report here")
 
+    p = sub.add_parser("prepare", help="tokenize a config's pre-training text once into a token store, "
+                                       "read with --config.data.source=tokens:OUT",
+                       epilog="Override any config key with --config.section.key=value.")
+    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    p.add_argument("--out", required=True, help="the store's directory")
+    p.add_argument("--part", type=int, default=0, help="the part this process writes, 0 .. parts - 1")
+    p.add_argument("--parts", type=int, default=1, help="processes (or machines) that write the store, one part each")
+
     p = sub.add_parser("import", help="make a workdir from a Hugging Face model directory or hub id")
     p.add_argument("--hf", required=True, help="a local model directory or a hub id")
     p.add_argument("--workdir", required=True, help="a new directory")
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if a.startswith("--config.")]
     unknown = [a for a in extra if not a.startswith("--config.")]
-    if unknown or (overrides and args.command not in ("train", "compile")):
+    if unknown or (overrides and args.command not in ("train", "compile", "prepare")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     try:
         return COMMANDS[args.command](args, overrides)
@@ -214,6 +222,17 @@ def _compile(args, overrides) -> int:
     return 0
 
 
+def _prepare(args, overrides) -> int:
+    from flax_lm import config
+    from flax_lm.prepare import prepare
+    cfg = config.load(args.config, overrides)
+    counts = prepare(cfg, Path(args.out), args.part, args.parts)
+    print(f"part {args.part} of {args.parts}: {counts['documents']:,} documents, {counts['tokens']:,} tokens in "
+          f"{counts['seconds']:.1f} s ({counts['tokens_per_s']:,.0f} tokens/s); train with "
+          f"--config.data.source=tokens:{args.out}")
+    return 0
+
+
 def _import(args, _) -> int:
     from flax_lm.interop.hf_import import import_hf
     workdir = import_hf(args.hf, args.workdir, args.task)
@@ -222,7 +241,7 @@ def _import(args, _) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate, "export": _export,
-            "import": _import, "compile": _compile}
+            "import": _import, "compile": _compile, "prepare": _prepare}
 
 
 def entry_point() -> None:

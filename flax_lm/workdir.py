@@ -1,6 +1,7 @@
 """The layout of a run's work directory, the unit of a run."""
 
 import json
+import os
 from pathlib import Path
 
 from flax_lm import config as config_lib
@@ -24,7 +25,11 @@ def load_config(workdir: Path):
 
 
 def write_json(path: Path, value) -> None:
-    Path(path).write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    """Writes `value` whole, then renames it into place: a reader (another process, a run that
+    was killed mid-write) sees the old file or the new one, never half of one."""
+    partial = Path(path).with_name(f"{Path(path).name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def read_json(path: Path):

@@ -14,6 +14,7 @@ from flax_lm import config as config_lib
 from flax_lm import train
 from flax_lm.data import corpus, length_buckets, lm_data, packing_stats, pipeline
 from flax_lm.errors import UserError
+from flax_lm.prepare import prepare
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -106,10 +107,13 @@ def _batches(dataset, iterator, n):
     return out
 
 
-@pytest.mark.parametrize("source", ["text", "tsv_classification", "tfds"])
+@pytest.mark.parametrize("source", ["text", "tsv_classification", "tfds", "token_store"])
 def test_batches_after_a_restore_mid_epoch_are_those_of_an_uninterrupted_run(tmp_path, source, tfds_dir):
     if source == "text":
         cfg = tiny_config(data=dict(packing="segments"))
+    elif source == "token_store":
+        prepare(tiny_config(data=dict(max_bytes=100_000)), tmp_path / "store")
+        cfg = tiny_config(data=dict(source=f"tokens:{tmp_path / 'store'}", max_bytes=0, packing="segments"))
     elif source == "tfds":
         cfg = tiny_config(data=dict(source="tfds:shakespeare_speeches", tfds_data_dir=tfds_dir, max_bytes=100_000))
     else:

@@ -62,16 +62,25 @@ def read_shard(source: str, max_bytes: int = 0, *, document_field: str = "text",
     """The non-empty documents of `shard` of the source, in reading order; reading stops after
     `max_bytes` characters (0: no limit). An unsharded read is the first `max_bytes` of the
     whole source; so is any set of shards each capped so, gathered, sorted and cut again."""
+    kept = list(iter_shard(source, max_bytes, document_field=document_field, tfds_data_dir=tfds_data_dir,
+                           tfds_download=tfds_download, skip_bad_records=skip_bad_records, shard=shard))
+    if not kept and shard[1] == 1:
+        raise UserError(f"data.source: the corpus {source!r} is empty (no text in it)")
+    return kept
+
+
+def iter_shard(source: str, max_bytes: int = 0, *, document_field: str = "text", tfds_data_dir: str = "",
+               tfds_download: bool = True, skip_bad_records: bool = False,
+               shard: tuple[int, int] = (0, 1)) -> Iterator[Document]:
+    """`read_shard`'s documents one by one, each file (or TFDS record) read when reached, so a
+    corpus larger than memory streams through (`flax-lm prepare`)."""
     if tfds_source.is_tfds(source):
         texts = tfds_source.TfdsSplit(source, tfds_data_dir, tfds_download).records([document_field], shard)
         index, count = shard
         documents = (Document(index * _KEY_STRIDE + i, r[document_field]) for i, r in enumerate(texts))
     else:
         documents = _file_documents(source_files(source), document_field, skip_bad_records, shard)
-    kept = list(_capped((d for d in documents if d.text.strip()), max_bytes))
-    if not kept and shard[1] == 1:
-        raise UserError(f"data.source: the corpus {source!r} is empty (no text in it)")
-    return kept
+    return _capped((d for d in documents if d.text.strip()), max_bytes)
 
 
 def cap(documents: list[Document], max_bytes: int) -> list[str]:

@@ -21,10 +21,12 @@ from flax_lm.data import length_buckets
 from flax_lm.data import tokenizer as tokenizers_lib
 from flax_lm.errors import UserError
 
+STATS_WINDOWS = 1 << 14  # windows that packing statistics look at
+
 
 @dataclasses.dataclass
 class Splits:
-    train: np.ndarray       # int32 token ids
+    train: np.ndarray       # int32 token ids (or a token_store.TokenStream of them)
     validation: np.ndarray
 
 
@@ -33,18 +35,31 @@ def tokenize_and_split(documents: list[str], tokenizer: Tokenizer, validation_fr
     """Encodes documents (batched, in Rust threads, without the tokenizer's own special tokens),
     joins them with `eos` (default: GPT-2's end-of-text) and splits the tail off."""
     eos = tokenizers_lib.eos_id(tokenizer) if eos is None else eos
+    return split_stream(encode_documents(documents, tokenizer, eos), validation_fraction, seq_len)
+
+
+def encode_documents(documents: list[str], tokenizer: Tokenizer, eos: int) -> np.ndarray:
+    """(tokens,) int32: each document's ids without the tokenizer's own special tokens, then `eos`.
+    `encode_batch` spreads the documents over the tokenizer's Rust threads."""
     pieces = []
     for encoding in tokenizer.encode_batch(documents, add_special_tokens=False):
-        pieces.append(np.asarray(encoding.ids, np.int32))
-        pieces.append(np.asarray([eos], np.int32))
-    stream = np.concatenate(pieces)
+        pieces += [np.asarray(encoding.ids, np.int32), np.asarray([eos], np.int32)]
+    return np.concatenate(pieces)
+
+
+def split_stream(stream, validation_fraction: float, seq_len: int) -> Splits:
+    """The stream's tail of `validation_fraction` held out. `stream` is an int32 array, or a
+    `token_store.TokenStream`, which is split into views without reading it."""
     n_val = int(len(stream) * validation_fraction)
     needed = 2 * (seq_len + 1)
     if n_val < seq_len + 1 or len(stream) - n_val < needed:
         raise UserError(
             f"data.source: the corpus has {len(stream)} tokens, too few for sequences of {seq_len} "
             f"with a validation fraction of {validation_fraction}; give more text or a shorter model.max_len")
-    return Splits(train=stream[:-n_val], validation=stream[-n_val:])
+    cut = len(stream) - n_val
+    if isinstance(stream, np.ndarray):
+        return Splits(train=stream[:cut], validation=stream[cut:])
+    return Splits(train=stream.view(0, cut), validation=stream.view(cut, len(stream)))
 
 
 def num_windows(tokens: np.ndarray, seq_len: int) -> int:
@@ -155,7 +170,9 @@ class LMWindows:
 
     def stats(self) -> dict[str, float]:
         """Packing statistics: padding fraction (none: the windows tile the stream) and
-        documents per sequence (those with a token in it)."""
-        used = self.tokens[:len(self) * self.seq_len].reshape(len(self), self.seq_len)
-        starts = (used[:, 1:] == self.eos).sum() + len(self)  # a row's first token is in some document
-        return {"padding_fraction": 0.0, "documents_per_sequence": float(starts / max(len(self), 1))}
+        documents per sequence (those with a token in it), over the first STATS_WINDOWS windows
+        (a token store may be far larger than memory)."""
+        n = min(len(self), STATS_WINDOWS)
+        used = self.tokens[:n * self.seq_len].reshape(n, self.seq_len)
+        starts = (used[:, 1:] == self.eos).sum() + n  # a row's first token is in some document
+        return {"padding_fraction": 0.0, "documents_per_sequence": float(starts / max(n, 1))}

@@ -20,6 +20,7 @@ from flax_lm.data import (
     span_corruption,
     squad,
     text_classification,
+    token_store,
     unigram,
     wordpiece,
 )
@@ -42,15 +43,19 @@ def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...]
     names are saved in the workdir the first time."""
     workdir = Path(workdir)
     if cfg.task in PRETRAINING:
+        if token_store.is_store(cfg.data.source):
+            store = _store(cfg)
+            tokenizer = _checked_and_saved(cfg, workdir, store.tokenizer, is_primary)
+            return Prepared(tokenizer, _pretraining_splits(cfg, store, tokenizer), None)
         documents = _documents(cfg.data)
-        tokenizer = _tokenizer(cfg, workdir, documents, is_primary)
+        tokenizer = tokenizer_for(cfg, workdir, documents, is_primary)
         return Prepared(tokenizer, _pretraining_splits(cfg, documents, tokenizer), None)
     reader = _FINE_TUNING[cfg.task]
     for split in ("train", "validation"):
         if not cfg.data[split]:
             raise UserError(f"task {cfg.task!r} needs data.{split}, the file of its {split} split")
     train_rows = reader.read(cfg, cfg.data.train)
-    tokenizer = _tokenizer(cfg, workdir, reader.texts(train_rows), is_primary)
+    tokenizer = tokenizer_for(cfg, workdir, reader.texts(train_rows), is_primary)
     labels = reader.labels(cfg, workdir, train_rows, is_primary)
     datasets = {}
     for split in splits:
@@ -105,7 +110,7 @@ def _names(labels):
     return labels.names if isinstance(labels, text_classification.LabelMap) else list(labels)
 
 
-def _tokenizer(cfg, workdir: Path, texts: list[str], is_primary: bool):
+def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool):
     """The workdir's tokenizer (resume), else the configured file, else that of `train.init_from`,
     else one trained on `texts` (byte-level BPE for decoders, WordPiece for encoders)."""
     saved = workdir / workdir_lib.TOKENIZER
@@ -123,6 +128,16 @@ def _tokenizer(cfg, workdir: Path, texts: list[str], is_primary: bool):
         tokenizer = unigram.train_unigram(texts, cfg.model.vocab_size, cfg.data.extra_ids)
     else:
         tokenizer = wordpiece.train_wordpiece(texts, cfg.model.vocab_size, cfg.data.lowercase)
+    return _checked_and_saved(cfg, workdir, tokenizer, is_primary)
+
+
+def _checked_and_saved(cfg, workdir: Path, tokenizer, is_primary: bool):
+    """`tokenizer` if the model can use it (vocabulary size, special ids), saved in the workdir the
+    first time; a workdir whose saved tokenizer differs is refused."""
+    saved = workdir / workdir_lib.TOKENIZER
+    if saved.is_file() and tokenizer_lib.load(saved).to_str() != tokenizer.to_str():
+        raise UserError(f"{saved} is not the tokenizer of data.source {cfg.data.source!r}; "
+                        f"a run keeps the tokenizer it started with (use a new workdir)")
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
         raise UserError(
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
@@ -156,10 +171,37 @@ def _documents(data) -> list[str]:
     return documents
 
 
-def _pretraining_splits(cfg, documents: list[str], tokenizer) -> dict:
+def _store(cfg) -> token_store.Store:
+    """The token store of data.source, refused with one line for what it cannot serve."""
+    d = cfg.data
+    if cfg.task not in ("causal_lm", "span_corruption"):
+        raise UserError(f"data.source {d.source!r}: a token store serves causal_lm and span_corruption; "
+                        f"{cfg.task} reads its documents from text")
+    if d.max_bytes:
+        raise UserError("data.max_bytes limits the text a run reads; a token store holds what flax-lm prepare "
+                        "read (set data.max_bytes there)")
+    store = token_store.Store(d.source)
+    if d.tokenizer and tokenizer_lib.load(d.tokenizer).to_str() != store.tokenizer.to_str():
+        raise UserError(f"data.tokenizer {d.tokenizer!r} is not the tokenizer of the store {d.source!r}; "
+                        f"leave data.tokenizer empty (the store brings its own)")
+    return store
+
+
+def _stream_splits(cfg, documents, tokenizer, window_len: int, eos: int) -> lm_data.Splits:
+    """The token stream of the documents (tokenized here) or of a token store (read lazily),
+    its tail held out for validation."""
+    if not isinstance(documents, token_store.Store):
+        return lm_data.tokenize_and_split(documents, tokenizer, cfg.data.validation_fraction, window_len, eos=eos)
+    if documents.eos != eos:
+        raise UserError(f"data.source {cfg.data.source!r}: the store ends documents with token {documents.eos}, "
+                        f"task {cfg.task} with {eos}; prepare the store with this run's config")
+    return lm_data.split_stream(documents.stream, cfg.data.validation_fraction, window_len)
+
+
+def _pretraining_splits(cfg, documents: list[str] | token_store.Store, tokenizer) -> dict:
     if cfg.task == "causal_lm":
-        streams = lm_data.tokenize_and_split(documents, tokenizer, cfg.data.validation_fraction, seq_len(cfg))
         eos, packing = tokenizer_lib.eos_id(tokenizer), cfg.data.packing
+        streams = _stream_splits(cfg, documents, tokenizer, seq_len(cfg), eos)
         return {"train": lm_data.LMWindows(streams.train, seq_len(cfg), eos, packing),
                 "validation": lm_data.LMWindows(streams.validation, seq_len(cfg), eos, packing)}
     if cfg.task == "span_corruption":
@@ -179,14 +221,14 @@ def _pretraining_splits(cfg, documents: list[str], tokenizer) -> dict:
     return {"train": dataset(pieces[:-n_val], cfg.train.seed), "validation": dataset(pieces[-n_val:], cfg.train.seed)}
 
 
-def _span_corruption_splits(cfg, documents: list[str], tokenizer) -> dict:
+def _span_corruption_splits(cfg, documents: list[str] | token_store.Store, tokenizer) -> dict:
     """T5 pre-training: the documents joined with the end token into one stream, its tail held
     out, each split cut into windows that span corruption turns into data.seq_len inputs."""
     d = cfg.data
     pad, eos, _ = unigram.special_ids(tokenizer)
     sentinels = unigram.sentinel_ids(tokenizer, d.extra_ids)
     raw_len, _ = span_corruption.lengths_for(seq_len(cfg), d.noise_density, d.mean_noise_span_length)
-    streams = lm_data.tokenize_and_split(documents, tokenizer, d.validation_fraction, raw_len, eos=eos)
+    streams = _stream_splits(cfg, documents, tokenizer, raw_len, eos)
 
     def dataset(tokens):
         return span_corruption.SpanCorruptionDataset(tokens, seq_len(cfg), d.noise_density, d.mean_noise_span_length,

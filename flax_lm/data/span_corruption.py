@@ -21,6 +21,7 @@ fills the encoder exactly.
 
 import numpy as np
 
+from flax_lm.data import lm_data, token_store
 from flax_lm.errors import UserError
 
 
@@ -127,7 +128,9 @@ class SpanCorruptionDataset:
                             f"not {mean_noise_span_length}")
         if seq_len < 4:
             raise UserError(f"data.seq_len is {seq_len}; span corruption needs at least 4 input tokens")
-        self.tokens = np.asarray(token_ids_N, np.int32)
+        # a token store's stream stays on disk: it reads int32 ids where indexed, as an array does
+        stored = isinstance(token_ids_N, token_store.TokenStream)
+        self.tokens = token_ids_N if stored else np.asarray(token_ids_N, np.int32)
         self.seq_len, self.noise_density, self.mean_noise_span_length = seq_len, noise_density, mean_noise_span_length
         self.sentinels, self.eos, self.pad, self.seed = np.asarray(sentinels, np.int32), eos, pad, seed
         self.tokens_length, self.target_len = lengths_for(seq_len, noise_density, mean_noise_span_length)
@@ -173,7 +176,7 @@ class SpanCorruptionDataset:
     def stats(self) -> dict[str, float]:
         """Packing statistics (`packing_stats`): the encoder inputs' padding fraction and the
         documents with a token in each window."""
-        n = len(self)
+        n = min(len(self), lm_data.STATS_WINDOWS)
         used = self.tokens[:n * self.tokens_length].reshape(n, self.tokens_length)
         starts = (used[:, :-1] == self.eos).sum() + n   # a document starts after each eos, and at a row's start
         inputs = _corrupted_lengths(self.tokens_length, self.noise_density, self.mean_noise_span_length)[0]
