@@ -9,13 +9,16 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from flax_lm import splash_attention
+
 # "auto": "explicit" on CPU, "xla" elsewhere.
 # "xla": jax.nn.dot_product_attention's portable XLA path.
 # "cudnn": cuDNN flash attention on NVIDIA GPUs (fp16/bf16 only).
 # "explicit": softmax attention with a hand-written backward pass over (B*N, T, H)
 #   batched matmuls; XLA:CPU runs it 2.3x faster than its own derivative.
 # "reference": plain einsum/softmax; the only one with attention dropout.
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit", "reference")
+# "splash": Pallas splash attention, the TPU flash kernel (interpreted off TPU; see splash_attention).
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit", "reference", "splash")
 _MASKED = -1e30  # finite, so a fully masked row gives a uniform row, never NaN
 
 
@@ -65,6 +68,14 @@ def dot_product_attention(
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
         scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else float(scale)
         return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, bias_BxNxTxS, scale)
+    if implementation == "splash":
+        if splash_attention.supports(t, s, causal, segment_ids_BxT, query_offset, bias_BxNxTxS):
+            return splash_attention.splash_attention(
+                q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=causal, kv_mask_BxS=kv_mask_BxS,
+                segment_ids_BxT=segment_ids_BxT, scale=q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale)
+        # The same function on XLA's path, not an error: model.attention=splash then still serves
+        # T5 (its bias), KV-cache decoding and lengths off the 128 grid, where the kernel cannot.
+        implementation = "xla"
     if causal and not (isinstance(query_offset, int) and query_offset == 0):
         # The fused kernels' is_causal aligns queries and keys at the start; a cache needs the full mask.
         mask, causal = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset), False
