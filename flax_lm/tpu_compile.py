@@ -59,6 +59,8 @@ def batch_spec(cfg, mesh) -> dict:
     B, T = cfg.train.batch_size, pipeline.seq_len(cfg)
     if cfg.task == "causal_lm":
         shapes = {"inputs": ((B, T), jnp.int32), "targets": ((B, T), jnp.int32), "weights": ((B, T), jnp.float32)}
+        if cfg.data.packing == "segments":   # packed documents kept apart: the attention masks by segment
+            shapes.update(segment_ids=((B, T), jnp.int32), positions=((B, T), jnp.int32))
     elif cfg.task == "masked_lm":
         P = cfg.data.max_predictions or int(np.ceil(cfg.data.mask_prob * T))
         shapes = {"input_ids": ((B, T), jnp.int32), "token_type_ids": ((B, T), jnp.int32),

@@ -126,7 +126,9 @@ def test_the_train_step_compiles_for_tpu_with_the_mosaic_kernel(monkeypatch):
     jit_train_step = tpu_compile.jit_train_step
     monkeypatch.setattr(tpu_compile, "jit_train_step", lambda *a, **kw: Recording(jit_train_step(*a, **kw)))
     cfg = config.load("gpt2_tiny", ["--config.model.attention=splash", "--config.parallel.data=2",
-                                    "--config.parallel.tensor=2"])  # T = 128, 6 heads of 32
+                                    "--config.parallel.tensor=2", "--config.data.packing=segments"])  # T = 128
+    # packed documents: the compiled batch carries segment ids, which the kernel masks by
+    assert {"segment_ids", "positions"} <= set(tpu_compile.batch_spec(cfg, mesh_lib.make_mesh(cfg, jax.devices()[:4])))
     report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices("v5e:2x2"))
     assert report["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2} and report["fits"] is True
     text = lowered[0].as_text()
