@@ -9,6 +9,9 @@ every step, on the host, while the device computes the step before.
 """
 
 import argparse
+import os
+import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +25,10 @@ TABLE_HEADING = "## Input pipeline throughput (tokens/s on the host)"
 TABLE_HEADER = ("| date | source | documents, tokens | read | tokenize | pack + batch (B x T) "
                 "| end to end, first epoch | vs 500K tokens/s | machine | command |\n"
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+LARGE_HEADING = "## A token store larger than memory"
+LARGE_HEADER = ("| date | store | tokens | open | first batch (shuffle included) | batches, tokens/s | peak resident "
+                "memory before -> after | machine memory | command |\n| --- | --- | --- | --- | --- | --- | --- "
+                "| --- | --- |\n")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 H100_DEMAND = 500_000  # tokens/s that gpt2_small's train step consumes on an H100
 VOCAB = 8192
@@ -68,6 +75,53 @@ def measure_store(name: str, source: str, batch: int, seq_len: int, **options) -
             "batch_tokens_per_s": batched / batch_s, "end_to_end_tokens_per_s": batched / (open_s + batch_s)}
 
 
+def measure_large_store(directory: str, copies: int, batch: int, seq_len: int, batches: int = 500) -> dict:
+    """A store larger than this machine's memory: the embedded corpus's part written once and copied
+    to `copies` parts in `directory`. Measures opening it, the first batch (the epoch's shuffle
+    included), `batches` batches cut from all over it, and the process's peak resident memory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    source = corpus.DEFAULT_SOURCE
+    tokenizer = tokenizer_lib.train_bpe(corpus.read_documents(source, 2_000_000), VOCAB)
+    eos = tokenizer_lib.eos_id(tokenizer)
+    tokenizer.save(str(out / token_store.TOKENIZER_FILE))
+    token_store.write_store_file(out, tokenizer, eos, copies, f"{source} x {copies}")
+    first = out / token_store.part_name(0, copies)
+    token_store.write_part(out, 0, copies, (d.text for d in corpus.iter_shard(source)), tokenizer, eos)
+    for part in range(1, copies):
+        for suffix in (".bin", ".json"):
+            shutil.copyfile(first.with_suffix(suffix), (out / token_store.part_name(part, copies)).with_suffix(suffix))
+    resident_before = _peak_rss()
+    start = time.perf_counter()
+    stream = lm_data.split_stream(token_store.Store(token_store.PREFIX + str(out)).stream, 0.001, seq_len).train
+    windows = lm_data.LMWindows(stream, seq_len, eos, "segments")
+    open_s = time.perf_counter() - start
+    iterator = lm_data.BatchIterator(len(windows), batch, seed=0)
+    start = time.perf_counter()
+    indices = iterator.next_global_indices()
+    length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
+    first_batch_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+        indices = iterator.next_global_indices()
+        length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
+    batch_s = time.perf_counter() - start
+    on_disk = sum(part.nbytes for part in stream.parts)
+    return {"source": f"token store, {copies:,} parts ({on_disk / 2**30:.1f} GiB on disk, "
+                      f"{len(windows):,} windows)", "tokens": len(stream), "open_s": open_s,
+            "first_batch_s": first_batch_s, "batch_tokens_per_s": batches * batch * seq_len / batch_s,
+            "peak_rss_gib": _peak_rss() / 2**30, "peak_rss_before_gib": resident_before / 2**30}
+
+
+def _memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _batch_epoch(windows, batch: int) -> tuple[int, float]:
     """Tokens batched and seconds taken for one epoch of `windows`, as the training loop cuts them."""
     iterator = lm_data.BatchIterator(len(windows), batch, seed=0)
@@ -100,13 +154,31 @@ def record(result: dict) -> None:
         add_row(TABLE_HEADING, TABLE_HEADER, row)
 
 
+def record_large(result: dict) -> None:
+    m, r = result["machine"], result["large_store"]
+    row = (f"| {m['date']} | {r['source']} | {r['tokens']:,} | {r['open_s']:.2f} s | {r['first_batch_s']:.2f} s "
+           f"| {r['batch_tokens_per_s']:,.0f} ({result['batch']} x {result['seq_len']}) "
+           f"| {r['peak_rss_before_gib']:.2f} -> {r['peak_rss_gib']:.2f} GiB | {m['memory_gib']:.0f} GiB, "
+           f"{m['cores']} cores | `{result['command']}` |")
+    add_row(LARGE_HEADING, LARGE_HEADER, row)
+
+
 def main(argv=None, prog: str = "python -m bench.input_pipeline") -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq-len", "--seq", dest="seq", type=int, default=1024)
     parser.add_argument("--json")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--large-store", metavar="DIR", help="measure a store of --copies parts made in DIR")
+    parser.add_argument("--copies", type=int, default=1000)
     args = parser.parse_args(argv)
+    command = command_line(prog, argv)
+    if args.large_store:
+        large = measure_large_store(args.large_store, args.copies, args.batch, args.seq)
+        result = {"machine": {**machine(), "memory_gib": _memory_gib()}, "batch": args.batch, "seq_len": args.seq,
+                  "large_store": large, "command": command}
+        publish(result, args.json, None if args.no_record else record_large)
+        return
     results = [measure("embedded corpus (Python stdlib, text files)", corpus.DEFAULT_SOURCE, args.batch, args.seq),
                measure("Tiny Shakespeare (one text file)", str(SHARED / "tinyshakespeare" / "input.txt"),
                        args.batch, args.seq)]
@@ -116,7 +188,6 @@ def main(argv=None, prog: str = "python -m bench.input_pipeline") -> None:
         source = _tfds_shakespeare(data_dir)
         results.append(measure(f"{source} (TFDS, prepared locally)", source, args.batch, args.seq,
                                tfds_data_dir=data_dir))
-    command = command_line(prog, argv)
     result = {"machine": machine(), "batch": args.batch, "seq_len": args.seq, "sources": results,
               "command": command, "h100_demand_tokens_per_s": H100_DEMAND}
     publish(result, args.json, None if args.no_record else record)

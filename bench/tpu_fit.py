@@ -18,10 +18,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU; run nothing
 TABLE_HEADING = "## TPU fit (train step compiled ahead of time for a topology, no TPU used)"
 # (recipe, topology, slices, overrides). The GPU-minded recipes (gpt2_small, gpt2_medium,
 # bert_base) are shown as they are and then with the changes `compile` suggests for a v5e slice.
+SPLASH = "--config.model.attention=splash"  # the Pallas flash kernel: no T x T scores kept
 FSDP_REMAT = ["--config.parallel.data=1", "--config.parallel.fsdp=-1", "--config.model.remat_policy=full"]
 PAIRS = [
     ("gpt2_small", "v5e:4x4", 1, []), ("gpt2_small", "v5e:4x4", 1, FSDP_REMAT),
     ("gpt2_small", "v5e:4x4", 2, ["--config.parallel.data=2", *FSDP_REMAT[1:]]),
+    ("gpt2_small", "v5e:4x4", 1, [SPLASH]), ("gpt2_small", "v5e:4x4", 1, [*FSDP_REMAT, SPLASH]),
     ("gpt2_medium", "v5e:4x4", 1, []), ("gpt2_medium", "v5e:4x4", 1, FSDP_REMAT),
     ("gpt2_large", "v5p:2x2x2", 1, []), ("gpt2_xl", "v5p:2x2x4", 1, []),
     ("bert_base", "v5e:2x2", 1, []), ("bert_base", "v5e:2x2", 1, FSDP_REMAT), ("bert_large", "v5e:4x4", 1, []),
