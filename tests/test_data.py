@@ -67,6 +67,14 @@ def test_iterator_is_seeded_covers_each_epoch_and_reshuffles():
     np.testing.assert_array_equal(np.concatenate(_take(again, 6)), np.concatenate(epoch0 + epoch1))
 
 
+def test_the_epoch_order_is_the_one_earlier_checkpoints_resume_into():
+    # Generator.permutation's order (int64), which the iterator drew before it kept int32 indices
+    it = lm_data.BatchIterator(num_examples=1000, global_batch=100, seed=7)
+    for epoch in (0, 1):
+        expected = np.random.default_rng([7, epoch]).permutation(1000)
+        np.testing.assert_array_equal(np.concatenate(_take(it, 10)), expected)
+
+
 def test_iterator_resumes_exactly_mid_epoch():
     full = _take(lm_data.BatchIterator(50, 4, seed=1), 30)
     first = lm_data.BatchIterator(50, 4, seed=1)
