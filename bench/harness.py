@@ -31,7 +31,8 @@ from flax_lm.models import flops_per_token as nanogpt_flops_per_token  # noqa: E
 from flax_lm.tasks import get_task  # noqa: E402
 from flax_lm.train_step import make_train_step  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+# bench/gpu.sh points this at a copy, so a run on a lent machine leaves the tree as it was
+RESULTS = Path(os.environ.get("FLAX_LM_RESULTS") or Path(__file__).with_name("RESULTS.md"))
 
 
 # ---- the command line ----
