@@ -12,7 +12,7 @@ from conftest import SHAKESPEARE, SHARED_DATA, tiny_config
 
 from flax_lm import config as config_lib
 from flax_lm import train
-from flax_lm.data import corpus, length_buckets, lm_data, packing_stats, pipeline
+from flax_lm.data import corpus, length_buckets, lm_data, packing_stats, pipeline, token_store
 from flax_lm.errors import UserError
 from flax_lm.prepare import prepare
 
@@ -49,6 +49,16 @@ def test_tfds_name_trains_gpt2_tiny(tmp_path, tfds_dir, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("data: "))
     assert "0.0% padding" in line and "documents per sequence" in line
     assert float(line.split(", ")[-1].split()[0]) > 2
+
+
+def test_a_tfds_source_tokenized_into_a_store_streams_as_read_in_memory(tmp_path, tfds_dir):
+    cfg = tiny_config(data=dict(source="tfds:shakespeare_speeches", tfds_data_dir=tfds_dir, max_bytes=50_000))
+    counts = prepare(cfg, tmp_path / "store")
+    store = token_store.Store(f"tokens:{tmp_path / 'store'}")
+    documents = corpus.read_documents(cfg.data.source, cfg.data.max_bytes, tfds_data_dir=tfds_dir)
+    expected = lm_data.encode_documents(documents, store.tokenizer, store.eos)
+    assert counts["documents"] == len(documents) > 100
+    np.testing.assert_array_equal(store.stream[:], expected)
 
 
 def test_tfds_records_come_in_prepared_order_with_even_shards(tfds_dir):
