@@ -12,9 +12,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flax-lm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train or resume a run",
-                       epilog="Override any config key with --config.section.key=value.")
-    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    p = _configured(sub, "train", "train or resume a run")
     p.add_argument("--workdir", required=True, help="the run's directory; an existing one is resumed")
     multi = p.add_argument_group("multi-process runs (else the FLAX_LM_COORDINATOR, FLAX_LM_NUM_PROCESSES and "
                                  "FLAX_LM_PROCESS_ID variables; on TPU VMs none is needed)")
@@ -52,18 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
 
-    p = sub.add_parser("compile", help="compile a config's train step for a TPU topology (no TPU needed) and "
-                                       "report memory per chip, FLOPs and whether it fits",
-                       epilog="Override any config key with --config.section.key=value.")
-    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    p = _configured(sub, "compile", "compile a config's train step for a TPU topology (no TPU needed) and "
+                                    "report memory per chip, FLOPs and whether it fits")
     p.add_argument("--topology", required=True, help="a TPU topology, e.g. v5e:2x2, v5e:4x4, v5p:2x2x1, v6e:2x2")
     p.add_argument("--num-slices", type=int, default=1, help="slices of that topology (multi-slice)")
     p.add_argument("--json", default=None, help="also write the report here")
 
-    p = sub.add_parser("prepare", help="tokenize a config's pre-training text once into a token store, "
-                                       "read with --config.data.source=tokens:OUT",
-                       epilog="Override any config key with --config.section.key=value.")
-    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    p = _configured(sub, "prepare", "tokenize a config's pre-training text once into a token store, "
+                                    "read with --config.data.source=tokens:OUT")
     p.add_argument("--out", required=True, help="the store's directory")
     p.add_argument("--part", type=int, default=0, help="the part this process writes, 0 .. parts - 1")
     p.add_argument("--parts", type=int, default=1, help="processes (or machines) that write the store, one part each")
@@ -73,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="a new directory")
     p.add_argument("--task", default=None, help="the task head of a bare encoder (e.g. classification)")
     return parser
+
+
+def _configured(sub, name: str, what: str) -> argparse.ArgumentParser:
+    """A subcommand that takes a recipe and --config.section.key=value overrides of it."""
+    p = sub.add_parser(name, help=what, epilog="Override any config key with --config.section.key=value.")
+    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
