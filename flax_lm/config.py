@@ -24,7 +24,7 @@ REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CHOICES = {
     "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
              "span_corruption", "seq2seq"),
-    "model.family": ("gpt2", "bert", "t5"),
+    "model.family": ("gpt2", "llama", "bert", "t5"),
     "model.variant": ("bert", "roberta"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -47,7 +47,7 @@ NON_NEGATIVE = (
     "train.loss_chunk_len", "train.eval_batches", "data.max_bytes", "sample.max_new_tokens", "sample.top_k",
     "model.num_labels", "model.pad_token_id", "data.seq_len", "data.max_predictions", "train.early_stopping_patience",
     "optim.unfreeze_top_layers", "optim.unfreeze_every", "parallel.dcn_data", "parallel.dcn_fsdp",
-    "model.n_decoder_layers", "model.head_dim", "data.target_len", "data.extra_ids",
+    "model.n_decoder_layers", "model.head_dim", "data.target_len", "data.extra_ids", "model.n_kv_heads",
 )
 
 
@@ -273,17 +273,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     parse_steps(t.profile_steps)
 
 
-FAMILY_OF_TASK = {"causal_lm": "gpt2", "span_corruption": "t5", "seq2seq": "t5"}  # other tasks: bert
+# task -> the model families that serve it (other tasks: bert)
+FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama"), "span_corruption": ("t5",), "seq2seq": ("t5",)}
 GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
 
 def _validate_task(cfg) -> None:
     """The task, the model family and the data must fit together."""
-    family = FAMILY_OF_TASK.get(cfg.task, "bert")
-    if cfg.model.family != family:
-        raise UserError(f"task {cfg.task!r} needs model.family={family} (model.family is {cfg.model.family!r})")
+    families = FAMILIES_OF_TASK.get(cfg.task, ("bert",))
+    if cfg.model.family not in families:
+        raise UserError(f"task {cfg.task!r} needs model.family={' or '.join(families)} "
+                        f"(model.family is {cfg.model.family!r})")
     if cfg.model.family == "t5":
         _validate_t5(cfg)
+    if cfg.model.family == "llama":
+        _validate_llama(cfg.model)
     if cfg.data.seq_len > cfg.model.max_len:
         raise UserError(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
     if cfg.data.nsp and cfg.model.variant == "roberta":
@@ -294,6 +298,19 @@ def _validate_task(cfg) -> None:
     if cfg.task == "question_answering" and cfg.data.doc_stride >= window - cfg.data.max_query_len - 3:
         raise UserError(f"data.doc_stride ({cfg.data.doc_stride}) must be smaller than the context part of a window "
                         f"({window} tokens - data.max_query_len - 3 = {window - cfg.data.max_query_len - 3})")
+
+
+def _validate_llama(m) -> None:
+    n_kv_heads = m.n_kv_heads or m.n_heads
+    if m.n_heads % n_kv_heads:
+        raise UserError(f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({n_kv_heads}): "
+                        f"each key/value head serves the same number of query heads")
+    head_dim = m.head_dim or m.d_model // m.n_heads
+    if head_dim % 2:
+        raise UserError(f"the head size ({head_dim}: model.head_dim, or model.d_model / model.n_heads) must be even "
+                        f"for rotary position embeddings")
+    if m.rope_theta <= 0:
+        raise UserError(f"model.rope_theta must be positive; got {m.rope_theta}")
 
 
 def _validate_t5(cfg) -> None:

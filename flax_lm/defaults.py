@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.task = "causal_lm"
 
     c.model = ml_collections.ConfigDict()
-    c.model.family = "gpt2"            # gpt2 (decoder) | bert (encoder) | t5 (encoder-decoder)
+    c.model.family = "gpt2"            # gpt2 | llama (decoders) | bert (encoder) | t5 (encoder-decoder)
     c.model.variant = "bert"           # encoders: bert | roberta (positions after the padding id, no NSP)
     c.model.vocab_size = 4096          # tokens; a trained tokenizer gets this size
     c.model.max_len = 128              # positions the model has (GPT-2 n_positions)
@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.relative_attention_max_distance = 128
     c.model.feed_forward = "relu"      # relu (T5) | gated-gelu (T5 v1.1)
     c.model.tie_word_embeddings = True  # tied output embedding, decoder output scaled by d_model ** -0.5
+    # Llama (also uses head_dim, d_ff and tie_word_embeddings: tied input/output embedding, no rescale)
+    c.model.n_kv_heads = 0             # key/value heads of grouped-query attention; 0 = n_heads
+    c.model.rope_theta = 10000.0       # base of the rotary position embedding's frequencies
 
     c.data = ml_collections.ConfigDict()
     # pre-training text: "default" (the embedded corpus), "tfds:NAME[/CONFIG][:SPLIT]", or comma-separated

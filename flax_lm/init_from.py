@@ -21,7 +21,8 @@ from flax_lm.models import head_name
 
 # The model keys that make the architecture: a run starting from a source takes them from it.
 ARCHITECTURE_KEYS = ("family", "variant", "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_ff",
-                     "type_vocab_size", "pad_token_id", "layer_norm_epsilon")
+                     "type_vocab_size", "pad_token_id", "layer_norm_epsilon", "n_kv_heads", "head_dim", "rope_theta",
+                     "tie_word_embeddings")
 
 
 def is_workdir(source: str) -> bool:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import DictKey
 
-_EMBEDDINGS = ("embeddings", "wte", "wpe")
+_EMBEDDINGS = ("embeddings", "wte", "wpe", "embed_tokens")
 _LAYER = re.compile(r"^(?:layer|h)_(\d+)$")
 _SCANNED = ("layers", "h")
 

@@ -43,7 +43,8 @@ def adopt_resolved(cfg, saved: dict) -> None:
     if cfg.model.num_labels == 0:
         cfg.model.num_labels = saved["model"]["num_labels"]
     if cfg.train.init_from:
-        cfg.model.update({k: saved["model"][k] for k in ARCHITECTURE_KEYS})
+        # a run saved before a key existed (n_kv_heads, ...) has the schema's default for it
+        cfg.model.update({k: saved["model"][k] for k in ARCHITECTURE_KEYS if k in saved["model"]})
 
 
 def check_config(cfg, saved: dict, workdir) -> list[str]:

@@ -122,7 +122,7 @@ def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool):
         tokenizer = tokenizer_lib.load(cfg.data.tokenizer)
     elif cfg.train.init_from:
         tokenizer = init_from.tokenizer(cfg.train.init_from)
-    elif cfg.model.family == "gpt2":
+    elif cfg.model.family in ("gpt2", "llama"):
         tokenizer = tokenizer_lib.train_bpe(texts, cfg.model.vocab_size)
     elif cfg.model.family == "t5":
         tokenizer = unigram.train_unigram(texts, cfg.model.vocab_size, cfg.data.extra_ids)

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from flax_lm.models import gpt2, t5
+from flax_lm.models import family_module, t5
 
 
 class _Decoder:
@@ -42,10 +42,14 @@ class _Decoder:
 
 
 class CausalDecoder(_Decoder):
-    """A decoder-only model (`GPT2LMHeadModel`) behind the decoding interface."""
+    """A decoder-only model (`GPT2LMHeadModel`, `LlamaForCausalLM`) behind the decoding interface."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.family = family_module(model.cfg)  # its init_cache and its layers' parameter name
 
     def init_cache(self, batch: int, length: int):
-        return gpt2.init_cache(self.unrolled.cfg, batch, length)
+        return self.family.init_cache(self.unrolled.cfg, batch, length)
 
     def start(self, prepared, context, batch: int, length: int):
         """An empty cache of `length` slots (a decoder-only model has no context)."""
@@ -56,9 +60,9 @@ class CausalDecoder(_Decoder):
         if self.unrolled is self.model:
             return params
         params = dict(params)
-        stacked = params.pop(gpt2.LAYERS)
+        stacked = params.pop(self.family.LAYERS)
         for i in range(self.model.cfg.n_layers):
-            params[f"{gpt2.LAYERS}_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+            params[f"{self.family.LAYERS}_{i}"] = jax.tree.map(lambda x: x[i], stacked)
         return params
 
     def forward(self, prepared, ids_BxT, mask_BxS, positions_BxT, cache, index):

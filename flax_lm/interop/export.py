@@ -21,7 +21,7 @@ from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.data import unigram, wordpiece
 from flax_lm.errors import UserError
 from flax_lm.interop import families
-from flax_lm.models import head_name
+from flax_lm.models import DECODERS, head_name
 from flax_lm.run import load_run
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
@@ -39,7 +39,7 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     model_cfg = run.model.cfg
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)
     tensors = module.params_to_hf(host_params, model_cfg, head)
-    if family == "gpt2":
+    if family in DECODERS and getattr(model_cfg, "tie_word_embeddings", True):
         tensors.pop("lm_head.weight")  # tied to the input embedding; transformers re-ties it
     tensors = {k: np.ascontiguousarray(v.astype(DTYPES[dtype], copy=False)) for k, v in tensors.items()}
 
@@ -49,7 +49,7 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     hf_config = {"architectures": [arch], "model_type": run.cfg.model.family, **module.config_to_hf(model_cfg),
                  "dtype": dtype}
     shutil.copyfile(Path(workdir) / workdir_lib.TOKENIZER, out / "tokenizer.json")
-    if family == "gpt2":
+    if family in DECODERS:  # a byte-level BPE whose end-of-text token also begins and pads
         eos = tokenizer_lib.eos_id(run.tokenizer)
         hf_config.update(bos_token_id=eos, eos_token_id=eos)
         _write_json(out / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos})

@@ -1,6 +1,9 @@
 """Model families. Each module owns its module classes; `interop/` owns the HF mappings."""
 
-from flax_lm.models import bert, gpt2, t5
+from flax_lm.models import bert, gpt2, llama, t5
+
+# the decoder-only families: causal LM, decoding through generation.CausalDecoder
+DECODERS = ("gpt2", "llama")
 
 # task -> the encoder head that serves it
 _BERT_HEADS = {"classification": "sequence_classification", "token_classification": "token_classification",
@@ -14,9 +17,9 @@ def task_of_head(head: str) -> str:
 
 
 def head_name(cfg) -> str:
-    """The head a run config's task needs: "causal_lm" for GPT-2, "seq2seq" for T5 (span corruption
-    and text-to-text alike), a `bert.HEADS` key for encoders."""
-    if cfg.model.family == "gpt2":
+    """The head a run config's task needs: "causal_lm" for the decoders (GPT-2, Llama), "seq2seq"
+    for T5 (span corruption and text-to-text alike), a `bert.HEADS` key for encoders."""
+    if cfg.model.family in DECODERS:
         return "causal_lm"
     if cfg.model.family == "t5":
         return "seq2seq"
@@ -29,6 +32,8 @@ def build_model(model_cfg, head: str = "causal_lm"):
     """The Linen module for the `model` section of a run config, with the given head."""
     if model_cfg.family == "gpt2":
         return gpt2.GPT2LMHeadModel(gpt2.GPT2Config.from_config(model_cfg))
+    if model_cfg.family == "llama":
+        return llama.LlamaForCausalLM(llama.LlamaConfig.from_config(model_cfg))
     if model_cfg.family == "bert":
         return bert.HEADS[head](bert.BertConfig.from_config(model_cfg))
     if model_cfg.family == "t5":
@@ -36,7 +41,12 @@ def build_model(model_cfg, head: str = "causal_lm"):
     raise ValueError(f"unknown model family {model_cfg.family!r}")
 
 
+def family_module(model_cfg):
+    """The models module (gpt2, llama, bert, t5) of a model's config dataclass."""
+    families = {bert.BertConfig: bert, t5.T5Config: t5, llama.LlamaConfig: llama, gpt2.GPT2Config: gpt2}
+    return families[type(model_cfg)]
+
+
 def flops_per_token(model_cfg, seq_len: int) -> float:
     """Training FLOPs per token of a model config (see each family's formula)."""
-    families = {bert.BertConfig: bert, t5.T5Config: t5}
-    return families.get(type(model_cfg), gpt2).flops_per_token(model_cfg, seq_len)
+    return family_module(model_cfg).flops_per_token(model_cfg, seq_len)

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import Projection
-from flax_lm.models.remat import POLICIES
+from flax_lm.models.layers import Projection, run_blocks
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
@@ -194,21 +193,9 @@ class GPT2LMHeadModel(nn.Module):
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed"))
 
-        block = Block
-        if cfg.remat_policy != "none":
-            block = nn.remat(block, policy=POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            x_BxTxD, cache = nn.scan(
-                block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, deterministic, name=LAYERS)(x_BxTxD, kv_mask_BxS, segment_ids_BxT, cache_index, cache)
-        else:
-            layer_caches = [None] * cfg.n_layers if cache is None else list(cache)
-            for i in range(cfg.n_layers):
-                x_BxTxD, layer_caches[i] = block(cfg, deterministic, name=f"{LAYERS}_{i}")(
-                    x_BxTxD, kv_mask_BxS, segment_ids_BxT, cache_index, layer_caches[i])
-            cache = None if cache is None else tuple(layer_caches)
+        x_BxTxD, cache = run_blocks(Block, (cfg, deterministic), cfg.n_layers, x_BxTxD,
+                                    (kv_mask_BxS, segment_ids_BxT, cache_index), cache,
+                                    scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name=LAYERS)
 
         x_BxTxD = _layer_norm(cfg, "ln_f")(x_BxTxD)
         if return_hidden:

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax_lm.models.remat import POLICIES
+
 
 class Projection(nn.Module):
     """A dense layer over the last `len(in_axes)` input dimensions, to any output shape.
@@ -73,3 +75,65 @@ def _contract_bwd(n_in, residuals, dy):
 
 
 contract.defvjp(_contract_fwd, _contract_bwd)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last axis: x / sqrt(mean(x^2) + eps) * scale, no mean and no
+    bias (T5's T5LayerNorm, Llama's LlamaRMSNorm). The mean square and the normalisation run in
+    float32 whatever the compute dtype, as both do; the result is cast back before the scale."""
+
+    epsilon: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    scale_init: Callable = nn.initializers.ones_init()
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        scale_D = self.param("scale", nn.with_logical_partitioning(self.scale_init, ("embed",)),
+                             (x_BxTxD.shape[-1],), self.param_dtype)
+        x_f32 = x_BxTxD.astype(jnp.float32)
+        variance_BxTx1 = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
+        return (x_f32 * jax.lax.rsqrt(variance_BxTx1 + self.epsilon)).astype(self.dtype) * scale_D.astype(self.dtype)
+
+
+class LMHead(nn.Module):
+    """An untied output projection D -> V with no bias, its kernel D x V (T5 v1.1's and Llama's lm_head)."""
+
+    vocab_size: int
+    kernel_init: Callable
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD, return_hidden: bool = False):
+        """Logits B x T x V, or with `return_hidden` (x_BxTxD, the head as V x D) for the fused loss."""
+        kernel_DxV = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, ("embed", "vocab")),
+                                (x_BxTxD.shape[-1], self.vocab_size), self.param_dtype)
+        if return_hidden:
+            return x_BxTxD, kernel_DxV.T.astype(self.dtype)
+        return contract(x_BxTxD.astype(self.dtype), kernel_DxV.astype(self.dtype), 1)
+
+
+def run_blocks(block: type[nn.Module], block_args: tuple, n_layers: int, x_BxTxD, broadcast_args: tuple, cache,
+               *, scan: bool, remat_policy: str, name: str):
+    """Applies `n_layers` blocks `block(*block_args, name=...)` in turn; returns (x_BxTxD, cache).
+
+    Call it inside a compact `__call__`: the blocks become children of the caller. Each block is
+    called as block(x, *broadcast_args, layer_cache) -> (x, layer_cache). With `scan`, one block is
+    scanned over the layers (parameters stacked under `name`, the cache stacked on its leading
+    axis); else the blocks are `{name}_{i}` and `cache` is a tuple of per-layer caches (or None).
+    `remat_policy` names a `flax_lm.models.remat.POLICIES` entry.
+    """
+    if remat_policy != "none":
+        # prevent_cse only matters outside scan, where XLA could otherwise merge the recomputation away
+        block = nn.remat(block, policy=POLICIES[remat_policy], prevent_cse=not scan)
+    if scan:
+        return nn.scan(
+            block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(broadcast_args) + (0,), length=n_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(*block_args, name=name)(x_BxTxD, *broadcast_args, cache)
+    layer_caches = [None] * n_layers if cache is None else list(cache)
+    for i in range(n_layers):
+        x_BxTxD, layer_caches[i] = block(*block_args, name=f"{name}_{i}")(x_BxTxD, *broadcast_args, layer_caches[i])
+    return x_BxTxD, None if cache is None else tuple(layer_caches)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import Projection, contract
+from flax_lm.models.layers import LMHead, Projection, RMSNorm
 from flax_lm.models.relative_position import relative_bias
 from flax_lm.models.remat import POLICIES
 
@@ -84,21 +84,10 @@ def _normal(std: float):
     return nn.initializers.normal(std)
 
 
-class RMSNorm(nn.Module):
-    """T5LayerNorm: x / sqrt(mean(x^2) + eps) * scale, the mean square in float32."""
-
-    cfg: T5Config
-
-    @nn.compact
-    def __call__(self, x_BxTxD):
-        cfg = self.cfg
-        dtype = DTYPES[cfg.dtype]
-        scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.constant(cfg.initializer_range),
-                                                                   ("embed",)),
-                             (cfg.d_model,), DTYPES[cfg.param_dtype])
-        x_f32 = x_BxTxD.astype(jnp.float32)
-        variance_BxTx1 = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
-        return (x_f32 * jax.lax.rsqrt(variance_BxTx1 + cfg.layer_norm_epsilon)).astype(dtype) * scale_D.astype(dtype)
+def _rms_norm(cfg: T5Config, name: str) -> RMSNorm:
+    """T5LayerNorm (`layers.RMSNorm`); its scale starts at the init factor (1.0 by default), as in transformers."""
+    return RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), scale_init=nn.initializers.constant(cfg.initializer_range),
+                   name=name)
 
 
 class Attention(nn.Module):
@@ -179,7 +168,7 @@ class Block(nn.Module):
                  cache_index=None, layer_cache=None, layer_cross_cache=None):
         cfg = self.cfg
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-        h_BxTxD = RMSNorm(cfg, name="self_attention_norm")(x_BxTxD)
+        h_BxTxD = _rms_norm(cfg, name="self_attention_norm")(x_BxTxD)
         attention = Attention(cfg, name="self_attention")
         kv = attention.keys_values(h_BxTxD)
         offset = 0
@@ -192,12 +181,12 @@ class Block(nn.Module):
                             query_offset=offset, deterministic=self.deterministic)
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
         if self.is_decoder:
-            h_BxTxD = RMSNorm(cfg, name="cross_attention_norm")(x_BxTxD)
+            h_BxTxD = _rms_norm(cfg, name="cross_attention_norm")(x_BxTxD)
             cross = Attention(cfg, name="cross_attention")
             kv = layer_cross_cache if layer_cross_cache is not None else cross.keys_values(encoded_BxSxD)
             h_BxTxD = cross(h_BxTxD, kv, causal=False, kv_mask_BxS=cross_mask_BxS, deterministic=self.deterministic)
             x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
-        h_BxTxD = FeedForward(cfg, self.deterministic, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BxTxD))
+        h_BxTxD = FeedForward(cfg, self.deterministic, name="mlp")(_rms_norm(cfg, name="mlp_norm")(x_BxTxD))
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out")
         return nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed")), layer_cache
 
@@ -264,7 +253,7 @@ class Stack(nn.Module):
                 x_BxTxD, layer_caches[i] = block(cfg, deterministic, self.is_decoder, name=f"{LAYERS}_{i}")(
                     x_BxTxD, *args, layer_caches[i], None if cross_cache is None else cross_cache[i])
             cache = None if cache is None else tuple(layer_caches)
-        x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
+        x_BxTxD = _rms_norm(cfg, name="final_norm")(x_BxTxD)
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         return nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed")), cache
 
@@ -277,24 +266,6 @@ def _cross_keys_values(cfg: T5Config, n_layers: int, encoded_BxSxD):
                         )(cfg, name=LAYERS)(encoded_BxSxD)
         return kv
     return tuple(CrossKeysValues(cfg, name=f"{LAYERS}_{i}")(encoded_BxSxD)[1] for i in range(n_layers))
-
-
-class LMHead(nn.Module):
-    """The untied output projection D -> V (T5 v1.1's lm_head), no bias."""
-
-    cfg: T5Config
-
-    @nn.compact
-    def __call__(self, x_BxTxD, return_hidden: bool):
-        """Logits B x T x V, or with `return_hidden` (x_BxTxD, the head as V x D)."""
-        cfg = self.cfg
-        dtype = DTYPES[cfg.dtype]
-        kernel_DxV = self.param("kernel", nn.with_logical_partitioning(_normal(cfg.initializer_range),
-                                                                       ("embed", "vocab")),
-                                (cfg.d_model, cfg.vocab_size), DTYPES[cfg.param_dtype])
-        if return_hidden:
-            return x_BxTxD, kernel_DxV.T.astype(dtype)
-        return contract(x_BxTxD.astype(dtype), kernel_DxV.astype(dtype), 1)
 
 
 class T5ForConditionalGeneration(nn.Module):
@@ -315,7 +286,7 @@ class T5ForConditionalGeneration(nn.Module):
         self.encoder = Stack(cfg, is_decoder=False)
         self.decoder = Stack(cfg, is_decoder=True)
         if not cfg.tie_word_embeddings:
-            self.lm_head = LMHead(cfg)
+            self.lm_head = LMHead(cfg.vocab_size, _normal(cfg.initializer_range), **_dtypes(cfg))  # T5 v1.1
 
     def __call__(self, input_ids_BxS, decoder_input_ids_BxT, *, attention_mask_BxS=None,
                  decoder_attention_mask_BxT=None, deterministic: bool = True, return_hidden: bool = False):
