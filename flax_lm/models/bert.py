@@ -15,10 +15,9 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import Projection
+from flax_lm.models.layers import DTYPES, Projection
 from flax_lm.models.remat import POLICIES
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 VARIANTS = ("bert", "roberta")
 
 

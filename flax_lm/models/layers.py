@@ -9,6 +9,9 @@ import jax.numpy as jnp
 
 from flax_lm.models.remat import POLICIES
 
+# config dtype names -> JAX dtypes, for every family's compute and parameter dtypes
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
 
 class Projection(nn.Module):
     """A dense layer over the last `len(in_axes)` input dimensions, to any output shape.

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import LMHead, Projection, RMSNorm, run_blocks
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, run_blocks
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 # (GPT-2's name, so layer-wise learning rates and the decoding loop treat both alike).
 LAYERS = "h"

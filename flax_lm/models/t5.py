@@ -20,11 +20,10 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import LMHead, Projection, RMSNorm
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm
 from flax_lm.models.relative_position import relative_bias
 from flax_lm.models.remat import POLICIES
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 FEED_FORWARDS = ("relu", "gated-gelu")
 # A stack's blocks: one stacked tree of this name with scan_layers, else "block_0", "block_1", ...
 LAYERS = "block"
