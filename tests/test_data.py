@@ -96,6 +96,17 @@ def test_restore_refuses_a_different_batch_size():
         lm_data.BatchIterator(50, 8, seed=1).restore(state)
 
 
+@pytest.mark.parametrize("end, expected", [("<|endoftext|>", 0), ("<|end_of_text|>", 0), ("</s>", 0), ("<eos>", None)])
+def test_the_end_of_text_token_of_gpt2_llama3_and_llama2_tokenizers(end, expected):
+    from tokenizers import Tokenizer, models
+    tokenizer = Tokenizer(models.WordLevel({end: 0, "hello": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    if expected is None:
+        with pytest.raises(UserError, match="no end-of-text token"):
+            tokenizer_lib.eos_id(tokenizer)
+    else:
+        assert tokenizer_lib.eos_id(tokenizer) == expected
+
+
 def test_too_small_corpus_is_a_user_error():
     tok = tokenizer_lib.train_bpe(["tiny text"], vocab_size=300)
     with pytest.raises(UserError, match="too few"):

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from flax_lm.errors import UserError
 
 EOS = "<|endoftext|>"
+END_TOKENS = (EOS, "<|end_of_text|>", "</s>")
 
 
 def train_bpe(documents: list[str], vocab_size: int) -> Tokenizer:
@@ -36,8 +37,10 @@ def load(path: str | Path) -> Tokenizer:
 
 
 def eos_id(tokenizer: Tokenizer) -> int:
-    """The end-of-text id that separates documents."""
-    token_id = tokenizer.token_to_id(EOS)
-    if token_id is None:
-        raise UserError(f"the tokenizer has no {EOS} token to separate documents")
-    return token_id
+    """The end-of-text id that separates documents: GPT-2's token (every tokenizer trained here has
+    it), else that of an imported Llama 3 or Llama 2 / Mistral tokenizer."""
+    for token in END_TOKENS:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    raise UserError(f"the tokenizer has no end-of-text token ({', '.join(END_TOKENS)}) to separate documents")

@@ -53,7 +53,7 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
         eos = tokenizer_lib.eos_id(run.tokenizer)
         hf_config.update(bos_token_id=eos, eos_token_id=eos)
         _write_json(out / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos})
-        eos_token = tokenizer_lib.EOS
+        eos_token = run.tokenizer.id_to_token(eos)
         specials = {"bos_token": eos_token, "eos_token": eos_token, "unk_token": eos_token}
     elif family == "t5":
         pad, eos, unk = unigram.special_ids(run.tokenizer)
