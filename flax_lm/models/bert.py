@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection
+from flax_lm.models.layers import DTYPES, Projection, from_run_config
 from flax_lm.models.remat import POLICIES
 
 VARIANTS = ("bert", "roberta")
@@ -46,11 +46,8 @@ class BertConfig:
     @classmethod
     def from_config(cls, model_cfg) -> "BertConfig":
         """Builds the model config from the `model` section of a run config."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in model_cfg.items() if k in fields}
-        values["d_ff"] = model_cfg.d_ff or 4 * model_cfg.d_model
-        values["num_labels"] = model_cfg.num_labels or 2
-        return cls(**values)
+        return from_run_config(cls, model_cfg, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model,
+                               num_labels=model_cfg.num_labels or 2)
 
     @property
     def head_dim(self) -> int:

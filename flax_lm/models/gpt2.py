@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, run_blocks
+from flax_lm.models.layers import DTYPES, Projection, from_run_config, run_blocks
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 LAYERS = "h"
@@ -42,10 +42,7 @@ class GPT2Config:
     @classmethod
     def from_config(cls, model_cfg) -> "GPT2Config":
         """Builds the model config from the `model` section of a run config."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in model_cfg.items() if k in fields}
-        values["d_ff"] = model_cfg.d_ff or 4 * model_cfg.d_model
-        return cls(**values)
+        return from_run_config(cls, model_cfg, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model)
 
     @property
     def head_dim(self) -> int:

@@ -1,5 +1,6 @@
 """Building blocks shared by the model families."""
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -11,6 +12,13 @@ from flax_lm.models.remat import POLICIES
 
 # config dtype names -> JAX dtypes, for every family's compute and parameter dtypes
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def from_run_config(cls, model_cfg, **resolved):
+    """The model config dataclass `cls` from the `model` section of a run config: the keys it has
+    fields for, with `resolved` (values the family derives, e.g. d_ff from d_model) over them."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in model_cfg.items() if k in fields}, **resolved})
 
 
 class Projection(nn.Module):

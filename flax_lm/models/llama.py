@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, run_blocks
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, from_run_config, run_blocks
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 # (GPT-2's name, so layer-wise learning rates and the decoding loop treat both alike).
@@ -54,10 +54,7 @@ class LlamaConfig:
     @classmethod
     def from_config(cls, model_cfg) -> "LlamaConfig":
         """Builds the model config from the `model` section of a run config."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in model_cfg.items() if k in fields}
-        values["d_ff"] = model_cfg.d_ff or 4 * model_cfg.d_model
-        return cls(**values)
+        return from_run_config(cls, model_cfg, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model)
 
 
 def _dtypes(cfg: LlamaConfig) -> dict:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, from_run_config
 from flax_lm.models.relative_position import relative_bias
 from flax_lm.models.remat import POLICIES
 
@@ -66,8 +66,7 @@ class T5Config:
     @classmethod
     def from_config(cls, model_cfg) -> "T5Config":
         """Builds the model config from the `model` section of a run config."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in model_cfg.items() if k in fields})
+        return from_run_config(cls, model_cfg)
 
 
 def unrolled(cfg: T5Config) -> T5Config:
