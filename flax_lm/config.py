@@ -29,6 +29,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.schedule": ("cosine", "linear", "constant"),
+    "optim.optimizer": ("adamw", "adafactor"),
     "sample.early_stopping": ("false", "true", "never"),
     "train.nonfinite_policy": ("skip", "stop"),
     "parallel.strategy": ("jit", "pmap"),
@@ -237,9 +238,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps ({t.grad_accum_steps})")
     if not 0.0 < cfg.data.validation_fraction < 1.0:
         raise UserError(f"data.validation_fraction must be in (0, 1); got {cfg.data.validation_fraction}")
-    for name in ("model.dropout", "model.attention_dropout"):
+    for name in ("model.dropout", "model.attention_dropout", "train.label_smoothing"):
         if not 0.0 <= _get(cfg, name) < 1.0:
             raise UserError(f"config key {name!r} must be in [0, 1); got {_get(cfg, name)}")
+    if t.label_smoothing and cfg.task not in LANGUAGE_MODELLING:
+        raise UserError(f"train.label_smoothing applies to the tasks that predict text "
+                        f"({', '.join(LANGUAGE_MODELLING)}); the task is {cfg.task!r}")
     if m.attention_dropout > 0 and m.attention != "reference":
         raise UserError("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
     if o.warmup_steps < 0 or o.warmup_steps > t.steps:
@@ -273,6 +277,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     parse_steps(t.profile_steps)
 
 
+LANGUAGE_MODELLING = ("causal_lm", "span_corruption", "seq2seq")  # losses of a fused output projection
 # task -> the model families that serve it (other tasks: bert)
 FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama"), "span_corruption": ("t5",), "seq2seq": ("t5",)}
 GENERATE_METRICS = ("bleu", "chrf", "rouge")

@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 32            # global, in sequences, per optimizer step
     c.train.grad_accum_steps = 1       # micro-batches per step; batch_size must divide
     c.train.loss_chunk_len = 16        # positions per chunk of the fused output-projection loss; 0: unfused
+    c.train.label_smoothing = 0.0      # LM tasks: this share of each target spread over the vocabulary
     c.train.log_every = 10
     c.train.eval_every = 100
     c.train.eval_batches = 8           # 0 evaluates the whole validation split
@@ -124,6 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.profile_steps = ""
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.optimizer = "adamw"        # adamw | adafactor (factored second moments, updates relative to each weight)
     c.optim.learning_rate = 1e-3       # peak, after warmup
     c.optim.warmup_steps = 30
     c.optim.schedule = "cosine"        # cosine | linear | constant (after warmup)

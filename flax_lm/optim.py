@@ -1,4 +1,10 @@
-"""Optax AdamW with warmup + decay, global-norm clipping and a weight-decay mask."""
+"""Optax AdamW or Adafactor with warmup + decay, global-norm clipping and a weight-decay mask.
+
+Adafactor (T5's optimizer) keeps factored second moments (a row and a column vector for each
+matrix of at least 128 x 128) and, by default, scales each update by its parameter's RMS, so a
+step is relative to the weight's size: T5's small attention weights and its unit-variance
+embeddings move alike. It has no first moment (momentum) here, as in T5.
+"""
 
 import jax
 import optax
@@ -37,15 +43,19 @@ def decay_mask(params):
 
 
 def make_optimizer(optim_cfg, total_steps: int, n_layers: int) -> optax.GradientTransformation:
-    """The optimizer of every task: clip, then AdamW with the schedule and decay mask, then
+    """The optimizer of every task: clip, then AdamW (or Adafactor) with the schedule and decay mask, then
     (when configured) layer-wise decay and gradual unfreezing of the whole update, weight
     decay included, so a frozen layer does not move at all."""
     chain = []
     if optim_cfg.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
-    chain.append(optax.adamw(
-        learning_rate_schedule(optim_cfg, total_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
-        eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay, mask=decay_mask))
+    schedule = learning_rate_schedule(optim_cfg, total_steps)
+    if optim_cfg.optimizer == "adafactor":
+        chain.append(optax.adafactor(schedule, weight_decay_rate=optim_cfg.weight_decay or None,
+                                     weight_decay_mask=decay_mask))
+    else:
+        chain.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                                 weight_decay=optim_cfg.weight_decay, mask=decay_mask))
     if optim_cfg.layer_decay != 1.0 or optim_cfg.unfreeze_top_layers:
         chain.append(scale_by_layer(n_layers, optim_cfg.layer_decay, optim_cfg.unfreeze_top_layers,
                                     optim_cfg.unfreeze_every))

@@ -32,7 +32,7 @@ def _init_params(model, seed: int, seq_len: int):
 def _init_fn(model, tx, seed: int, seq_len: int):
     def init():
         params = _init_params(model, seed, seq_len)
-        return TrainState.fresh(params, tx.init(params), rngs(seed)[1])
+        return TrainState.fresh(params, sharding.unbox_reshaped(tx.init(params), params), rngs(seed)[1])
     return init
 
 

@@ -16,9 +16,9 @@ def get_task(cfg, label_names: list[str] | None = None) -> Task:
     """The task a run config names, with its settings; classification tasks need the label
     (or tag) names of their data."""
     if cfg.task == "causal_lm":
-        return CausalLM(loss_chunk_len=cfg.train.loss_chunk_len)
+        return CausalLM(cfg.train.loss_chunk_len, cfg.train.label_smoothing)
     if cfg.task in ("seq2seq", "span_corruption"):
-        return Seq2SeqLM(loss_chunk_len=cfg.train.loss_chunk_len)
+        return Seq2SeqLM(cfg.train.loss_chunk_len, cfg.train.label_smoothing)
     if cfg.task == "masked_lm":
         return MaskedLM(nsp=cfg.data.nsp)
     if cfg.task == "classification":

@@ -11,10 +11,17 @@ class CausalLM:
     also `segment_ids` and `positions` (B x T int32, see `flax_lm.data.lm_data`).
 
     `loss_chunk_len` > 0 fuses the output projection into a chunked cross-entropy.
+    `label_smoothing` smooths the training targets; evaluation reports the plain loss (and
+    its perplexity), comparable across settings.
     """
 
-    def __init__(self, loss_chunk_len: int = 0):
-        self.loss_chunk_len = loss_chunk_len
+    def __init__(self, loss_chunk_len: int = 0, label_smoothing: float = 0.0):
+        self.loss_chunk_len, self.label_smoothing = loss_chunk_len, label_smoothing
+
+    def cross_entropy(self, hidden_BxTxD, embedding_VxD, batch, deterministic: bool):
+        """The summed (smoothed, when training) cross-entropy of the batch's targets."""
+        return linear_cross_entropy(hidden_BxTxD, embedding_VxD, batch["targets"], batch["weights"],
+                                    self.loss_chunk_len, 0.0 if deterministic else self.label_smoothing)
 
     def weights(self, batch):
         return {"lm": batch["weights"].sum()}
@@ -23,8 +30,7 @@ class CausalLM:
         hidden_BxTxD, embedding_VxD = model.apply(
             {"params": params}, batch["inputs"], segment_ids_BxT=batch.get("segment_ids"),
             position_ids_BxT=batch.get("positions"), deterministic=deterministic, rngs=rngs, return_hidden=True)
-        return {"lm": linear_cross_entropy(hidden_BxTxD, embedding_VxD, batch["targets"], batch["weights"],
-                                           self.loss_chunk_len)}, {}
+        return {"lm": self.cross_entropy(hidden_BxTxD, embedding_VxD, batch, deterministic)}, {}
 
     def metrics(self, outputs, dataset, term_losses):
         return {"perplexity": math.exp(min(term_losses["lm"], 50.0))}

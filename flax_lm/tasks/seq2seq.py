@@ -1,6 +1,5 @@
 """Text-to-text training of an encoder-decoder: translation, summarization, span corruption."""
 
-from flax_lm.losses import linear_cross_entropy
 from flax_lm.tasks.causal_lm import CausalLM
 
 
@@ -18,5 +17,4 @@ class Seq2SeqLM(CausalLM):
         hidden_BxTxD, embedding_VxD = model.apply(
             {"params": params}, batch["inputs"], batch["decoder_inputs"], attention_mask_BxS=batch["input_mask"],
             deterministic=deterministic, rngs=rngs, return_hidden=True)
-        return {"lm": linear_cross_entropy(hidden_BxTxD, embedding_VxD, batch["targets"], batch["weights"],
-                                           self.loss_chunk_len)}, {}
+        return {"lm": self.cross_entropy(hidden_BxTxD, embedding_VxD, batch, deterministic)}, {}
