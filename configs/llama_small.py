@@ -6,16 +6,12 @@ Point data.source at real text (and data.tokenizer at a 32,000-token tokenizer.j
 one be trained) for a real pre-training run.
 """
 
-from flax_lm import defaults
+from flax_lm import recipes
 
 
 def get_config():
-    c = defaults.get_config()
+    c = recipes.gpt2_openwebtext(steps=600_000, grad_accum_steps=1, learning_rate=6e-4)
     c.model.update(family="llama", vocab_size=32000, max_len=1024, d_model=768, n_layers=12, n_heads=12,
                    n_kv_heads=4, d_ff=2048, layer_norm_epsilon=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
                    dtype="bfloat16", scan_layers=True, remat_policy="none")
-    c.train.update(steps=600_000, batch_size=480, grad_accum_steps=1, eval_every=2000, eval_batches=50,
-                   checkpoint_every=2000, log_every=50)
-    c.optim.update(learning_rate=6e-4, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.1,
-                   weight_decay=0.1, b2=0.95)
     return c

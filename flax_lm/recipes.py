@@ -3,6 +3,18 @@
 from flax_lm import defaults
 
 
+def gpt2_openwebtext(steps: int, grad_accum_steps: int, learning_rate: float):
+    """GPT-2's pre-training schedule for a single GPU or data-parallel GPUs: 480 sequences a step,
+    warmup 2,000 then cosine decay to a tenth, AdamW with weight decay 0.1 and b2 0.95. The
+    caller sets the model section."""
+    c = defaults.get_config()
+    c.train.update(steps=steps, batch_size=480, grad_accum_steps=grad_accum_steps, eval_every=2000, eval_batches=50,
+                   checkpoint_every=2000, log_every=50)
+    c.optim.update(learning_rate=learning_rate, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.1,
+                   weight_decay=0.1, b2=0.95)
+    return c
+
+
 def gpt2_fsdp(d_model: int, n_layers: int, n_heads: int, remat_policy: str, learning_rate: float):
     """A GPT-2 size (50,257 tokens, context 1024) for a TPU slice or several GPUs: bf16 compute,
     layers scanned, `remat_policy` in the backward pass, parameters and optimizer state sharded
