@@ -2,12 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from flax_lm import optim
+from flax_lm import defaults, optim
 from flax_lm.layerwise import depth
 from flax_lm.models import bert
 
@@ -22,10 +21,9 @@ def _params(scan=False):
 
 
 def _optim_cfg(**kw):
-    c = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, schedule="constant", min_lr_ratio=1.0,
-                                       b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0,
-                                       layer_decay=1.0, unfreeze_top_layers=0, unfreeze_every=0))
-    c.update(kw)
+    c = defaults.get_config().optim
+    c.update(dict(learning_rate=1e-2, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b2=0.999,
+                  weight_decay=0.0, grad_clip_norm=0.0), **kw)
     return c
 
 
