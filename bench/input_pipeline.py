@@ -55,16 +55,8 @@ def measure(name: str, source: str, batch: int, seq_len: int, **options) -> dict
 def measure_store(name: str, source: str, batch: int, seq_len: int, **options) -> dict:
     """The same stages for a token store of `source` (`flax-lm prepare`): tokenizing into the store
     happens once, offline; a run only opens it (read) and cuts batches from the mapped parts."""
-    documents = corpus.read_documents(source, **options)
-    tokenizer = tokenizer_lib.train_bpe(documents, VOCAB)
-    eos = tokenizer_lib.eos_id(tokenizer)
     with tempfile.TemporaryDirectory() as out:
-        tokenizer.save(str(Path(out) / token_store.TOKENIZER_FILE))
-        token_store.write_store_file(out, tokenizer, eos, 1, source)
-        start = time.perf_counter()
-        counts = token_store.write_part(out, 0, 1, (d.text for d in corpus.iter_shard(source, **options)),
-                                        tokenizer, eos)
-        prepare_s = time.perf_counter() - start
+        eos, counts, prepare_s = _write_store(Path(out), source, 1, corpus.read_documents(source, **options), **options)
         start = time.perf_counter()
         stream = lm_data.split_stream(token_store.Store(token_store.PREFIX + out).stream, 0.01, seq_len).train
         open_s = time.perf_counter() - start
@@ -82,12 +74,8 @@ def measure_large_store(directory: str, copies: int, batch: int, seq_len: int, b
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     source = corpus.DEFAULT_SOURCE
-    tokenizer = tokenizer_lib.train_bpe(corpus.read_documents(source, 2_000_000), VOCAB)
-    eos = tokenizer_lib.eos_id(tokenizer)
-    tokenizer.save(str(out / token_store.TOKENIZER_FILE))
-    token_store.write_store_file(out, tokenizer, eos, copies, f"{source} x {copies}")
+    eos, _, _ = _write_store(out, source, copies, corpus.read_documents(source, 2_000_000))
     first = out / token_store.part_name(0, copies)
-    token_store.write_part(out, 0, copies, (d.text for d in corpus.iter_shard(source)), tokenizer, eos)
     for part in range(1, copies):
         for suffix in (".bin", ".json"):
             shutil.copyfile(first.with_suffix(suffix), (out / token_store.part_name(part, copies)).with_suffix(suffix))
@@ -98,13 +86,11 @@ def measure_large_store(directory: str, copies: int, batch: int, seq_len: int, b
     open_s = time.perf_counter() - start
     iterator = lm_data.BatchIterator(len(windows), batch, seed=0)
     start = time.perf_counter()
-    indices = iterator.next_global_indices()
-    length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
+    _next_batch(windows, iterator)
     first_batch_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(batches):
-        indices = iterator.next_global_indices()
-        length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
+        _next_batch(windows, iterator)
     batch_s = time.perf_counter() - start
     on_disk = sum(part.nbytes for part in stream.parts)
     return {"source": f"token store, {copies:,} parts ({on_disk / 2**30:.1f} GiB on disk, "
@@ -122,13 +108,32 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _write_store(out: Path, source: str, parts: int, tokenizer_text: list[str], **options) -> tuple[int, dict, float]:
+    """A token store of `source` in `out`, as `flax-lm prepare` writes one (a BPE tokenizer trained on
+    `tokenizer_text`), its first part written of `parts`: (end token, the part's counts, seconds
+    the part took)."""
+    tokenizer = tokenizer_lib.train_bpe(tokenizer_text, VOCAB)
+    eos = tokenizer_lib.eos_id(tokenizer)
+    tokenizer.save(str(out / token_store.TOKENIZER_FILE))
+    token_store.write_store_file(out, tokenizer, eos, parts, source if parts == 1 else f"{source} x {parts}")
+    start = time.perf_counter()
+    counts = token_store.write_part(out, 0, parts, (d.text for d in corpus.iter_shard(source, **options)),
+                                    tokenizer, eos)
+    return eos, counts, time.perf_counter() - start
+
+
+def _next_batch(windows, iterator) -> dict:
+    """The next batch of `iterator`, cut from `windows` as the training loop cuts it."""
+    indices = iterator.next_global_indices()
+    return length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
+
+
 def _batch_epoch(windows, batch: int) -> tuple[int, float]:
     """Tokens batched and seconds taken for one epoch of `windows`, as the training loop cuts them."""
     iterator = lm_data.BatchIterator(len(windows), batch, seed=0)
     start = time.perf_counter()
     for _ in range(iterator.batches_per_epoch):
-        indices = iterator.next_global_indices()
-        length_buckets.load_batch(windows, iterator.local(indices), iterator.epoch, indices)
+        _next_batch(windows, iterator)
     return iterator.batches_per_epoch * batch * windows.seq_len, time.perf_counter() - start
 
 

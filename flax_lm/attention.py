@@ -66,13 +66,12 @@ def dot_product_attention(
         return _reference(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, dropout_rate, dropout_rng, bias_BxNxTxS, scale)
     if implementation == "explicit":
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
-        scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else float(scale)
-        return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, bias_BxNxTxS, scale)
+        return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, bias_BxNxTxS, _scale(q_BxTxNxH, scale))
     if implementation == "splash":
         if splash_attention.supports(t, s, causal, segment_ids_BxT, query_offset, bias_BxNxTxS):
             return splash_attention.splash_attention(
                 q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=causal, kv_mask_BxS=kv_mask_BxS,
-                segment_ids_BxT=segment_ids_BxT, scale=q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale)
+                segment_ids_BxT=segment_ids_BxT, scale=_scale(q_BxTxNxH, scale))
         # The same function on XLA's path, not an error: model.attention=splash then still serves
         # T5 (its bias), KV-cache decoding and lengths off the 128 grid, where the kernel cannot.
         implementation = "xla"
@@ -88,6 +87,11 @@ def dot_product_attention(
     return jax.nn.dot_product_attention(
         q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS, mask=mask, scale=scale, is_causal=causal,
         implementation=None if implementation == "xla" else implementation)
+
+
+def _scale(q_BxTxNxH, scale: float | None) -> float:
+    """The score scale for the kernels that take a number: `scale`, else 1/sqrt(H)."""
+    return q_BxTxNxH.shape[-1] ** -0.5 if scale is None else float(scale)
 
 
 def _allowed_Bx1xTxS(t: int, s: int, causal: bool, kv_mask_BxS, segment_ids_BxT=None,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from flax_lm import workdir as workdir_lib
-from flax_lm.data import corpus, pipeline, token_store, unigram
+from flax_lm.data import corpus, pipeline, token_store
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 
@@ -23,8 +23,8 @@ def prepare(cfg, out: Path, part: int = 0, parts: int = 1) -> dict:
     """Writes part `part` of `parts` of the store of `cfg`'s data.source in `out`; returns its
     counts (tokens, documents, characters), seconds and tokens/s."""
     d, out = cfg.data, Path(out)
-    if cfg.task not in ("causal_lm", "span_corruption"):
-        raise UserError(f"flax-lm prepare makes token stores for causal_lm and span_corruption; "
+    if cfg.task not in pipeline.STORED:
+        raise UserError(f"flax-lm prepare makes token stores for {' and '.join(pipeline.STORED)}; "
                         f"the task is {cfg.task!r}")
     if token_store.is_store(d.source):
         raise UserError(f"data.source {d.source!r} is a token store already; give the text to tokenize")
@@ -37,7 +37,7 @@ def prepare(cfg, out: Path, part: int = 0, parts: int = 1) -> dict:
     options = dict(document_field=d.document_field, tfds_data_dir=d.tfds_data_dir, tfds_download=d.tfds_download,
                    skip_bad_records=d.skip_bad_records)
     tokenizer = _tokenizer(cfg, out, options)
-    eos = unigram.special_ids(tokenizer)[1] if cfg.task == "span_corruption" else tokenizer_lib.eos_id(tokenizer)
+    eos = pipeline.end_token(cfg, tokenizer)
     token_store.write_store_file(out, tokenizer, eos, parts, d.source)
     start = time.perf_counter()
     documents = (doc.text for doc in corpus.iter_shard(d.source, d.max_bytes, shard=(part, parts), **options))

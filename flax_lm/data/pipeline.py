@@ -29,6 +29,7 @@ from flax_lm.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 PRETRAINING = ("causal_lm", "masked_lm", "span_corruption")  # tasks that read data.source
+STORED = ("causal_lm", "span_corruption")  # those whose data.source may be a token store (one token stream)
 
 
 @dataclasses.dataclass
@@ -45,6 +46,10 @@ def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...]
     if cfg.task in PRETRAINING:
         if token_store.is_store(cfg.data.source):
             store = _store(cfg)
+            saved = workdir / workdir_lib.TOKENIZER
+            if saved.is_file() and tokenizer_lib.load(saved).to_str() != store.tokenizer.to_str():
+                raise UserError(f"{saved} is not the tokenizer of data.source {cfg.data.source!r}; "
+                                f"a run keeps the tokenizer it started with (use a new workdir)")
             tokenizer = _checked_and_saved(cfg, workdir, store.tokenizer, is_primary)
             return Prepared(tokenizer, _pretraining_splits(cfg, store, tokenizer), None)
         documents = _documents(cfg.data)
@@ -100,6 +105,12 @@ def target_len(cfg) -> int:
     return cfg.data.target_len or seq_len(cfg)
 
 
+def end_token(cfg, tokenizer) -> int:
+    """The id that ends each document in the token stream of a `STORED` task: T5's </s> for span
+    corruption, the end-of-text token for a causal LM."""
+    return unigram.special_ids(tokenizer)[1] if cfg.task == "span_corruption" else tokenizer_lib.eos_id(tokenizer)
+
+
 def pad_id(tokenizer) -> int:
     return wordpiece.special_tokens(tokenizer).pad
 
@@ -133,11 +144,8 @@ def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool):
 
 def _checked_and_saved(cfg, workdir: Path, tokenizer, is_primary: bool):
     """`tokenizer` if the model can use it (vocabulary size, special ids), saved in the workdir the
-    first time; a workdir whose saved tokenizer differs is refused."""
+    first time."""
     saved = workdir / workdir_lib.TOKENIZER
-    if saved.is_file() and tokenizer_lib.load(saved).to_str() != tokenizer.to_str():
-        raise UserError(f"{saved} is not the tokenizer of data.source {cfg.data.source!r}; "
-                        f"a run keeps the tokenizer it started with (use a new workdir)")
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
         raise UserError(
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
@@ -174,8 +182,8 @@ def _documents(data) -> list[str]:
 def _store(cfg) -> token_store.Store:
     """The token store of data.source, refused with one line for what it cannot serve."""
     d = cfg.data
-    if cfg.task not in ("causal_lm", "span_corruption"):
-        raise UserError(f"data.source {d.source!r}: a token store serves causal_lm and span_corruption; "
+    if cfg.task not in STORED:
+        raise UserError(f"data.source {d.source!r}: a token store serves {' and '.join(STORED)}; "
                         f"{cfg.task} reads its documents from text")
     if d.max_bytes:
         raise UserError("data.max_bytes limits the text a run reads; a token store holds what flax-lm prepare "
@@ -200,7 +208,7 @@ def _stream_splits(cfg, documents, tokenizer, window_len: int, eos: int) -> lm_d
 
 def _pretraining_splits(cfg, documents: list[str] | token_store.Store, tokenizer) -> dict:
     if cfg.task == "causal_lm":
-        eos, packing = tokenizer_lib.eos_id(tokenizer), cfg.data.packing
+        eos, packing = end_token(cfg, tokenizer), cfg.data.packing
         streams = _stream_splits(cfg, documents, tokenizer, seq_len(cfg), eos)
         return {"train": lm_data.LMWindows(streams.train, seq_len(cfg), eos, packing),
                 "validation": lm_data.LMWindows(streams.validation, seq_len(cfg), eos, packing)}

@@ -146,9 +146,10 @@ def write_store_file(directory: Path, tokenizer: Tokenizer, eos: int, parts: int
             "vocab_size": tokenizer.get_vocab_size(), "tokenizer_sha256": tokenizer_digest(tokenizer),
             "source": source}
     store = Path(directory) / STORE_FILE
-    if store.is_file() and workdir_lib.read_json(store) != meta:
-        raise UserError(f"{store}: was written for other settings ({_difference(workdir_lib.read_json(store), meta)})"
-                        f"; write to a new directory")
+    existing = workdir_lib.read_json(store) if store.is_file() else meta
+    if existing != meta:
+        raise UserError(f"{store}: was written for other settings ({_difference(existing, meta)}); "
+                        f"write to a new directory")
     workdir_lib.write_json(store, meta)
 
 
@@ -166,20 +167,21 @@ class Store:
         self.tokenizer = tokenizer_lib.load(directory / TOKENIZER_FILE)
         if tokenizer_digest(self.tokenizer) != meta["tokenizer_sha256"]:
             raise UserError(f"{directory / TOKENIZER_FILE}: is not the tokenizer the store was made with")
-        self.eos, self.source = meta["eos"], meta["source"]
+        self.eos = meta["eos"]
         dtype = np.dtype(meta["dtype"])
         parts, missing = [], []
         for part in range(meta["parts"]):
             base = directory / part_name(part, meta["parts"])
-            if not base.with_suffix(".json").is_file():
+            counts, ids = base.with_suffix(".json"), base.with_suffix(".bin")
+            if not counts.is_file():
                 missing.append(part)
                 continue
-            tokens = workdir_lib.read_json(base.with_suffix(".json"))["tokens"]
-            size = base.with_suffix(".bin").stat().st_size if base.with_suffix(".bin").is_file() else -1
+            tokens = workdir_lib.read_json(counts)["tokens"]
+            size = ids.stat().st_size if ids.is_file() else -1
             if size != tokens * dtype.itemsize:
-                raise UserError(f"{base.with_suffix('.bin')}: holds {max(size, 0)} bytes, its part file says "
+                raise UserError(f"{ids}: holds {max(size, 0)} bytes, its part file says "
                                 f"{tokens} tokens of {dtype.itemsize} bytes; prepare that part again")
-            parts.append(np.memmap(base.with_suffix(".bin"), dtype=dtype, mode="r") if tokens else np.empty(0, dtype))
+            parts.append(np.memmap(ids, dtype=dtype, mode="r") if tokens else np.empty(0, dtype))
         if missing:
             listed = ", ".join(str(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise UserError(f"data.source {source!r}: {len(missing)} of {meta['parts']} parts are not finished "

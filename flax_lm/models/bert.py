@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, from_run_config
+from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config
 from flax_lm.models.remat import POLICIES
 
 VARIANTS = ("bert", "roberta")
@@ -59,25 +59,21 @@ class BertConfig:
         return self.pad_token_id + 1 if self.variant == "roberta" else 0
 
 
-def _dtypes(cfg: BertConfig) -> dict:
-    return {"dtype": DTYPES[cfg.dtype], "param_dtype": DTYPES[cfg.param_dtype]}
-
-
 def _dense(cfg: BertConfig, features: tuple, in_axes: tuple, out_axes: tuple, name: str) -> Projection:
     return Projection(features, in_axes, out_axes, nn.initializers.normal(cfg.initializer_range),
-                      bias_axes=out_axes, name=name, **_dtypes(cfg))
+                      bias_axes=out_axes, name=name, **dtypes(cfg))
 
 
 def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_epsilon,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), name=name, **_dtypes(cfg))
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), name=name, **dtypes(cfg))
 
 
 def _embed(cfg: BertConfig, rows: int, axis: str | None, name: str) -> nn.Embed:
     init = nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), (axis, "embed"))
-    return nn.Embed(rows, cfg.d_model, embedding_init=init, name=name, **_dtypes(cfg))
+    return nn.Embed(rows, cfg.d_model, embedding_init=init, name=name, **dtypes(cfg))
 
 
 def position_ids(input_ids_BxT, cfg: BertConfig):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, from_run_config, run_blocks
+from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, run_blocks
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 LAYERS = "h"
@@ -68,7 +68,7 @@ def _zeros(axes: tuple):
 
 def _layer_norm(cfg: GPT2Config, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
-        epsilon=cfg.layer_norm_epsilon, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+        epsilon=cfg.layer_norm_epsilon, **dtypes(cfg),
         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
         bias_init=_zeros(("embed",)), name=name)
 

@@ -14,6 +14,11 @@ from flax_lm.models.remat import POLICIES
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def dtypes(cfg) -> dict:
+    """A model config's compute and parameter dtypes, as Flax modules take them."""
+    return {"dtype": DTYPES[cfg.dtype], "param_dtype": DTYPES[cfg.param_dtype]}
+
+
 def from_run_config(cls, model_cfg, **resolved):
     """The model config dataclass `cls` from the `model` section of a run config: the keys it has
     fields for, with `resolved` (values the family derives, e.g. d_ff from d_model) over them."""

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, from_run_config, run_blocks
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config, run_blocks
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 # (GPT-2's name, so layer-wise learning rates and the decoding loop treat both alike).
@@ -57,17 +57,13 @@ class LlamaConfig:
         return from_run_config(cls, model_cfg, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model)
 
 
-def _dtypes(cfg: LlamaConfig) -> dict:
-    return {"dtype": DTYPES[cfg.dtype], "param_dtype": DTYPES[cfg.param_dtype]}
-
-
 def _normal(cfg: LlamaConfig):
     # Llama initialises every linear layer and the embedding with N(0, initializer_range).
     return nn.initializers.normal(cfg.initializer_range)
 
 
 def _rms_norm(cfg: LlamaConfig, name: str) -> RMSNorm:
-    return RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name=name)
+    return RMSNorm(cfg.layer_norm_epsilon, **dtypes(cfg), name=name)
 
 
 def rotary_cos_sin(position_ids_BxT, head_dim: int, theta: float):
@@ -107,7 +103,7 @@ class Attention(nn.Module):
 
         def project(n_heads, name):
             # (D, heads, H) kernels: heads shard over "tensor"; HF's (heads * H, D) maps by transpose + reshape.
-            return Projection((n_heads, cfg.head_dim), ("embed",), ("heads", "head_dim"), _normal(cfg), **_dtypes(cfg),
+            return Projection((n_heads, cfg.head_dim), ("embed",), ("heads", "head_dim"), _normal(cfg), **dtypes(cfg),
                               name=name)(x_BxTxD)
 
         q_BxTxNxH = apply_rotary(project(cfg.n_heads, "q_proj"), *rotary)
@@ -130,7 +126,7 @@ class Attention(nn.Module):
             query_offset=offset, implementation=cfg.attention,
             dropout_rate=0.0 if self.deterministic else cfg.attention_dropout, dropout_rng=dropout_rng)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
-        out_BxTxD = Projection((cfg.d_model,), ("heads", "head_dim"), ("embed",), _normal(cfg), **_dtypes(cfg),
+        out_BxTxD = Projection((cfg.d_model,), ("heads", "head_dim"), ("embed",), _normal(cfg), **dtypes(cfg),
                                name="o_proj")(out_BxTxNxH)
         return out_BxTxD, layer_cache
 
@@ -145,11 +141,11 @@ class MLP(nn.Module):
         cfg = self.cfg
 
         def up(name):
-            return Projection((cfg.d_ff,), ("embed",), ("mlp",), _normal(cfg), **_dtypes(cfg), name=name)(x_BxTxD)
+            return Projection((cfg.d_ff,), ("embed",), ("mlp",), _normal(cfg), **dtypes(cfg), name=name)(x_BxTxD)
 
         h_BxTxF = nn.silu(up("gate_proj")) * up("up_proj")
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
-        return Projection((cfg.d_model,), ("mlp",), ("embed",), _normal(cfg), **_dtypes(cfg),
+        return Projection((cfg.d_model,), ("mlp",), ("embed",), _normal(cfg), **dtypes(cfg),
                           name="down_proj")(h_BxTxF)
 
 
@@ -197,7 +193,7 @@ class LlamaForCausalLM(nn.Module):
             position_ids_BxT = jnp.broadcast_to(start + jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
         kv_mask_BxS = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
         embed_tokens = nn.Embed(
-            cfg.vocab_size, cfg.d_model, **_dtypes(cfg),
+            cfg.vocab_size, cfg.d_model, **dtypes(cfg),
             embedding_init=nn.with_logical_partitioning(_normal(cfg), ("vocab", "embed")), name="embed_tokens")
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(embed_tokens(input_ids_BxT))
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed"))
@@ -212,7 +208,7 @@ class LlamaForCausalLM(nn.Module):
                 return x_BxTxD, embed_tokens.embedding.astype(dtype)
             logits_BxTxV = embed_tokens.attend(x_BxTxD)
         else:
-            head = LMHead(cfg.vocab_size, _normal(cfg), **_dtypes(cfg), name="lm_head")
+            head = LMHead(cfg.vocab_size, _normal(cfg), **dtypes(cfg), name="lm_head")
             if return_hidden:
                 return head(x_BxTxD, return_hidden=True)
             logits_BxTxV = head(x_BxTxD)

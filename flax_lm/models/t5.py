@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, from_run_config
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config
 from flax_lm.models.relative_position import relative_bias
 from flax_lm.models.remat import POLICIES
 
@@ -74,17 +74,13 @@ def unrolled(cfg: T5Config) -> T5Config:
     return dataclasses.replace(cfg, scan_layers=False)
 
 
-def _dtypes(cfg: T5Config) -> dict:
-    return {"dtype": DTYPES[cfg.dtype], "param_dtype": DTYPES[cfg.param_dtype]}
-
-
 def _normal(std: float):
     return nn.initializers.normal(std)
 
 
 def _rms_norm(cfg: T5Config, name: str) -> RMSNorm:
     """T5LayerNorm (`layers.RMSNorm`); its scale starts at the init factor (1.0 by default), as in transformers."""
-    return RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), scale_init=nn.initializers.constant(cfg.initializer_range),
+    return RMSNorm(cfg.layer_norm_epsilon, **dtypes(cfg), scale_init=nn.initializers.constant(cfg.initializer_range),
                    name=name)
 
 
@@ -102,13 +98,13 @@ class Attention(nn.Module):
         d, n, h, f = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.initializer_range
 
         def heads_in(std):
-            return Projection((n, h), ("embed",), ("heads", "head_dim"), _normal(std), **_dtypes(cfg))
+            return Projection((n, h), ("embed",), ("heads", "head_dim"), _normal(std), **dtypes(cfg))
 
         # HF's init: the query's std carries the 1/sqrt(H) that the scores leave out.
         self.q = heads_in(f * (d * h) ** -0.5)
         self.k = heads_in(f * d ** -0.5)
         self.v = heads_in(f * d ** -0.5)
-        self.o = Projection((d,), ("heads", "head_dim"), ("embed",), _normal(f * (n * h) ** -0.5), **_dtypes(cfg))
+        self.o = Projection((d,), ("heads", "head_dim"), ("embed",), _normal(f * (n * h) ** -0.5), **dtypes(cfg))
 
     def keys_values(self, x_BxSxD) -> dict:
         """{"k", "v"}: B x S x N x H each, in the compute dtype."""
@@ -141,7 +137,7 @@ class FeedForward(nn.Module):
         d, ff, f = cfg.d_model, cfg.d_ff, cfg.initializer_range
 
         def wi(name):
-            return Projection((ff,), ("embed",), ("mlp",), _normal(f * d ** -0.5), name=name, **_dtypes(cfg))(x_BxTxD)
+            return Projection((ff,), ("embed",), ("mlp",), _normal(f * d ** -0.5), name=name, **dtypes(cfg))(x_BxTxD)
 
         if cfg.feed_forward == "relu":
             h_BxTxF = nn.relu(wi("wi"))
@@ -149,7 +145,7 @@ class FeedForward(nn.Module):
             h_BxTxF = nn.gelu(wi("wi_0"), approximate=True) * wi("wi_1")
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
         h_BxTxF = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BxTxF)
-        return Projection((d,), ("mlp",), ("embed",), _normal(f * ff ** -0.5), name="wo", **_dtypes(cfg))(h_BxTxF)
+        return Projection((d,), ("mlp",), ("embed",), _normal(f * ff ** -0.5), name="wo", **dtypes(cfg))(h_BxTxF)
 
 
 class Block(nn.Module):
@@ -280,11 +276,11 @@ class T5ForConditionalGeneration(nn.Module):
         self.shared = nn.Embed(
             cfg.vocab_size, cfg.d_model,
             embedding_init=nn.with_logical_partitioning(_normal(cfg.initializer_range), ("vocab", "embed")),
-            **_dtypes(cfg))
+            **dtypes(cfg))
         self.encoder = Stack(cfg, is_decoder=False)
         self.decoder = Stack(cfg, is_decoder=True)
         if not cfg.tie_word_embeddings:
-            self.lm_head = LMHead(cfg.vocab_size, _normal(cfg.initializer_range), **_dtypes(cfg))  # T5 v1.1
+            self.lm_head = LMHead(cfg.vocab_size, _normal(cfg.initializer_range), **dtypes(cfg))  # T5 v1.1
 
     def __call__(self, input_ids_BxS, decoder_input_ids_BxT, *, attention_mask_BxS=None,
                  decoder_attention_mask_BxT=None, deterministic: bool = True, return_hidden: bool = False):
