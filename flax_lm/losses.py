@@ -16,6 +16,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from flax_lm.weight_grad import weight_grad
+
 
 def linear_cross_entropy(hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT, chunk_len: int = 0,
                          label_smoothing: float = 0.0) -> jax.Array:
@@ -80,7 +82,7 @@ def _chunked_fwd(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_
     vocab = weight_VxD.shape[0]
 
     def body(carry, chunk):
-        total, dweight_VxD = carry
+        total, dweight_DxV = carry
         h_cxBxD, y_cxB, w_cxB = chunk
         logits_cxBxV = _logits(h_cxBxD, weight_VxD)
         total = total + jnp.sum(_token_loss(logits_cxBxV, y_cxB, eps) * w_cxB)
@@ -91,14 +93,15 @@ def _chunked_fwd(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_
         dlogits_cxBxV = dlogits_cxBxV.astype(hidden_BxTxD.dtype)
         dh_cxBxD = jnp.einsum("cbv,vd->cbd", dlogits_cxBxV, weight_VxD.astype(hidden_BxTxD.dtype),
                               preferred_element_type=jnp.float32).astype(hidden_BxTxD.dtype)
-        dweight_VxD = dweight_VxD + jnp.einsum("cbv,cbd->vd", dlogits_cxBxV, h_cxBxD,
-                                               preferred_element_type=jnp.float32)
-        return (total, dweight_VxD), dh_cxBxD
+        # accumulated transposed: weight_grad then copies the narrow h, not the logits
+        dweight_DxV = dweight_DxV + weight_grad(h_cxBxD.reshape(-1, h_cxBxD.shape[-1]),
+                                                dlogits_cxBxV.reshape(-1, vocab))
+        return (total, dweight_DxV), dh_cxBxD
 
     chunks = (_split(hidden_BxTxD, chunk_len), _split(targets_BxT, chunk_len), _split(weights_BxT, chunk_len))
-    init = (jnp.float32(0), jnp.zeros(weight_VxD.shape, jnp.float32))
-    (total, dweight_VxD), dh = jax.lax.scan(body, init, chunks)
-    return total, (_merge(dh, hidden_BxTxD), dweight_VxD.astype(weight_VxD.dtype), targets_BxT, weights_BxT)
+    init = (jnp.float32(0), jnp.zeros(weight_VxD.shape[::-1], jnp.float32))
+    (total, dweight_DxV), dh = jax.lax.scan(body, init, chunks)
+    return total, (_merge(dh, hidden_BxTxD), dweight_DxV.T.astype(weight_VxD.dtype), targets_BxT, weights_BxT)
 
 
 def _chunked_bwd(chunk_len, eps, residuals, g):

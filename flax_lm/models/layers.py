@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lm.models.remat import POLICIES
+from flax_lm.weight_grad import weight_grad
 
 # config dtype names -> JAX dtypes, for every family's compute and parameter dtypes
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -49,45 +51,51 @@ class Projection(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(self.kernel_init, self.in_axes + self.out_axes),
             in_shape + tuple(self.features), self.param_dtype)
-        y = contract(x.astype(self.dtype), kernel.astype(self.dtype), n_in)
+        bias = None
         if self.bias_axes is not None:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
-                              tuple(self.features), self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+                              tuple(self.features), self.param_dtype).astype(self.dtype)
+        return contract(x.astype(self.dtype), kernel.astype(self.dtype), bias, n_in)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def contract(x, kernel, n_in: int):
-    """x (..., *in) . kernel (*in, *out) -> (..., *out) in x's dtype, accumulated in float32.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def contract(x, kernel, bias, n_in: int):
+    """x (..., *in) . kernel (*in, *out) + bias (*out) -> (..., *out) in x's dtype, accumulated
+    in float32; `bias` None adds nothing.
 
     Float32 accumulation is more accurate for bf16 and is the form XLA:CPU runs on
     AMX/bf16 units (a bf16-output dot takes a 5x slower path there). The backward pass
     is written out so that its dots also take bf16 inputs: autodiff would feed them
     the float32 cotangent and fall back to float32 matmuls.
     """
-    return _contract(x, kernel, n_in)
+    return _contract(x, kernel, bias, n_in)
 
 
-def _contract(x, kernel, n_in):
+def _contract(x, kernel, bias, n_in):
     axes = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jnp.tensordot(x, kernel, axes=axes, preferred_element_type=jnp.float32).astype(x.dtype)
+    y = jnp.tensordot(x, kernel, axes=axes, preferred_element_type=jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
 
 
-def _contract_fwd(x, kernel, n_in):
-    return _contract(x, kernel, n_in), (x, kernel)
+def _contract_fwd(x, kernel, bias, n_in):
+    return _contract(x, kernel, bias, n_in), (x, kernel, bias)
 
 
 def _contract_bwd(n_in, residuals, dy):
-    x, kernel = residuals
+    x, kernel, bias = residuals
     n_batch = x.ndim - n_in
     dy = dy.astype(x.dtype)
-    # dx = dy . kernel^T over the output axes; dkernel = x^T . dy over the batch axes.
+    f32 = {"preferred_element_type": jnp.float32}
     dx = jnp.tensordot(dy, kernel, axes=(tuple(range(n_batch, dy.ndim)), tuple(range(n_in, kernel.ndim))),
-                       preferred_element_type=jnp.float32).astype(x.dtype)
-    dkernel = jnp.tensordot(x, dy, axes=(tuple(range(n_batch)), tuple(range(n_batch))),
-                            preferred_element_type=jnp.float32).astype(kernel.dtype)
-    return dx, dkernel
+                       **f32).astype(x.dtype)
+    n = math.prod(x.shape[:n_batch])
+    grads = weight_grad(x.reshape(n, -1), dy.reshape(n, -1), with_bias=bias is not None)
+    if bias is None:
+        return dx, grads.reshape(kernel.shape).astype(kernel.dtype), None
+    dkernel, dbias = grads
+    return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype), dbias.reshape(bias.shape).astype(bias.dtype)
 
 
 contract.defvjp(_contract_fwd, _contract_bwd)
@@ -127,7 +135,7 @@ class LMHead(nn.Module):
                                 (x_BxTxD.shape[-1], self.vocab_size), self.param_dtype)
         if return_hidden:
             return x_BxTxD, kernel_DxV.T.astype(self.dtype)
-        return contract(x_BxTxD.astype(self.dtype), kernel_DxV.astype(self.dtype), 1)
+        return contract(x_BxTxD.astype(self.dtype), kernel_DxV.astype(self.dtype), None, 1)
 
 
 def run_blocks(block: type[nn.Module], block_args: tuple, n_layers: int, x_BxTxD, broadcast_args: tuple, cache,

@@ -1,0 +1,62 @@
+"""Projections' hand-written backward pass: the gradients autodiff gives, and on XLA:CPU the
+transposed copy that keeps the weight gradient off the slow dot path."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_lm.models.layers import contract
+from flax_lm.weight_grad import weight_grad
+
+
+def _plain(x, kernel, bias, n_in):
+    axes = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jnp.tensordot(x, kernel, axes=axes)
+    return y if bias is None else y + bias
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("in_shape,out_shape", [((6,), (3, 2, 5)), ((2, 4), (7,))])
+def test_contract_value_and_gradients_equal_autodiff(in_shape, out_shape, with_bias):
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    x = jax.random.normal(keys[0], (3, 5, *in_shape))
+    kernel = jax.random.normal(keys[1], (*in_shape, *out_shape))
+    bias = jax.random.normal(keys[2], out_shape) if with_bias else None
+    cotangent = jax.random.normal(keys[3], (3, 5, *out_shape))
+    n_in = len(in_shape)
+
+    def vjp(fn):
+        y, pullback = jax.vjp(lambda x, k, b: fn(x, k, b, n_in), x, kernel, bias)
+        return y, pullback(cotangent)
+    (y, grads), (expected_y, expected_grads) = jax.jit(lambda: (vjp(contract), vjp(_plain)))()
+    np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+    assert (grads[2] is None) == (not with_bias)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_weight_grad_in_bfloat16_accumulates_in_float32(with_bias):
+    x = jax.random.normal(jax.random.PRNGKey(1), (512, 24)).astype(jnp.bfloat16)
+    dy = jax.random.normal(jax.random.PRNGKey(2), (512, 40)).astype(jnp.bfloat16)
+    got = jax.jit(weight_grad, static_argnums=2)(x, dy, with_bias)
+    x32, dy32 = np.asarray(x, np.float32), np.asarray(dy, np.float32)
+    want = (x32.T @ dy32, dy32.sum(0)) if with_bias else x32.T @ dy32
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.dtype == jnp.float32
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the transposed copy is XLA:CPU's form")
+def test_weight_grad_dot_contracts_a_transposed_copy_on_cpu():
+    """If XLA folds the copy back (as it does a bare transpose), the bf16 dot contracts the
+    leading axis of both operands again and runs 4x slower; this catches that."""
+    x = jnp.zeros((256, 24), jnp.bfloat16)
+    dy = jnp.zeros((256, 40), jnp.bfloat16)
+    hlo = jax.jit(weight_grad, static_argnums=2).lower(x, dy, True).compile().as_text()
+    dots = re.findall(r" dot\(.*?lhs_contracting_dims=\{(\d+)\}, rhs_contracting_dims=\{(\d+)\}", hlo)
+    assert dots == [("1", "0")]
