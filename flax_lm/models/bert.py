@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config
+from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, split_qkv
 from flax_lm.models.remat import POLICIES
 
 VARIANTS = ("bert", "roberta")
@@ -116,7 +116,7 @@ class SelfAttention(nn.Module):
         if cfg.attention_dropout > 0 and not self.deterministic:
             dropout_rng = self.make_rng("dropout")
         out_BxTxNxH = dot_product_attention(
-            *(qkv_BxTx3xNxH[:, :, i] for i in range(3)), causal=False, kv_mask_BxS=kv_mask_BxT,
+            *split_qkv(qkv_BxTx3xNxH), causal=False, kv_mask_BxS=kv_mask_BxT,
             implementation=cfg.attention, dropout_rate=0.0 if self.deterministic else cfg.attention_dropout,
             dropout_rng=dropout_rng)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))

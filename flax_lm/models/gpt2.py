@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, run_blocks
+from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, run_blocks, split_qkv
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 LAYERS = "h"
@@ -93,7 +93,7 @@ class CausalSelfAttention(nn.Module):
             (3, cfg.n_heads, cfg.head_dim), ("embed",), ("qkv", "heads", "head_dim"),
             _normal(cfg.initializer_range), bias_axes=("qkv", "heads", "head_dim"), dtype=dtype,
             param_dtype=param_dtype, name="c_attn")(x_BxTxD)
-        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH = (qkv_BxTx3xNxH[:, :, i] for i in range(3))
+        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH = split_qkv(qkv_BxTx3xNxH)
         offset = 0
         if layer_cache is not None:
             start = (0, cache_index, 0, 0)

@@ -101,6 +101,12 @@ def _contract_bwd(n_in, residuals, dy):
 contract.defvjp(_contract_fwd, _contract_bwd)
 
 
+def split_qkv(qkv_BxTx3xNxH):
+    """(q, k, v), each B x T x N x H, from a fused projection's output. A split, not three
+    slices: its gradient is one concatenation, where the slices' is three pads and two sums."""
+    return tuple(part[:, :, 0] for part in jnp.split(qkv_BxTx3xNxH, 3, axis=2))
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last axis: x / sqrt(mean(x^2) + eps) * scale, no mean and no
     bias (T5's T5LayerNorm, Llama's LlamaRMSNorm). The mean square and the normalisation run in
