@@ -60,3 +60,17 @@ def test_weight_grad_dot_contracts_a_transposed_copy_on_cpu():
     hlo = jax.jit(weight_grad, static_argnums=2).lower(x, dy, True).compile().as_text()
     dots = re.findall(r" dot\(.*?lhs_contracting_dims=\{(\d+)\}, rhs_contracting_dims=\{(\d+)\}", hlo)
     assert dots == [("1", "0")]
+
+
+def test_bf16_projection_bias_gradient_is_summed_in_float32():
+    """With bf16 compute and float32 parameters, the bias gradient is never rounded to bf16."""
+    from flax_lm.models.layers import Projection
+    layer = Projection((48,), ("embed",), ("mlp",), jax.nn.initializers.normal(0.02), bias_axes=("mlp",),
+                       dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 64, 16))
+    params = layer.init(jax.random.PRNGKey(4), x)
+    dy = jax.random.normal(jax.random.PRNGKey(5), (4, 64, 48)).astype(jnp.bfloat16)
+    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x).astype(jnp.float32) * dy))(params)
+    dbias = jax.tree.leaves(grads["params"]["bias"])[0]
+    assert dbias.dtype == jnp.float32
+    np.testing.assert_allclose(dbias, np.asarray(dy, np.float32).sum((0, 1)), rtol=1e-6, atol=1e-5)

@@ -54,14 +54,15 @@ class Projection(nn.Module):
         bias = None
         if self.bias_axes is not None:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
-                              tuple(self.features), self.param_dtype).astype(self.dtype)
+                              tuple(self.features), self.param_dtype)
         return contract(x.astype(self.dtype), kernel.astype(self.dtype), bias, n_in)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def contract(x, kernel, bias, n_in: int):
     """x (..., *in) . kernel (*in, *out) + bias (*out) -> (..., *out) in x's dtype, accumulated
-    in float32; `bias` None adds nothing.
+    in float32 (the bias added before the cast, its gradient in the bias's dtype); `bias` None
+    adds nothing.
 
     Float32 accumulation is more accurate for bf16 and is the form XLA:CPU runs on
     AMX/bf16 units (a bf16-output dot takes a 5x slower path there). The backward pass
