@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from flax_lm import sharding
 from flax_lm.weight_grad import weight_grad
 
 
@@ -80,9 +81,10 @@ def _chunked(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT)
 
 def _chunked_fwd(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT):
     vocab = weight_VxD.shape[0]
+    on_cpu = sharding.target_platform() == "cpu"
 
     def body(carry, chunk):
-        total, dweight_DxV = carry
+        total, dweight = carry
         h_cxBxD, y_cxB, w_cxB = chunk
         logits_cxBxV = _logits(h_cxBxD, weight_VxD)
         total = total + jnp.sum(_token_loss(logits_cxBxV, y_cxB, eps) * w_cxB)
@@ -93,15 +95,16 @@ def _chunked_fwd(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_
         dlogits_cxBxV = dlogits_cxBxV.astype(hidden_BxTxD.dtype)
         dh_cxBxD = jnp.einsum("cbv,vd->cbd", dlogits_cxBxV, weight_VxD.astype(hidden_BxTxD.dtype),
                               preferred_element_type=jnp.float32).astype(hidden_BxTxD.dtype)
-        # accumulated transposed: weight_grad then copies the narrow h, not the logits
-        dweight_DxV = dweight_DxV + weight_grad(h_cxBxD.reshape(-1, h_cxBxD.shape[-1]),
-                                                dlogits_cxBxV.reshape(-1, vocab))
-        return (total, dweight_DxV), dh_cxBxD
+        # on CPU accumulated as D x V, so that weight_grad copies the narrow h, not the logits
+        dweight = dweight + (weight_grad(h_cxBxD, dlogits_cxBxV, 2) if on_cpu
+                             else weight_grad(dlogits_cxBxV, h_cxBxD, 2))
+        return (total, dweight), dh_cxBxD
 
     chunks = (_split(hidden_BxTxD, chunk_len), _split(targets_BxT, chunk_len), _split(weights_BxT, chunk_len))
-    init = (jnp.float32(0), jnp.zeros(weight_VxD.shape[::-1], jnp.float32))
-    (total, dweight_DxV), dh = jax.lax.scan(body, init, chunks)
-    return total, (_merge(dh, hidden_BxTxD), dweight_DxV.T.astype(weight_VxD.dtype), targets_BxT, weights_BxT)
+    init = (jnp.float32(0), jnp.zeros(weight_VxD.shape[::-1] if on_cpu else weight_VxD.shape, jnp.float32))
+    (total, dweight), dh = jax.lax.scan(body, init, chunks)
+    dweight_VxD = dweight.T if on_cpu else dweight
+    return total, (_merge(dh, hidden_BxTxD), dweight_VxD.astype(weight_VxD.dtype), targets_BxT, weights_BxT)
 
 
 def _chunked_bwd(chunk_len, eps, residuals, g):

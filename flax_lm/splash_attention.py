@@ -48,9 +48,7 @@ def splash_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, *, causal: bool, kv_mask_B
     if kv_mask_BxS is not None:
         masks["kv_mask_BxS"] = kv_mask_BxS.astype(bool)
     mesh = jax.sharding.get_abstract_mesh()  # the one jax.set_mesh made ambient, if any
-    device = None if mesh.empty else mesh.abstract_device  # a TPU topology's, when compiling ahead of time
-    platform = jax.default_backend() if device is None else device.platform
-    local = functools.partial(_local_attention, causal=causal, interpret=platform != "tpu")
+    local = functools.partial(_local_attention, causal=causal, interpret=sharding.target_platform() != "tpu")
     if mesh.empty or mesh.size == 1:
         return local(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, masks)
     batch = _mesh_axes("batch", q_BxTxNxH.shape[0], mesh)

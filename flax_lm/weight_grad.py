@@ -1,24 +1,33 @@
-"""Weight gradients x^T . dy, in the form the backend runs fast.
+"""Weight gradients x^T . dy, in the form the target platform runs fast.
 
-XLA:CPU runs a dot that contracts the leading axis of both operands (x^T . dy) 4x slower in
+XLA:CPU runs a dot that contracts the leading axes of both operands (x^T . dy) 4x slower in
 bf16 than the same dot on a transposed copy of x, and reduces a bias gradient over (batch,
 time) with a slow windowed reduction. There, x is copied transposed, with a column of ones
-when the bias gradient is wanted too: one dot gives both. Other backends get the plain dot.
+when the bias gradient is wanted too: one dot gives both. Other platforms get the plain
+contraction, on the arrays' own shapes (a TPU would pay for merging their axes).
 """
 
-import jax
+import math
+
 import jax.numpy as jnp
 
+from flax_lm import sharding
 
-def weight_grad(x_NxI, dy_NxO, with_bias: bool = False):
-    """x^T . dy accumulated in float32 (I x O); with `with_bias` also the sum of dy over N (O)."""
+
+def weight_grad(x, dy, n_batch: int = 1, with_bias: bool = False):
+    """x (*batch, *in) ^T . dy (*batch, *out) over the `n_batch` leading axes, accumulated in float32
+    (*in, *out); with `with_bias` also the sum of dy over them (*out)."""
     f32 = {"preferred_element_type": jnp.float32}
-    if jax.default_backend() != "cpu":
-        dw_IxO = jnp.dot(x_NxI.T, dy_NxO, **f32)
-        return (dw_IxO, jnp.sum(dy_NxO, axis=0, dtype=jnp.float32)) if with_bias else dw_IxO
-    x_NxI = jnp.pad(x_NxI, ((0, 0), (0, int(with_bias))), constant_values=1)
-    d_IxO = jnp.dot(_transposed_copy(x_NxI), dy_NxO, **f32)
-    return (d_IxO[:-1], d_IxO[-1]) if with_bias else d_IxO
+    batch_axes = tuple(range(n_batch))
+    in_shape, out_shape = x.shape[n_batch:], dy.shape[n_batch:]
+    if sharding.target_platform() != "cpu":
+        dw = jnp.tensordot(x, dy, axes=(batch_axes, batch_axes), **f32)
+        return (dw, jnp.sum(dy, axis=batch_axes, dtype=jnp.float32)) if with_bias else dw
+    n = math.prod(x.shape[:n_batch])
+    x_NxI = jnp.pad(x.reshape(n, -1), ((0, 0), (0, int(with_bias))), constant_values=1)
+    d_IxO = jnp.dot(_transposed_copy(x_NxI), dy.reshape(n, -1), **f32)
+    dw = d_IxO[:math.prod(in_shape)].reshape(in_shape + out_shape)
+    return (dw, d_IxO[-1].reshape(out_shape)) if with_bias else dw
 
 
 def _transposed_copy(a_NxK):

@@ -43,7 +43,7 @@ def test_contract_value_and_gradients_equal_autodiff(in_shape, out_shape, with_b
 def test_weight_grad_in_bfloat16_accumulates_in_float32(with_bias):
     x = jax.random.normal(jax.random.PRNGKey(1), (512, 24)).astype(jnp.bfloat16)
     dy = jax.random.normal(jax.random.PRNGKey(2), (512, 40)).astype(jnp.bfloat16)
-    got = jax.jit(weight_grad, static_argnums=2)(x, dy, with_bias)
+    got = jax.jit(weight_grad, static_argnums=(2, 3))(x, dy, 1, with_bias)
     x32, dy32 = np.asarray(x, np.float32), np.asarray(dy, np.float32)
     want = (x32.T @ dy32, dy32.sum(0)) if with_bias else x32.T @ dy32
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -57,7 +57,7 @@ def test_weight_grad_dot_contracts_a_transposed_copy_on_cpu():
     leading axis of both operands again and runs 4x slower; this catches that."""
     x = jnp.zeros((256, 24), jnp.bfloat16)
     dy = jnp.zeros((256, 40), jnp.bfloat16)
-    hlo = jax.jit(weight_grad, static_argnums=2).lower(x, dy, True).compile().as_text()
+    hlo = jax.jit(weight_grad, static_argnums=(2, 3)).lower(x, dy, 1, True).compile().as_text()
     dots = re.findall(r" dot\(.*?lhs_contracting_dims=\{(\d+)\}, rhs_contracting_dims=\{(\d+)\}", hlo)
     assert dots == [("1", "0")]
 

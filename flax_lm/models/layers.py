@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-import math
 from typing import Callable
 
 import flax.linen as nn
@@ -91,12 +90,11 @@ def _contract_bwd(n_in, residuals, dy):
     f32 = {"preferred_element_type": jnp.float32}
     dx = jnp.tensordot(dy, kernel, axes=(tuple(range(n_batch, dy.ndim)), tuple(range(n_in, kernel.ndim))),
                        **f32).astype(x.dtype)
-    n = math.prod(x.shape[:n_batch])
-    grads = weight_grad(x.reshape(n, -1), dy.reshape(n, -1), with_bias=bias is not None)
+    grads = weight_grad(x, dy, n_batch, with_bias=bias is not None)
     if bias is None:
-        return dx, grads.reshape(kernel.shape).astype(kernel.dtype), None
+        return dx, grads.astype(kernel.dtype), None
     dkernel, dbias = grads
-    return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype), dbias.reshape(bias.shape).astype(bias.dtype)
+    return dx, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
 
 
 contract.defvjp(_contract_fwd, _contract_bwd)
