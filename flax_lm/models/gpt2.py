@@ -10,12 +10,11 @@ import dataclasses
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, run_blocks, split_qkv
+from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, run_blocks, split_qkv, write_cache
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 LAYERS = "h"
@@ -96,9 +95,7 @@ class CausalSelfAttention(nn.Module):
         q_BxTxNxH, k_BxSxNxH, v_BxSxNxH = split_qkv(qkv_BxTx3xNxH)
         offset = 0
         if layer_cache is not None:
-            start = (0, cache_index, 0, 0)
-            layer_cache = {"k": jax.lax.dynamic_update_slice(layer_cache["k"], k_BxSxNxH.astype(dtype), start),
-                           "v": jax.lax.dynamic_update_slice(layer_cache["v"], v_BxSxNxH.astype(dtype), start)}
+            layer_cache = write_cache(layer_cache, k_BxSxNxH, v_BxSxNxH, cache_index)
             k_BxSxNxH, v_BxSxNxH, offset = layer_cache["k"], layer_cache["v"], cache_index
         dropout_rng = None
         if cfg.attention_dropout > 0 and not self.deterministic:

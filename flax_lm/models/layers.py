@@ -100,6 +100,14 @@ def _contract_bwd(n_in, residuals, dy):
 contract.defvjp(_contract_fwd, _contract_bwd)
 
 
+def write_cache(layer_cache: dict, k_BxTxKxH, v_BxTxKxH, cache_index) -> dict:
+    """`layer_cache` ({"k", "v"}: B x S x K x H) with the T new keys and values in slots
+    cache_index..cache_index+T-1, in the cache's dtype."""
+    start = (0, cache_index, 0, 0)
+    return {name: jax.lax.dynamic_update_slice(layer_cache[name], new.astype(layer_cache[name].dtype), start)
+            for name, new in (("k", k_BxTxKxH), ("v", v_BxTxKxH))}
+
+
 def split_qkv(qkv_BxTx3xNxH):
     """(q, k, v), each B x T x N x H, from a fused projection's output. A split, not three
     slices: its gradient is one concatenation, where the slices' is three pads and two sums."""
@@ -144,14 +152,16 @@ class LMHead(nn.Module):
 
 
 def run_blocks(block: type[nn.Module], block_args: tuple, n_layers: int, x_BxTxD, broadcast_args: tuple, cache,
-               *, scan: bool, remat_policy: str, name: str):
+               *, scan: bool, remat_policy: str, name: str, layer_inputs: tuple = ()):
     """Applies `n_layers` blocks `block(*block_args, name=...)` in turn; returns (x_BxTxD, cache).
 
     Call it inside a compact `__call__`: the blocks become children of the caller. Each block is
     called as block(x, *broadcast_args, layer_cache) -> (x, layer_cache). With `scan`, one block is
     scanned over the layers (parameters stacked under `name`, the cache stacked on its leading
     axis); else the blocks are `{name}_{i}` and `cache` is a tuple of per-layer caches (or None).
-    `remat_policy` names a `flax_lm.models.remat.POLICIES` entry.
+    `layer_inputs` are further per-layer arguments, after the cache and not returned (T5's cross
+    keys and values): each None, or held as the cache is. `remat_policy` names a
+    `flax_lm.models.remat.POLICIES` entry.
     """
     if remat_policy != "none":
         # prevent_cse only matters outside scan, where XLA could otherwise merge the recomputation away
@@ -159,10 +169,12 @@ def run_blocks(block: type[nn.Module], block_args: tuple, n_layers: int, x_BxTxD
     if scan:
         return nn.scan(
             block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(broadcast_args) + (0,), length=n_layers,
+            in_axes=(nn.broadcast,) * len(broadcast_args) + (0,) * (1 + len(layer_inputs)), length=n_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(*block_args, name=name)(x_BxTxD, *broadcast_args, cache)
+        )(*block_args, name=name)(x_BxTxD, *broadcast_args, cache, *layer_inputs)
     layer_caches = [None] * n_layers if cache is None else list(cache)
     for i in range(n_layers):
-        x_BxTxD, layer_caches[i] = block(*block_args, name=f"{name}_{i}")(x_BxTxD, *broadcast_args, layer_caches[i])
+        inputs = tuple(None if values is None else values[i] for values in layer_inputs)
+        x_BxTxD, layer_caches[i] = block(*block_args, name=f"{name}_{i}")(
+            x_BxTxD, *broadcast_args, layer_caches[i], *inputs)
     return x_BxTxD, None if cache is None else tuple(layer_caches)

@@ -12,12 +12,11 @@ N query heads, K key/value heads, H head size, F d_ff, V vocab.
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config, run_blocks
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config, run_blocks, write_cache
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 # (GPT-2's name, so layer-wise learning rates and the decoding loop treat both alike).
@@ -99,7 +98,6 @@ class Attention(nn.Module):
         cache_index..cache_index+T-1, as in `gpt2.CausalSelfAttention`.
         """
         cfg = self.cfg
-        dtype = DTYPES[cfg.dtype]
 
         def project(n_heads, name):
             # (D, heads, H) kernels: heads shard over "tensor"; HF's (heads * H, D) maps by transpose + reshape.
@@ -111,9 +109,7 @@ class Attention(nn.Module):
         v_BxSxKxH = project(cfg.n_kv_heads, "v_proj")
         offset = 0
         if layer_cache is not None:
-            start = (0, cache_index, 0, 0)
-            layer_cache = {"k": jax.lax.dynamic_update_slice(layer_cache["k"], k_BxSxKxH.astype(dtype), start),
-                           "v": jax.lax.dynamic_update_slice(layer_cache["v"], v_BxSxKxH.astype(dtype), start)}
+            layer_cache = write_cache(layer_cache, k_BxSxKxH, v_BxSxKxH, cache_index)
             k_BxSxKxH, v_BxSxKxH, offset = layer_cache["k"], layer_cache["v"], cache_index
         # The cache keeps K heads; each is shared by N / K consecutive query heads (repeat_kv in transformers).
         groups = cfg.n_heads // cfg.n_kv_heads

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config
+from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config, run_blocks, write_cache
 from flax_lm.models.relative_position import relative_bias
-from flax_lm.models.remat import POLICIES
 
 FEED_FORWARDS = ("relu", "gated-gelu")
 # A stack's blocks: one stacked tree of this name with scan_layers, else "block_0", "block_1", ...
@@ -167,10 +166,8 @@ class Block(nn.Module):
         kv = attention.keys_values(h_BxTxD)
         offset = 0
         if layer_cache is not None:  # the T new keys and values go into slots cache_index..cache_index+T-1
-            start = (0, cache_index, 0, 0)
-            kv = {name: jax.lax.dynamic_update_slice(layer_cache[name], kv[name].astype(layer_cache[name].dtype),
-                                                     start) for name in ("k", "v")}
-            layer_cache, offset = kv, cache_index
+            kv = layer_cache = write_cache(layer_cache, kv["k"], kv["v"], cache_index)
+            offset = cache_index
         h_BxTxD = attention(h_BxTxD, kv, causal=self.is_decoder, kv_mask_BxS=kv_mask_BxS, bias_BxNxTxS=bias_BxNxTxS,
                             query_offset=offset, deterministic=self.deterministic)
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
@@ -231,22 +228,10 @@ class Stack(nn.Module):
                                       cfg.relative_attention_max_distance)
 
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
-        block = Block
-        if cfg.remat_policy != "none":
-            block = nn.remat(block, policy=POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-        args = (bias_1xNxTxS, kv_mask_BxS, encoded_BxSxD, cross_mask_BxS, cache_index)
-        if cfg.scan_layers:
-            x_BxTxD, _ = nn.scan(
-                block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,) * len(args) + (0, 0), length=n_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, deterministic, self.is_decoder, name=LAYERS)(x_BxTxD, *args, None, cross_cache)
-        else:
-            layer_caches = [None] * n_layers if cache is None else list(cache)
-            for i in range(n_layers):
-                x_BxTxD, layer_caches[i] = block(cfg, deterministic, self.is_decoder, name=f"{LAYERS}_{i}")(
-                    x_BxTxD, *args, layer_caches[i], None if cross_cache is None else cross_cache[i])
-            cache = None if cache is None else tuple(layer_caches)
+        x_BxTxD, cache = run_blocks(Block, (cfg, deterministic, self.is_decoder), n_layers, x_BxTxD,
+                                    (bias_1xNxTxS, kv_mask_BxS, encoded_BxSxD, cross_mask_BxS, cache_index), cache,
+                                    scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name=LAYERS,
+                                    layer_inputs=(cross_cache,))
         x_BxTxD = _rms_norm(cfg, name="final_norm")(x_BxTxD)
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         return nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed")), cache
