@@ -51,7 +51,10 @@ def _lse_and_target(logits_BxTxV, targets_BxT):
 
 
 def _token_loss(logits_BxTxV, targets_BxT, eps: float):
-    lse_BxT, target_BxT = _lse_and_target(logits_BxTxV, targets_BxT)
+    return _smoothed_loss(logits_BxTxV, *_lse_and_target(logits_BxTxV, targets_BxT), eps)
+
+
+def _smoothed_loss(logits_BxTxV, lse_BxT, target_BxT, eps: float):
     if not eps:
         return lse_BxT - target_BxT
     return lse_BxT - (1.0 - eps) * target_BxT - eps * jnp.mean(logits_BxTxV, axis=-1)
@@ -87,8 +90,8 @@ def _chunked_fwd(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_
         total, dweight = carry
         h_cxBxD, y_cxB, w_cxB = chunk
         logits_cxBxV = _logits(h_cxBxD, weight_VxD)
-        total = total + jnp.sum(_token_loss(logits_cxBxV, y_cxB, eps) * w_cxB)
-        lse_cxB = jax.nn.logsumexp(logits_cxBxV, axis=-1)
+        lse_cxB, target_cxB = _lse_and_target(logits_cxBxV, y_cxB)
+        total = total + jnp.sum(_smoothed_loss(logits_cxBxV, lse_cxB, target_cxB, eps) * w_cxB)
         # d loss / d logits = (softmax - (1 - eps) * onehot - eps / V) * weight
         smoothed_cxBxV = (1.0 - eps) * jax.nn.one_hot(y_cxB, vocab) + eps / vocab
         dlogits_cxBxV = (jnp.exp(logits_cxBxV - lse_cxB[..., None]) - smoothed_cxBxV) * w_cxB[..., None]

@@ -26,6 +26,7 @@ from flax_lm.data import (
 )
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
+from flax_lm.models import DECODERS
 
 SPLITS = ("train", "validation", "test")
 PRETRAINING = ("causal_lm", "masked_lm", "span_corruption")  # tasks that read data.source
@@ -133,7 +134,7 @@ def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool):
         tokenizer = tokenizer_lib.load(cfg.data.tokenizer)
     elif cfg.train.init_from:
         tokenizer = init_from.tokenizer(cfg.train.init_from)
-    elif cfg.model.family in ("gpt2", "llama"):
+    elif cfg.model.family in DECODERS:
         tokenizer = tokenizer_lib.train_bpe(texts, cfg.model.vocab_size)
     elif cfg.model.family == "t5":
         tokenizer = unigram.train_unigram(texts, cfg.model.vocab_size, cfg.data.extra_ids)
