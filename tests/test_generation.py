@@ -14,7 +14,7 @@ from test_cli import flax_lm  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.generation import CausalDecoder, GenerationConfig, generate, processors, settings  # noqa: E402
 from flax_lm.interop import gpt2 as gpt2_interop  # noqa: E402
-from flax_lm.models import gpt2  # noqa: E402
+from flax_lm.models import family_module, gpt2, llama  # noqa: E402
 
 # Larger-than-default init so the random model's next-token choices are decisive, not near-ties.
 HF_TINY = dict(vocab_size=96, n_positions=48, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3,
@@ -32,21 +32,34 @@ def models():
     return hf, gpt2.GPT2LMHeadModel(cfg), params
 
 
+# the decoder-only families, tiny: (config, model) for a scan_layers setting
+DECODERS = {
+    "gpt2": lambda scan: gpt2.GPT2Config(vocab_size=97, max_len=32, d_model=32, n_layers=3, n_heads=4, d_ff=64,
+                                         scan_layers=scan),
+    "llama": lambda scan: llama.LlamaConfig(vocab_size=97, max_len=32, d_model=32, n_layers=3, n_heads=4,
+                                            n_kv_heads=2, d_ff=48, scan_layers=scan),
+}
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
-def test_cached_decoding_gives_the_full_forward_logits_at_every_step(scan_layers):
-    cfg = gpt2.GPT2Config(vocab_size=97, max_len=32, d_model=32, n_layers=3, n_heads=4, d_ff=64,
-                          scan_layers=scan_layers)
-    model = gpt2.GPT2LMHeadModel(cfg)
+@pytest.mark.parametrize("family", sorted(DECODERS))
+def test_cached_decoding_gives_the_full_forward_logits_at_every_step(family, scan_layers):
+    cfg = DECODERS[family](scan_layers)
+    module = family_module(cfg)
+    model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)
     ids_BxT = np.random.default_rng(0).integers(0, 97, (2, 12)).astype(np.int32)
     params = model.init(jax.random.PRNGKey(0), ids_BxT)["params"]
     full_BxTxV = model.apply({"params": params}, ids_BxT)
     mask_BxS = jnp.ones((2, 16), bool)
-    logits, cache = model.apply({"params": params}, ids_BxT[:, :5], attention_mask_BxT=mask_BxS,
-                                cache=gpt2.init_cache(cfg, 2, 16), cache_index=0)
+    cache = module.init_cache(cfg, 2, 16)
+    # Llama caches its K key/value heads, not the N query heads
+    assert jax.tree.leaves(cache)[0].shape[-2:] == (getattr(cfg, "n_kv_heads", cfg.n_heads), 8)
+    step = jax.jit(lambda ids, cache, index: model.apply(  # one compilation per width, the index traced
+        {"params": params}, ids, attention_mask_BxT=mask_BxS, cache=cache, cache_index=index))
+    logits, cache = step(ids_BxT[:, :5], cache, 0)
     np.testing.assert_allclose(logits, full_BxTxV[:, :5], atol=1e-5)
     for t in range(5, 12):
-        logits, cache = model.apply({"params": params}, ids_BxT[:, t:t + 1], attention_mask_BxT=mask_BxS,
-                                    cache=cache, cache_index=t)
+        logits, cache = step(ids_BxT[:, t:t + 1], cache, t)
         np.testing.assert_allclose(logits[:, 0], full_BxTxV[:, t], atol=1e-5)
 
 
