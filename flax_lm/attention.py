@@ -31,8 +31,8 @@ def resolve(implementation: str) -> str:
 
 def dot_product_attention(
     q_BxTxNxH: jax.Array,
-    k_BxSxNxH: jax.Array,
-    v_BxSxNxH: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
     *,
     causal: bool,
     kv_mask_BxS: jax.Array | None = None,
@@ -43,10 +43,13 @@ def dot_product_attention(
     dropout_rng: jax.Array | None = None,
     bias_BxNxTxS: jax.Array | None = None,
     scale: float | None = None,
+    kv_cache_layout: bool = False,
 ) -> jax.Array:
     """Multi-head attention softmax(scale * q k^T + bias) v, scale 1/sqrt(H) by default.
 
-    Shapes: B batch, T query length, S key length, N heads, H head size.
+    Shapes: B batch, T query length, S key length, N heads, H head size; `k` and `v` are
+    B x S x N x H, or (B*N) x S x H with `kv_cache_layout` (see `layers.write_cache`): the
+    explicit implementation reads a decoding cache in that layout without a copy.
     `kv_mask_BxS` is True where a key may be attended to (False for padding).
     `segment_ids_BxT` (self-attention, T == S) numbers the documents packed into a row: a
     query attends only to keys of its own document.
@@ -60,17 +63,21 @@ def dot_product_attention(
     implementation = resolve(implementation)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}")
-    t, s = q_BxTxNxH.shape[1], k_BxSxNxH.shape[1]
+    explicit = implementation == "explicit" and dropout_rate == 0.0
+    if kv_cache_layout and not explicit:  # the others take B x S x N x H
+        k, v = (_heads_last(x, q_BxTxNxH.shape[0]) for x in (k, v))
+        kv_cache_layout = False
+    t, s = q_BxTxNxH.shape[1], k.shape[1]
     if implementation == "reference" or dropout_rate > 0.0:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
-        return _reference(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, dropout_rate, dropout_rng, bias_BxNxTxS, scale)
-    if implementation == "explicit":
+        return _reference(q_BxTxNxH, k, v, allowed, dropout_rate, dropout_rng, bias_BxNxTxS, scale)
+    if explicit:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
-        return _explicit(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, allowed, bias_BxNxTxS, _scale(q_BxTxNxH, scale))
+        return _explicit(q_BxTxNxH, k, v, allowed, bias_BxNxTxS, _scale(q_BxTxNxH, scale), kv_cache_layout)
     if implementation == "splash":
         if splash_attention.supports(t, s, causal, segment_ids_BxT, query_offset, bias_BxNxTxS):
             return splash_attention.splash_attention(
-                q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=causal, kv_mask_BxS=kv_mask_BxS,
+                q_BxTxNxH, k, v, causal=causal, kv_mask_BxS=kv_mask_BxS,
                 segment_ids_BxT=segment_ids_BxT, scale=_scale(q_BxTxNxH, scale))
         # The same function on XLA's path, not an error: model.attention=splash then still serves
         # T5 (its bias), KV-cache decoding and lengths off the 128 grid, where the kernel cannot.
@@ -85,7 +92,7 @@ def dot_product_attention(
     if bias_BxNxTxS is not None and implementation == "cudnn":
         bias_BxNxTxS = bias_BxNxTxS.astype(q_BxTxNxH.dtype)  # cuDNN takes the bias in the inputs' dtype
     return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, bias=bias_BxNxTxS, mask=mask, scale=scale, is_causal=causal,
+        q_BxTxNxH, k, v, bias=bias_BxNxTxS, mask=mask, scale=scale, is_causal=causal,
         implementation=None if implementation == "xla" else implementation)
 
 
@@ -126,7 +133,8 @@ def _reference(q, k, v, allowed_Bx1xTxS, dropout_rate, dropout_rng, bias_BxNxTxS
     return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS.astype(v.dtype), v)
 
 
-def _heads_first(x_BxTxNxH):
+def heads_first(x_BxTxNxH):
+    """B x T x N x H -> (B*N) x T x H, the layout of the batched products (and of caches)."""
     b, t, n, h = x_BxTxNxH.shape
     return x_BxTxNxH.transpose(0, 2, 1, 3).reshape(b * n, t, h)
 
@@ -148,25 +156,27 @@ def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b):
     return s_BxNxTxS.reshape(x, t, s)
 
 
-# `scale` (a Python float) multiplies the scores; `bias` (or None) is added to them.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale):
-    return _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale)[0]
+# `scale` (a Python float) multiplies the scores; `bias` (or None) is added to them; k and v
+# are already (B*N) x S x H when `kv_cache_layout`.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout):
+    return _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout)[0]
 
 
-def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale):
+def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout):
     b = q.shape[0]
-    q_XxTxH, k_XxSxH, v_XxSxH = _heads_first(q * jnp.asarray(scale, q.dtype)), _heads_first(k), _heads_first(v)
+    q_XxTxH = heads_first(q * jnp.asarray(scale, q.dtype))
+    k_XxSxH, v_XxSxH = (k, v) if kv_cache_layout else (heads_first(k), heads_first(v))
     p_XxTxS = jax.nn.softmax(_masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b), axis=-1)
     o_XxTxH = jnp.einsum("xts,xsh->xth", p_XxTxS.astype(v.dtype), v_XxSxH, preferred_element_type=jnp.float32)
     o_XxTxH = o_XxTxH.astype(v.dtype)
     return _heads_last(o_XxTxH, b), (q_XxTxH, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed_Bx1xTxS, bias_BxNxTxS)
 
 
-def _explicit_bwd(scale, residuals, do_BxTxNxH):
+def _explicit_bwd(scale, kv_cache_layout, residuals, do_BxTxNxH):
     q_XxTxH, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed, bias = residuals
     b = do_BxTxNxH.shape[0]
-    do_XxTxH = _heads_first(do_BxTxNxH)
+    do_XxTxH = heads_first(do_BxTxNxH)
     f32 = {"preferred_element_type": jnp.float32}  # bf16 inputs, f32 accumulation
     dv = jnp.einsum("xts,xth->xsh", p_XxTxS.astype(do_XxTxH.dtype), do_XxTxH, **f32).astype(do_XxTxH.dtype)
     dp_XxTxS = jnp.einsum("xth,xsh->xts", do_XxTxH, v_XxSxH, **f32)
@@ -176,7 +186,9 @@ def _explicit_bwd(scale, residuals, do_BxTxNxH):
     dq = (jnp.einsum("xts,xsh->xth", ds_XxTxS, k_XxSxH, **f32) * scale).astype(q_XxTxH.dtype)
     dk = jnp.einsum("xts,xth->xsh", ds_XxTxS, q_XxTxH, **f32).astype(k_XxSxH.dtype)  # q carries the scale
     zeros = jax.tree.map(jnp.zeros_like, allowed)
-    return _heads_last(dq, b), _heads_last(dk, b), _heads_last(dv, b), zeros, _bias_grad(ds_f32_XxTxS, allowed, bias, b)
+    if not kv_cache_layout:
+        dk, dv = _heads_last(dk, b), _heads_last(dv, b)
+    return _heads_last(dq, b), dk, dv, zeros, _bias_grad(ds_f32_XxTxS, allowed, bias, b)
 
 
 def _bias_grad(ds_XxTxS, allowed_Bx1xTxS, bias_BxNxTxS, b):

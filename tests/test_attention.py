@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_lm.attention import dot_product_attention
+from flax_lm.attention import dot_product_attention, heads_first
 
 
 def _qkv(seed=0, b=2, t=7, n=3, h=8):
@@ -109,3 +109,24 @@ def test_bias_with_a_cache_offset_matches_reference():
                                   implementation=impl) for impl in ("reference", "explicit", "xla")]
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
     np.testing.assert_allclose(outs[2], outs[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["explicit", "xla", "reference"])
+def test_keys_and_values_in_cache_layout_give_the_same_values_and_gradients(implementation):
+    q, _, _ = _qkv(seed=6, t=2)
+    _, k, v = _qkv(seed=7, t=7)
+    mask = np.ones((2, 7), bool)
+    mask[0, :2] = False
+
+    def loss(k, v, cache_layout):
+        if cache_layout:  # (B*N) x S x H, as decoding caches keep them
+            k, v = heads_first(k), heads_first(v)
+        out = dot_product_attention(q, k, v, causal=True, kv_mask_BxS=mask, query_offset=jnp.int32(4),
+                                    implementation=implementation, kv_cache_layout=cache_layout)
+        return jnp.sum(out * jnp.cos(out)), out
+
+    (_, ref), ref_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, False)
+    (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, True)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=1e-6)

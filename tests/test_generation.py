@@ -52,8 +52,8 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_step(family, sca
     full_BxTxV = model.apply({"params": params}, ids_BxT)
     mask_BxS = jnp.ones((2, 16), bool)
     cache = module.init_cache(cfg, 2, 16)
-    # Llama caches its K key/value heads, not the N query heads
-    assert jax.tree.leaves(cache)[0].shape[-2:] == (getattr(cfg, "n_kv_heads", cfg.n_heads), 8)
+    # (B*K) x S x H; Llama caches its K key/value heads, not the N query heads
+    assert jax.tree.leaves(cache)[0].shape[-3:] == (2 * getattr(cfg, "n_kv_heads", cfg.n_heads), 16, 8)
     step = jax.jit(lambda ids, cache, index: model.apply(  # one compilation per width, the index traced
         {"params": params}, ids, attention_mask_BxT=mask_BxS, cache=cache, cache_index=index))
     logits, cache = step(ids_BxT[:, :5], cache, 0)

@@ -151,7 +151,7 @@ def test_cached_decoding_gives_the_teacher_forced_logits(hf, scan_layers):
                               cache_index=index, method="decode")
 
     prepared, cross = start(params)
-    assert isinstance(cross, tuple) and cross[0]["k"].shape == (B, S, cfg.n_heads, cfg.head_dim)
+    assert isinstance(cross, tuple) and cross[0]["k"].shape == (B * cfg.n_heads, S, cfg.head_dim)
     cache = t5.init_cache(cfg, B, T)
     logits, cache = step(prepared, cross, cache, decoder_ids[:, :5], jnp.int32(0))
     worst = np.abs(np.asarray(logits) - full[:, :5]).max()

@@ -107,8 +107,11 @@ def for_model(model):
 
 def reorder_cache(cache, rows_B: jax.Array):
     """The cache with its batch rows taken in the order `rows_B` (beam search follows its beams).
-    Decoding caches are unscanned: every array leads with the batch."""
-    return jax.tree.map(lambda c: jnp.take(c, rows_B, axis=0), cache)
+    Decoding caches are unscanned: every array leads with the batch, or with batch x heads
+    flattened (keys and values, `layers.write_cache`), whose rows move in blocks."""
+    def take(c):
+        return jnp.take(c.reshape(rows_B.shape[0], -1), rows_B, axis=0).reshape(c.shape)
+    return jax.tree.map(take, cache)
 
 
 def left_pad_positions(mask_BxP: jax.Array) -> jax.Array:

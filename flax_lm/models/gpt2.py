@@ -14,7 +14,16 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, run_blocks, split_qkv, write_cache
+from flax_lm.models.layers import (
+    DTYPES,
+    Projection,
+    dtypes,
+    empty_cache,
+    from_run_config,
+    run_blocks,
+    split_qkv,
+    write_cache,
+)
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 LAYERS = "h"
@@ -80,7 +89,7 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x_BxTxD, kv_mask_BxS, segment_ids_BxT=None, cache_index=None, layer_cache=None):
         """Returns (B x T x D, the updated `layer_cache`, or None without one).
 
-        With `layer_cache` ({"k", "v"}: B x S x N x H), the T positions are cache slots
+        With `layer_cache` ({"k", "v"}: (B*N) x S x H), the T positions are cache slots
         cache_index..cache_index+T-1: their keys and values are written there and the queries
         attend to every cache slot up to their own that `kv_mask_BxS` allows.
         """
@@ -92,18 +101,17 @@ class CausalSelfAttention(nn.Module):
             (3, cfg.n_heads, cfg.head_dim), ("embed",), ("qkv", "heads", "head_dim"),
             _normal(cfg.initializer_range), bias_axes=("qkv", "heads", "head_dim"), dtype=dtype,
             param_dtype=param_dtype, name="c_attn")(x_BxTxD)
-        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH = split_qkv(qkv_BxTx3xNxH)
+        q_BxTxNxH, k, v = split_qkv(qkv_BxTx3xNxH)  # k, v: B x S x N x H, or (B*N) x S x H from a cache
         offset = 0
         if layer_cache is not None:
-            layer_cache = write_cache(layer_cache, k_BxSxNxH, v_BxSxNxH, cache_index)
-            k_BxSxNxH, v_BxSxNxH, offset = layer_cache["k"], layer_cache["v"], cache_index
+            layer_cache = write_cache(layer_cache, k, v, cache_index)
+            k, v, offset = layer_cache["k"], layer_cache["v"], cache_index
         dropout_rng = None
         if cfg.attention_dropout > 0 and not self.deterministic:
             dropout_rng = self.make_rng("dropout")
         out_BxTxNxH = dot_product_attention(
-            q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=True, kv_mask_BxS=kv_mask_BxS, segment_ids_BxT=segment_ids_BxT,
-            query_offset=offset,
-            implementation=cfg.attention,
+            q_BxTxNxH, k, v, causal=True, kv_mask_BxS=kv_mask_BxS, segment_ids_BxT=segment_ids_BxT,
+            query_offset=offset, kv_cache_layout=layer_cache is not None, implementation=cfg.attention,
             dropout_rate=0.0 if self.deterministic else cfg.attention_dropout, dropout_rng=dropout_rng)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
         out_BxTxD = Projection(
@@ -198,15 +206,9 @@ class GPT2LMHeadModel(nn.Module):
 
 
 def init_cache(cfg: GPT2Config, batch: int, length: int):
-    """An empty key/value cache of `length` slots for `GPT2LMHeadModel(cfg)`: {"k", "v"} of
-    B x S x N x H in the compute dtype per layer; stacked L x B x S x N x H with scan_layers,
-    else a tuple of per-layer dicts (each updated in place while decoding)."""
-    shape = (batch, length, cfg.n_heads, cfg.head_dim)
-    if cfg.scan_layers:
-        shape = (cfg.n_layers, *shape)
-    zeros = jnp.zeros(shape, DTYPES[cfg.dtype])
-    layer = {"k": zeros, "v": zeros}
-    return layer if cfg.scan_layers else tuple(dict(layer) for _ in range(cfg.n_layers))
+    """An empty key/value cache of `length` slots for `GPT2LMHeadModel(cfg)` in the compute
+    dtype (`layers.empty_cache`: stacked with scan_layers)."""
+    return empty_cache(batch, cfg.n_heads, length, cfg.head_dim, DTYPES[cfg.dtype], cfg.n_layers, cfg.scan_layers)
 
 
 def num_params(cfg: GPT2Config, include_positions: bool = False) -> int:

@@ -16,7 +16,17 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config, run_blocks, write_cache
+from flax_lm.models.layers import (
+    DTYPES,
+    LMHead,
+    Projection,
+    RMSNorm,
+    dtypes,
+    empty_cache,
+    from_run_config,
+    run_blocks,
+    write_cache,
+)
 
 # The blocks' parameters: one stacked tree of this name with scan_layers, else "h_0", "h_1", ...
 # (GPT-2's name, so layer-wise learning rates and the decoding loop treat both alike).
@@ -94,7 +104,7 @@ class Attention(nn.Module):
         """Returns (B x T x D, the updated `layer_cache`, or None without one).
 
         `rotary` is (cos, sin) of the T positions (B x T x H). With `layer_cache` ({"k", "v"}:
-        B x S x K x H, keys already rotated), the T positions are cache slots
+        (B*K) x S x H, keys already rotated), the T positions are cache slots
         cache_index..cache_index+T-1, as in `gpt2.CausalSelfAttention`.
         """
         cfg = self.cfg
@@ -105,21 +115,23 @@ class Attention(nn.Module):
                               name=name)(x_BxTxD)
 
         q_BxTxNxH = apply_rotary(project(cfg.n_heads, "q_proj"), *rotary)
-        k_BxSxKxH = apply_rotary(project(cfg.n_kv_heads, "k_proj"), *rotary)
-        v_BxSxKxH = project(cfg.n_kv_heads, "v_proj")
+        # k, v: B x S x K x H, or (B*K) x S x H from a cache
+        k = apply_rotary(project(cfg.n_kv_heads, "k_proj"), *rotary)
+        v = project(cfg.n_kv_heads, "v_proj")
         offset = 0
         if layer_cache is not None:
-            layer_cache = write_cache(layer_cache, k_BxSxKxH, v_BxSxKxH, cache_index)
-            k_BxSxKxH, v_BxSxKxH, offset = layer_cache["k"], layer_cache["v"], cache_index
+            layer_cache = write_cache(layer_cache, k, v, cache_index)
+            k, v, offset = layer_cache["k"], layer_cache["v"], cache_index
         # The cache keeps K heads; each is shared by N / K consecutive query heads (repeat_kv in transformers).
         groups = cfg.n_heads // cfg.n_kv_heads
-        k_BxSxNxH, v_BxSxNxH = (jnp.repeat(t, groups, axis=2) for t in (k_BxSxKxH, v_BxSxKxH))
+        heads_axis = 0 if layer_cache is not None else 2  # (B*K) rows: query head b*N + k*G + g reads row b*K + k
+        k, v = (jnp.repeat(t, groups, axis=heads_axis) for t in (k, v))
         dropout_rng = None
         if cfg.attention_dropout > 0 and not self.deterministic:
             dropout_rng = self.make_rng("dropout")
         out_BxTxNxH = dot_product_attention(
-            q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, causal=True, kv_mask_BxS=kv_mask_BxS, segment_ids_BxT=segment_ids_BxT,
-            query_offset=offset, implementation=cfg.attention,
+            q_BxTxNxH, k, v, causal=True, kv_mask_BxS=kv_mask_BxS, segment_ids_BxT=segment_ids_BxT,
+            query_offset=offset, kv_cache_layout=layer_cache is not None, implementation=cfg.attention,
             dropout_rate=0.0 if self.deterministic else cfg.attention_dropout, dropout_rng=dropout_rng)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
         out_BxTxD = Projection((cfg.d_model,), ("heads", "head_dim"), ("embed",), _normal(cfg), **dtypes(cfg),
@@ -213,15 +225,11 @@ class LlamaForCausalLM(nn.Module):
 
 
 def init_cache(cfg: LlamaConfig, batch: int, length: int):
-    """An empty key/value cache of `length` slots for `LlamaForCausalLM(cfg)`: {"k", "v"} of
-    B x S x K x H (K key/value heads, not N: the saving of grouped-query attention) in the
-    compute dtype per layer; stacked L x B x S x K x H with scan_layers, else a tuple of dicts."""
-    shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
-    if cfg.scan_layers:
-        shape = (cfg.n_layers, *shape)
-    zeros = jnp.zeros(shape, DTYPES[cfg.dtype])
-    layer = {"k": zeros, "v": zeros}
-    return layer if cfg.scan_layers else tuple(dict(layer) for _ in range(cfg.n_layers))
+    """An empty key/value cache of `length` slots for `LlamaForCausalLM(cfg)` in the compute
+    dtype (`layers.empty_cache`: stacked with scan_layers), of its K key/value heads, not N:
+    the saving of grouped-query attention."""
+    return empty_cache(batch, cfg.n_kv_heads, length, cfg.head_dim, DTYPES[cfg.dtype], cfg.n_layers,
+                       cfg.scan_layers)
 
 
 def num_params(cfg: LlamaConfig, include_positions: bool = False) -> int:

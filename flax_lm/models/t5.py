@@ -19,8 +19,18 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, LMHead, Projection, RMSNorm, dtypes, from_run_config, run_blocks, write_cache
+from flax_lm.attention import dot_product_attention, heads_first
+from flax_lm.models.layers import (
+    DTYPES,
+    LMHead,
+    Projection,
+    RMSNorm,
+    dtypes,
+    empty_cache,
+    from_run_config,
+    run_blocks,
+    write_cache,
+)
 from flax_lm.models.relative_position import relative_bias
 
 FEED_FORWARDS = ("relu", "gated-gelu")
@@ -110,8 +120,9 @@ class Attention(nn.Module):
         return {"k": self.k(x_BxSxD), "v": self.v(x_BxSxD)}
 
     def __call__(self, x_BxTxD, kv: dict, *, causal: bool, kv_mask_BxS=None, bias_BxNxTxS=None, query_offset=0,
-                 deterministic: bool = True):
-        """Queries from `x_BxTxD` attend to `kv` ({"k", "v"}: B x S x N x H); returns B x T x D."""
+                 deterministic: bool = True, kv_cache_layout: bool = False):
+        """Queries from `x_BxTxD` attend to `kv` ({"k", "v"}: B x S x N x H, or (B*N) x S x H from a
+        decoding cache with `kv_cache_layout`); returns B x T x D."""
         cfg = self.cfg
         dropout_rng = None
         if cfg.attention_dropout > 0 and not deterministic:
@@ -119,7 +130,7 @@ class Attention(nn.Module):
         out_BxTxNxH = dot_product_attention(
             self.q(x_BxTxD), kv["k"], kv["v"], causal=causal, kv_mask_BxS=kv_mask_BxS, query_offset=query_offset,
             implementation=cfg.attention, dropout_rate=0.0 if deterministic else cfg.attention_dropout,
-            dropout_rng=dropout_rng, bias_BxNxTxS=bias_BxNxTxS, scale=1.0)
+            dropout_rng=dropout_rng, bias_BxNxTxS=bias_BxNxTxS, scale=1.0, kv_cache_layout=kv_cache_layout)
         out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "act_length", "act_heads", None))
         return self.o(out_BxTxNxH)
 
@@ -169,13 +180,15 @@ class Block(nn.Module):
             kv = layer_cache = write_cache(layer_cache, kv["k"], kv["v"], cache_index)
             offset = cache_index
         h_BxTxD = attention(h_BxTxD, kv, causal=self.is_decoder, kv_mask_BxS=kv_mask_BxS, bias_BxNxTxS=bias_BxNxTxS,
-                            query_offset=offset, deterministic=self.deterministic)
+                            query_offset=offset, deterministic=self.deterministic,
+                            kv_cache_layout=layer_cache is not None)
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
         if self.is_decoder:
             h_BxTxD = _rms_norm(cfg, name="cross_attention_norm")(x_BxTxD)
             cross = Attention(cfg, name="cross_attention")
             kv = layer_cross_cache if layer_cross_cache is not None else cross.keys_values(encoded_BxSxD)
-            h_BxTxD = cross(h_BxTxD, kv, causal=False, kv_mask_BxS=cross_mask_BxS, deterministic=self.deterministic)
+            h_BxTxD = cross(h_BxTxD, kv, causal=False, kv_mask_BxS=cross_mask_BxS, deterministic=self.deterministic,
+                            kv_cache_layout=layer_cross_cache is not None)
             x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out")
         h_BxTxD = FeedForward(cfg, self.deterministic, name="mlp")(_rms_norm(cfg, name="mlp_norm")(x_BxTxD))
         x_BxTxD = x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out")
@@ -183,14 +196,16 @@ class Block(nn.Module):
 
 
 class CrossKeysValues(nn.Module):
-    """A decoder block's cross-attention keys and values only; named like the `Block` it belongs
-    to, so it reads that block's parameters. Scan-compatible: (encoder output) -> (same, kv)."""
+    """A decoder block's cross-attention keys and values only, (B*N) x S x H as decoding caches
+    keep them (`layers.write_cache`); named like the `Block` it belongs to, so it reads that block's
+    parameters. Scan-compatible: (encoder output) -> (same, kv)."""
 
     cfg: T5Config
 
     @nn.compact
     def __call__(self, encoded_BxSxD):
-        return encoded_BxSxD, Attention(self.cfg, name="cross_attention").keys_values(encoded_BxSxD)
+        kv = Attention(self.cfg, name="cross_attention").keys_values(encoded_BxSxD)
+        return encoded_BxSxD, jax.tree.map(heads_first, kv)
 
 
 class Stack(nn.Module):
@@ -206,8 +221,8 @@ class Stack(nn.Module):
         """Returns (B x T x D after the final norm, the updated `cache` or None).
 
         With `cross_keys_values` (decoder), `x_BxTxD` is the encoder output and the call returns
-        each block's cross-attention {"k", "v"} (B x S x N x H): a tuple of per-layer dicts,
-        or one dict of L x B x S x N x H arrays with scan_layers.
+        each block's cross-attention {"k", "v"} ((B*N) x S x H): a tuple of per-layer dicts,
+        or one dict of L x (B*N) x S x H arrays with scan_layers.
         """
         cfg = self.cfg
         n_layers = cfg.n_decoder_layers if self.is_decoder else cfg.n_layers
@@ -285,7 +300,7 @@ class T5ForConditionalGeneration(nn.Module):
         return self.encoder(x_BxSxD, mask_BxS, deterministic=deterministic)[0]
 
     def cross_cache(self, encoded_BxSxD):
-        """Every decoder layer's cross-attention {"k", "v"} (B x S x N x H, compute dtype) of the
+        """Every decoder layer's cross-attention {"k", "v"} ((B*N) x S x H, compute dtype) of the
         encoder output: a tuple of per-layer dicts, or stacked L x ... with scan_layers."""
         return self.decoder(encoded_BxSxD, cross_keys_values=True)
 
@@ -328,11 +343,10 @@ class T5ForConditionalGeneration(nn.Module):
 
 
 def init_cache(cfg: T5Config, batch: int, length: int):
-    """An empty decoder self-attention cache of `length` slots: a tuple (one per decoder layer)
-    of {"k", "v"} zeros B x length x N x H in the compute dtype. Decoding always uses the
-    unscanned layout (see `unrolled` and `unstack_params`)."""
-    zeros = jnp.zeros((batch, length, cfg.n_heads, cfg.head_dim), DTYPES[cfg.dtype])
-    return tuple({"k": zeros, "v": zeros} for _ in range(cfg.n_decoder_layers))
+    """An empty decoder self-attention cache of `length` slots in the compute dtype (a tuple of
+    per-layer dicts, `layers.empty_cache`). Decoding always uses the unscanned layout (see
+    `unrolled` and `unstack_params`)."""
+    return empty_cache(batch, cfg.n_heads, length, cfg.head_dim, DTYPES[cfg.dtype], cfg.n_decoder_layers)
 
 
 def unstack_params(params: dict, cfg: T5Config) -> dict:
