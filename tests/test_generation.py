@@ -1,6 +1,8 @@
 """Generation: the key/value cache, logits processing, greedy decoding equal to transformers,
 reproducible sampling, and the one-line errors of `flax-lm generate`."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +63,27 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_step(family, sca
     for t in range(5, 12):
         logits, cache = step(ids_BxT[:, t:t + 1], cache, t)
         np.testing.assert_allclose(logits[:, 0], full_BxTxV[:, t], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(DECODERS))
+def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits(family):
+    cfg = dataclasses.replace(DECODERS[family](True), dtype="bfloat16")
+    model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)
+    ids_BxT = np.random.default_rng(1).integers(0, 97, (2, 6)).astype(np.int32)
+    params = model.init(jax.random.PRNGKey(0), ids_BxT)["params"]
+    decoder = CausalDecoder(model)
+    prepared = decoder.prepare(params)
+    dtypes = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(prepared):  # by parameter name (boxed: before .value)
+        dtypes.setdefault([k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1], set()).add(leaf.dtype)
+    assert dtypes["kernel"] == dtypes["embedding"] == {jnp.dtype(jnp.bfloat16)}
+    assert dtypes["scale"] == {jnp.dtype(jnp.float32)}  # norms stay float32
+    def prefill(weights):
+        return decoder.forward(weights, ids_BxT, jnp.ones((2, 8), bool), jnp.broadcast_to(jnp.arange(6), (2, 6)),
+                               decoder.start(weights, None, 2, 8), 0)[0].astype(jnp.float32)
+
+    # the model casts float32 weights at each use to the same values
+    np.testing.assert_array_equal(prefill(prepared), prefill(decoder._unstacked(params)))
 
 
 def _hf_generate(hf, prompts, pad=0, **kwargs):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lm.models import family_module, t5
+from flax_lm.models.layers import DTYPES
 
 
 class _Decoder:
@@ -40,6 +41,11 @@ class _Decoder:
     def __eq__(self, other):
         return type(other) is type(self) and other.model == self.model
 
+    def prepare(self, params):
+        """The parameters as `forward` takes them: a scanned model's layers split into its
+        unrolled twin's, and every kernel and embedding table in the compute dtype."""
+        return _weights_in(self._unstacked(params), DTYPES[self.model.cfg.dtype])
+
 
 class CausalDecoder(_Decoder):
     """A decoder-only model (`GPT2LMHeadModel`, `LlamaForCausalLM`) behind the decoding interface."""
@@ -55,8 +61,8 @@ class CausalDecoder(_Decoder):
         """An empty cache of `length` slots (a decoder-only model has no context)."""
         return self.init_cache(batch, length)
 
-    def prepare(self, params):
-        """The parameters in the layout `forward` takes: stacked layers split into `h_{i}`."""
+    def _unstacked(self, params):
+        """Stacked layers split into `h_{i}` (`h` the family's LAYERS)."""
         if self.unrolled is self.model:
             return params
         params = dict(params)
@@ -80,7 +86,7 @@ class Seq2SeqDecoder(_Decoder):
 
     encoder_decoder = True
 
-    def prepare(self, params):
+    def _unstacked(self, params):
         return t5.unstack_params(params, self.model.cfg) if self.unrolled is not self.model else params
 
     def start(self, prepared, context, batch: int, length: int):
@@ -103,6 +109,16 @@ class Seq2SeqDecoder(_Decoder):
 def for_model(model):
     """The decoder of a generative flax_lm model."""
     return Seq2SeqDecoder(model) if isinstance(model, t5.T5ForConditionalGeneration) else CausalDecoder(model)
+
+
+def _weights_in(params, dtype):
+    """`params` with every kernel and embedding table in `dtype`, cast once per decoding loop.
+    The model casts them at each use, which in a bfloat16 model read every float32 weight
+    and wrote its bfloat16 copy at every step; the values it computes are the same."""
+    def cast(path, x):
+        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]  # boxed leaves end in .value
+        return x.astype(dtype) if name in ("kernel", "embedding") else x
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def reorder_cache(cache, rows_B: jax.Array):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, split_qkv
+from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, split_qkv, tied_logits
 from flax_lm.models.remat import POLICIES
 
 VARIANTS = ("bert", "roberta")
@@ -186,7 +186,7 @@ class MaskedLMHead(nn.Module):
         h_BxPxD = _layer_norm(cfg, "transform_ln")(h_BxPxD)
         bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                             (cfg.vocab_size,), DTYPES[cfg.param_dtype])
-        logits_BxPxV = word.attend(h_BxPxD) + bias_V.astype(h_BxPxD.dtype)
+        logits_BxPxV = tied_logits(h_BxPxD, word) + bias_V.astype(h_BxPxD.dtype)
         return nn.with_logical_constraint(logits_BxPxV, ("batch", "act_length", "act_vocab"))
 
 

@@ -22,6 +22,7 @@ from flax_lm.models.layers import (
     from_run_config,
     run_blocks,
     split_qkv,
+    tied_logits,
     write_cache,
 )
 
@@ -201,7 +202,7 @@ class GPT2LMHeadModel(nn.Module):
         x_BxTxD = _layer_norm(cfg, "ln_f")(x_BxTxD)
         if return_hidden:
             return x_BxTxD, wte.embedding.astype(dtype)
-        logits_BxTxV = nn.with_logical_constraint(wte.attend(x_BxTxD), ("batch", "act_length", "act_vocab"))
+        logits_BxTxV = nn.with_logical_constraint(tied_logits(x_BxTxD, wte), ("batch", "act_length", "act_vocab"))
         return logits_BxTxV if cache is None else (logits_BxTxV, cache)
 
 

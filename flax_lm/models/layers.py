@@ -101,6 +101,15 @@ def _contract_bwd(n_in, residuals, dy):
 contract.defvjp(_contract_fwd, _contract_bwd)
 
 
+def tied_logits(x_BxTxD, embed: nn.Embed):
+    """Logits B x T x V against a token embedding (V x D), what `embed.attend` computes, as one
+    product that contracts the table's minor dimension: `attend` transposes the table first,
+    and at batch 1 XLA:CPU fused that transpose into a copy of the whole table at every
+    decoding step (gpt2_small: 154 MB, 11 of 26 ms a token)."""
+    x_BxTxD, table_VxD = nn.dtypes.promote_dtype(x_BxTxD, embed.embedding, dtype=embed.dtype)
+    return jax.lax.dot_general(x_BxTxD, table_VxD, (((x_BxTxD.ndim - 1,), (1,)), ((), ())))
+
+
 def empty_cache(batch: int, n_kv_heads: int, length: int, head_dim: int, dtype, n_layers: int,
                 stacked: bool = False):
     """A key/value cache of `length` zero slots for `n_layers` layers: a tuple of per-layer

@@ -25,6 +25,7 @@ from flax_lm.models.layers import (
     empty_cache,
     from_run_config,
     run_blocks,
+    tied_logits,
     write_cache,
 )
 
@@ -214,7 +215,7 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             if return_hidden:
                 return x_BxTxD, embed_tokens.embedding.astype(dtype)
-            logits_BxTxV = embed_tokens.attend(x_BxTxD)
+            logits_BxTxV = tied_logits(x_BxTxD, embed_tokens)
         else:
             head = LMHead(cfg.vocab_size, _normal(cfg), **dtypes(cfg), name="lm_head")
             if return_hidden:

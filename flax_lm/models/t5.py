@@ -29,6 +29,7 @@ from flax_lm.models.layers import (
     empty_cache,
     from_run_config,
     run_blocks,
+    tied_logits,
     write_cache,
 )
 from flax_lm.models.relative_position import relative_bias
@@ -333,7 +334,7 @@ class T5ForConditionalGeneration(nn.Module):
             x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.d_model ** -0.5, x_BxTxD.dtype)
             if return_hidden:
                 return x_BxTxD, self.shared.embedding.astype(dtype)
-            logits_BxTxV = self.shared.attend(x_BxTxD)
+            logits_BxTxV = tied_logits(x_BxTxD, self.shared)
         else:
             out = self.lm_head(x_BxTxD, return_hidden)
             if return_hidden:
