@@ -9,7 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from flax_lm import splash_attention
+from flax_lm import sharding, splash_attention
 
 # "auto": "explicit" on CPU, "xla" elsewhere.
 # "xla": jax.nn.dot_product_attention's portable XLA path.
@@ -23,10 +23,11 @@ _MASKED = -1e30  # finite, so a fully masked row gives a uniform row, never NaN
 
 
 def resolve(implementation: str) -> str:
-    """The concrete implementation "auto" stands for on the default backend."""
+    """The concrete implementation "auto" stands for on the platform the program is traced for
+    (a TPU topology's when compiling ahead of time on a CPU machine)."""
     if implementation != "auto":
         return implementation
-    return "explicit" if jax.default_backend() == "cpu" else "xla"
+    return "explicit" if sharding.target_platform() == "cpu" else "xla"
 
 
 def dot_product_attention(

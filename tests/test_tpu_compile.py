@@ -50,6 +50,14 @@ def test_multi_host_and_multi_slice_topologies_shard_the_state():
     assert report["mesh"] == {"data": 1, "fsdp": 32, "tensor": 1} and report["fits"] is True
 
 
+def test_auto_attention_is_chosen_for_the_topology_not_for_this_machine():
+    from flax_lm import attention, mesh, sharding
+    devices = mesh.make_mesh(tiny_config(), tpu_compile.topology_devices("v5e:2x2"))
+    assert attention.resolve("auto") == "explicit"  # this CPU's choice
+    with sharding.activate(devices):
+        assert attention.resolve("auto") == "xla"
+
+
 def test_a_config_too_big_for_the_chips_is_reported_with_remedies():
     cfg = tiny_config(model=dict(vocab_size=50257, max_len=1024, d_model=768, n_layers=12, n_heads=12),
                       train=dict(batch_size=256))
