@@ -25,7 +25,8 @@ PAIRS = [
     ("gpt2_small", "v5e:4x4", 2, ["--config.parallel.data=2", *FSDP_REMAT[1:]]),
     ("gpt2_small", "v5e:4x4", 1, [SPLASH]), ("gpt2_small", "v5e:4x4", 1, [*FSDP_REMAT, SPLASH]),
     ("gpt2_medium", "v5e:4x4", 1, []), ("gpt2_medium", "v5e:4x4", 1, FSDP_REMAT),
-    ("gpt2_large", "v5p:2x2x2", 1, []), ("gpt2_xl", "v5p:2x2x4", 1, []),
+    ("gpt2_large", "v5p:2x2x2", 1, []), ("gpt2_large", "v5p:2x2x2", 1, [FSDP_REMAT[-1]]),
+    ("gpt2_xl", "v5p:2x2x4", 1, []),
     ("bert_base", "v5e:2x2", 1, []), ("bert_base", "v5e:2x2", 1, FSDP_REMAT), ("bert_large", "v5e:4x4", 1, []),
     ("gpt3_1p3b", "v5p:4x4x4", 1, []), ("gpt3_6p7b", "v5p:4x4x8", 1, []), ("gpt3_175b", "v5p:8x16x16", 1, []),
 ]

@@ -129,9 +129,9 @@ def _bytes_per_chip(tree) -> int:
 
 def _suggestions(cfg, mesh) -> list[str]:
     out = []
-    if cfg.model.remat_policy == "none":
-        out.append("recompute activations in the backward pass: --config.model.remat_policy=full "
-                   "(or dots_no_batch, which keeps the matmul outputs)")
+    if cfg.model.remat_policy != "full":
+        keep = " (or dots_no_batch, which keeps the matmul outputs)" if cfg.model.remat_policy == "none" else ""
+        out.append(f"recompute activations in the backward pass: --config.model.remat_policy=full{keep}")
     replicas = mesh.shape["data"] * mesh.shape["fsdp"]
     if mesh.shape["fsdp"] < replicas:
         out.append(f"shard parameters and optimizer state over all {replicas} data-parallel chips: "

@@ -58,9 +58,10 @@ def test_auto_attention_is_chosen_for_the_topology_not_for_this_machine():
         assert attention.resolve("auto") == "xla"
 
 
-def test_a_config_too_big_for_the_chips_is_reported_with_remedies():
-    cfg = tiny_config(model=dict(vocab_size=50257, max_len=1024, d_model=768, n_layers=12, n_heads=12),
-                      train=dict(batch_size=256))
+@pytest.mark.parametrize("remat_policy", ["none", "dots_no_batch"])
+def test_a_config_too_big_for_the_chips_is_reported_with_remedies(remat_policy):
+    cfg = tiny_config(model=dict(vocab_size=50257, max_len=1024, d_model=768, n_layers=12, n_heads=12,
+                                 remat_policy=remat_policy), train=dict(batch_size=256))
     report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices("v5e:2x2"))
     assert report["fits"] is False and report["per_chip_total_bytes"] > report["hbm_bytes"]
     assert any("remat_policy=full" in s for s in report["suggestions"])
