@@ -66,6 +66,18 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_step(family, sca
 
 
 @pytest.mark.parametrize("family", sorted(DECODERS))
+def test_logits_to_keep_gives_the_last_positions_logits(family):
+    cfg = DECODERS[family](False)
+    model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)
+    ids_BxT = np.random.default_rng(2).integers(0, 97, (2, 7)).astype(np.int32)
+    params = model.init(jax.random.PRNGKey(0), ids_BxT)["params"]
+    full_BxTxV = model.apply({"params": params}, ids_BxT)
+    last_Bx2xV = model.apply({"params": params}, ids_BxT, logits_to_keep=2)
+    assert last_Bx2xV.shape == (2, 2, 97)
+    np.testing.assert_allclose(last_Bx2xV, full_BxTxV[:, -2:], atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(DECODERS))
 def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits(family):
     cfg = dataclasses.replace(DECODERS[family](True), dtype="bfloat16")
     model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)

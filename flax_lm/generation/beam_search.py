@@ -50,9 +50,9 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     prompt_mask_BWxP = jnp.repeat(prompt_mask_BxP, W, axis=0)
     mask_BWxS = jnp.concatenate([prompt_mask_BWxP.astype(bool), jnp.ones((B * W, N), bool)], axis=1)
     context_BW = jax.tree.map(lambda x: jnp.repeat(x, W, axis=0), context)
-    logits_BWxPxV, cache = decoder.forward(prepared, prompt_BWxP, mask_BWxS, left_pad_positions(prompt_mask_BWxP),
+    logits_BWx1xV, cache = decoder.forward(prepared, prompt_BWxP, mask_BWxS, left_pad_positions(prompt_mask_BWxP),
                                            decoder.start(prepared, context_BW, B * W, P + N), 0)
-    V = logits_BWxPxV.shape[-1]
+    V = logits_BWx1xV.shape[-1]
     prompt_seen_BWxV = processors.seen_tokens(prompt_BWxP, prompt_mask_BWxP, V)
     first_row_B = jnp.arange(B, dtype=jnp.int32) * W
 
@@ -125,7 +125,7 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     # Only beam 0 starts live, so that the first step does not pick the same token W times.
     running_scores_BxW = jnp.zeros((B, W), jnp.float32).at[:, 1:].set(EXCLUDED)
     tokens_BxWxN = jnp.full((B, W, N), config.pad_token_id, jnp.int32)
-    state = (0, logits_BWxPxV[:, -1], cache, tokens_BxWxN, running_scores_BxW, tokens_BxWxN,
+    state = (0, logits_BWx1xV[:, 0], cache, tokens_BxWxN, running_scores_BxW, tokens_BxWxN,
              jnp.full((B, W), EXCLUDED, jnp.float32), jnp.zeros((B, W), bool), jnp.ones(B, bool), jnp.asarray(True))
     finished_BxWxN = jax.lax.while_loop(lambda s: s[-1] & (s[0] < N), body, state)[5]
     # finished hypotheses are kept best first

@@ -31,8 +31,8 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
     mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
     positions_BxP = left_pad_positions(prompt_mask_BxP)
     cache = decoder.start(prepared, context, B, P + N)
-    logits_BxPxV, cache = decoder.forward(prepared, prompt_BxP, mask_BxS, positions_BxP, cache, 0)
-    V = logits_BxPxV.shape[-1]
+    logits_Bx1xV, cache = decoder.forward(prepared, prompt_BxP, mask_BxS, positions_BxP, cache, 0)
+    V = logits_Bx1xV.shape[-1]
     seen_BxV = processors.seen_tokens(prompt_BxP, prompt_mask_BxP, V)
     eos_E = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
     key = jax.random.PRNGKey(config.seed)
@@ -62,5 +62,5 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
         return (i < N) & ~finished_B.all()
 
     out_BxN = jnp.full((B, N), config.pad_token_id, jnp.int32)
-    carry = (0, logits_BxPxV[:, -1], cache, out_BxN, seen_BxV, jnp.zeros(B, bool))
+    carry = (0, logits_Bx1xV[:, 0], cache, out_BxN, seen_BxV, jnp.zeros(B, bool))
     return jax.lax.while_loop(running, body, carry)[3]

@@ -165,8 +165,10 @@ class GPT2LMHeadModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BxT, *, attention_mask_BxT=None, position_ids_BxT=None, segment_ids_BxT=None,
-                 deterministic: bool = True, return_hidden: bool = False, cache=None, cache_index=None):
-        """Returns logits B x T x V (compute dtype).
+                 deterministic: bool = True, return_hidden: bool = False, cache=None, cache_index=None,
+                 logits_to_keep: int = 0):
+        """Returns logits B x T x V (compute dtype), or of the last `logits_to_keep` positions only
+        (decoding's prefill needs the last one; 0 keeps all).
 
         `attention_mask_BxT` is 1 for real tokens and 0 for padding; `position_ids_BxT`
         defaults to 0..T-1 (left-padded batches pass their own). `segment_ids_BxT` numbers the
@@ -200,6 +202,7 @@ class GPT2LMHeadModel(nn.Module):
                                     scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name=LAYERS)
 
         x_BxTxD = _layer_norm(cfg, "ln_f")(x_BxTxD)
+        x_BxTxD = x_BxTxD[:, -logits_to_keep:] if logits_to_keep else x_BxTxD
         if return_hidden:
             return x_BxTxD, wte.embedding.astype(dtype)
         logits_BxTxV = nn.with_logical_constraint(tied_logits(x_BxTxD, wte), ("batch", "act_length", "act_vocab"))

@@ -187,11 +187,12 @@ class LlamaForCausalLM(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BxT, *, attention_mask_BxT=None, position_ids_BxT=None, segment_ids_BxT=None,
-                 deterministic: bool = True, return_hidden: bool = False, cache=None, cache_index=None):
+                 deterministic: bool = True, return_hidden: bool = False, cache=None, cache_index=None,
+                 logits_to_keep: int = 0):
         """Returns logits B x T x V (compute dtype), or (logits, updated cache) with `cache`, or
         with `return_hidden` (final hidden states B x T x D, output embedding V x D).
 
-        Arguments as `GPT2LMHeadModel.__call__`: `attention_mask_BxT` 1 for real tokens (B x S
+        Arguments as `GPT2LMHeadModel.__call__`, `logits_to_keep` too: `attention_mask_BxT` 1 for real tokens (B x S
         when decoding with `cache`), `position_ids_BxT` default 0..T-1 (from `cache_index` when
         decoding) and rotate queries and keys, `segment_ids_BxT` keeps packed documents apart.
         """
@@ -212,6 +213,7 @@ class LlamaForCausalLM(nn.Module):
                                     (rotary, kv_mask_BxS, segment_ids_BxT, cache_index), cache,
                                     scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name=LAYERS)
         x_BxTxD = _rms_norm(cfg, "norm")(x_BxTxD)
+        x_BxTxD = x_BxTxD[:, -logits_to_keep:] if logits_to_keep else x_BxTxD
         if cfg.tie_word_embeddings:
             if return_hidden:
                 return x_BxTxD, embed_tokens.embedding.astype(dtype)

@@ -307,14 +307,15 @@ class T5ForConditionalGeneration(nn.Module):
 
     def decode(self, decoder_input_ids_BxT, *, encoded_BxSxD=None, attention_mask_BxS=None,
                decoder_attention_mask_BxT=None, cache=None, cross_cache=None, cache_index=None,
-               deterministic: bool = True, return_hidden: bool = False):
+               deterministic: bool = True, return_hidden: bool = False, logits_to_keep: int = 0):
         """The decoder over `encoded_BxSxD` (or its `cross_cache`); `attention_mask_BxS` masks the source.
 
         Without `cache`: teacher forcing, returns logits B x T x V (or the `return_hidden` pair).
         With `cache` (`init_cache`, S' slots), `cross_cache` and `cache_index`: the T tokens fill
         self-attention slots cache_index..cache_index+T-1 and see the slots up to their own that
         `decoder_attention_mask_BxT` (then B x S', 1 = may attend) allows; relative positions are
-        the slots' positions. Returns (logits, updated cache).
+        the slots' positions. Returns (logits, updated cache). `logits_to_keep` as in
+        `GPT2LMHeadModel.__call__`.
         """
         if encoded_BxSxD is None and cross_cache is None:
             raise ValueError("decode needs encoded_BxSxD or cross_cache")
@@ -324,6 +325,7 @@ class T5ForConditionalGeneration(nn.Module):
         x_BxTxD, cache = self.decoder(
             x_BxTxD, self_mask, encoded_BxSxD=encoded_BxSxD, cross_mask_BxS=cross_mask_BxS, cache=cache,
             cross_cache=cross_cache, cache_index=cache_index, deterministic=deterministic)
+        x_BxTxD = x_BxTxD[:, -logits_to_keep:] if logits_to_keep else x_BxTxD
         out = self._output(x_BxTxD, return_hidden)
         return out if cache is None else (out, cache)
 
