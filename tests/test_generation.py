@@ -15,8 +15,10 @@ from test_cli import flax_lm  # noqa: E402
 
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.generation import CausalDecoder, GenerationConfig, generate, processors, settings  # noqa: E402
+from flax_lm.generation import decoder as decoder_module  # noqa: E402
 from flax_lm.interop import gpt2 as gpt2_interop  # noqa: E402
 from flax_lm.models import family_module, gpt2, llama  # noqa: E402
+from flax_lm.models.layers import OUT_MAJOR  # noqa: E402
 
 # Larger-than-default init so the random model's next-token choices are decisive, not near-ties.
 HF_TINY = dict(vocab_size=96, n_positions=48, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3,
@@ -65,6 +67,22 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_step(family, sca
         np.testing.assert_allclose(logits[:, 0], full_BxTxV[:, t], atol=1e-5)
 
 
+def test_decoding_on_cpu_reads_projection_kernels_out_major_and_gives_the_same_logits(models):
+    _, model, params = models
+    decoder = CausalDecoder(model)
+    prepared = decoder.prepare(params)
+    kernel_Dx3xNxH = prepared["params"]["h_0"]["attn"]["c_attn"]["kernel"]
+    np.testing.assert_array_equal(prepared[OUT_MAJOR]["h_0"]["attn"]["c_attn"]["kernel"],
+                                  kernel_Dx3xNxH.reshape(kernel_Dx3xNxH.shape[0], -1).T)
+    ids_BxT = jnp.asarray([PROMPTS[0]])
+
+    def prefill(variables):
+        return decoder.forward(variables, ids_BxT, jnp.ones((1, 9), bool), jnp.arange(7)[None],
+                               decoder.start(variables, None, 1, 9), 0)[0]
+
+    np.testing.assert_allclose(prefill(prepared), prefill({"params": prepared["params"]}), atol=1e-5)
+
+
 @pytest.mark.parametrize("family", sorted(DECODERS))
 def test_logits_to_keep_gives_the_last_positions_logits(family):
     cfg = DECODERS[family](False)
@@ -78,7 +96,7 @@ def test_logits_to_keep_gives_the_last_positions_logits(family):
 
 
 @pytest.mark.parametrize("family", sorted(DECODERS))
-def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits(family):
+def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits(family, monkeypatch):
     cfg = dataclasses.replace(DECODERS[family](True), dtype="bfloat16")
     model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)
     ids_BxT = np.random.default_rng(1).integers(0, 97, (2, 6)).astype(np.int32)
@@ -94,8 +112,11 @@ def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits
         return decoder.forward(weights, ids_BxT, jnp.ones((2, 8), bool), jnp.broadcast_to(jnp.arange(6), (2, 6)),
                                decoder.start(weights, None, 2, 8), 0)[0].astype(jnp.float32)
 
+    monkeypatch.setattr(decoder_module, "_weights_in", lambda variables, dtype: variables)
+    uncast = decoder.prepare(params)
+    assert {leaf.dtype for leaf in jax.tree.leaves(uncast)} == {jnp.dtype(jnp.float32)}
     # the model casts float32 weights at each use to the same values
-    np.testing.assert_array_equal(prefill(prepared), prefill(decoder._unstacked(params)))
+    np.testing.assert_array_equal(prefill(prepared), prefill(uncast))
 
 
 def _hf_generate(hf, prompts, pad=0, **kwargs):

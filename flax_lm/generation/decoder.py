@@ -1,6 +1,7 @@
 """A model as the decoding loops see it: prefill and one-token steps against a key/value cache.
 
-Every loop calls `prepare(params)` once, then `start(prepared, context, batch, length)` for
+Every loop calls `prepare(params)` once (the model's variables as decoding applies them),
+then `start(prepared, context, batch, length)` for
 the cache, then `forward(prepared, ids_BxT, mask_BxS, positions_BxT, cache, index)`: the T
 tokens go into cache slots index..index+T-1, attend to the slots `mask_BxS` allows up to their
 own, and the last one comes back as logits B x 1 x V with the updated cache (a prefill needs
@@ -15,8 +16,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from flax_lm import sharding
 from flax_lm.models import family_module, t5
-from flax_lm.models.layers import DTYPES
+from flax_lm.models.layers import DTYPES, OUT_MAJOR
 
 
 class _Decoder:
@@ -43,9 +45,14 @@ class _Decoder:
         return type(other) is type(self) and other.model == self.model
 
     def prepare(self, params):
-        """The parameters as `forward` takes them: a scanned model's layers split into its
-        unrolled twin's, and every kernel and embedding table in the compute dtype."""
-        return _weights_in(self._unstacked(params), DTYPES[self.model.cfg.dtype])
+        """The variables `forward` applies the model with: a scanned model's layers split into
+        its unrolled twin's, every kernel and embedding table in the compute dtype, and on CPU
+        the projection kernels also as (out, in) matrices (`layers.OUT_MAJOR`; a second copy
+        of them for the loop's duration)."""
+        variables = {"params": self._unstacked(params)}
+        if sharding.target_platform() == "cpu":
+            variables[OUT_MAJOR] = self._one_token(variables, mutable=[OUT_MAJOR])[1][OUT_MAJOR]
+        return _weights_in(variables, DTYPES[self.model.cfg.dtype])
 
 
 class CausalDecoder(_Decoder):
@@ -72,8 +79,12 @@ class CausalDecoder(_Decoder):
             params[f"{self.family.LAYERS}_{i}"] = jax.tree.map(lambda x: x[i], stacked)
         return params
 
+    def _one_token(self, variables, **kwargs):
+        """The model applied to one token (what `prepare` fills `OUT_MAJOR` by)."""
+        return self.unrolled.apply(variables, jnp.zeros((1, 1), jnp.int32), **kwargs)
+
     def forward(self, prepared, ids_BxT, mask_BxS, positions_BxT, cache, index):
-        return self.unrolled.apply({"params": prepared}, ids_BxT, attention_mask_BxT=mask_BxS,
+        return self.unrolled.apply(prepared, ids_BxT, attention_mask_BxT=mask_BxS,
                                    position_ids_BxT=positions_BxT, cache=cache, cache_index=index, logits_to_keep=1)
 
 class Seq2SeqDecoder(_Decoder):
@@ -90,18 +101,23 @@ class Seq2SeqDecoder(_Decoder):
     def _unstacked(self, params):
         return t5.unstack_params(params, self.model.cfg) if self.unrolled is not self.model else params
 
+    def _one_token(self, variables, **kwargs):
+        """The decoder applied to one token over a one-position source."""
+        encoded_1x1xD = jnp.zeros((1, 1, self.model.cfg.d_model), DTYPES[self.model.cfg.dtype])
+        return self.unrolled.apply(variables, jnp.zeros((1, 1), jnp.int32), encoded_BxSxD=encoded_1x1xD,
+                                   method="decode", **kwargs)
+
     def start(self, prepared, context, batch: int, length: int):
         ids_BxS, mask_BxS = context
-        variables = {"params": prepared}
-        encoded_BxSxD = self.unrolled.apply(variables, ids_BxS, mask_BxS, method="encode")
+        encoded_BxSxD = self.unrolled.apply(prepared, ids_BxS, mask_BxS, method="encode")
         return {"self": t5.init_cache(self.unrolled.cfg, batch, length), "encoder_mask": mask_BxS,
-                "cross": self.unrolled.apply(variables, encoded_BxSxD, method="cross_cache")}
+                "cross": self.unrolled.apply(prepared, encoded_BxSxD, method="cross_cache")}
 
     def forward(self, prepared, ids_BxT, mask_BxS, positions_BxT, cache, index):
         """As `CausalDecoder.forward`; T5 has no absolute positions, so `positions_BxT` is unused
         (relative positions come from the cache slots)."""
         logits_BxTxV, self_cache = self.unrolled.apply(
-            {"params": prepared}, ids_BxT, attention_mask_BxS=cache["encoder_mask"],
+            prepared, ids_BxT, attention_mask_BxS=cache["encoder_mask"],
             decoder_attention_mask_BxT=mask_BxS, cache=cache["self"], cross_cache=cache["cross"],
             cache_index=index, logits_to_keep=1, method="decode")
         return logits_BxTxV, {**cache, "self": self_cache}

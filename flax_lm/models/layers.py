@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -28,12 +29,20 @@ def from_run_config(cls, model_cfg, **resolved):
     return cls(**{**{k: v for k, v in model_cfg.items() if k in fields}, **resolved})
 
 
+# A variable collection of projection kernels as (out, in) matrices, which decoding on CPU
+# fills once per loop (`generation.decoder`): XLA:CPU's small-batch products read that layout
+# faster, gpt2_small's decoding step 24 -> 22 ms at batch 1 and 91 -> 77 ms at batch 32.
+OUT_MAJOR = "out_major"
+
+
 class Projection(nn.Module):
     """A dense layer over the last `len(in_axes)` input dimensions, to any output shape.
 
     The kernel is created in its final shape `in_shape + features` with logical axis
     names `in_axes + out_axes` (flax's DenseGeneral initialises a flattened kernel,
     which logical sharding constraints reject). `bias_axes` None means no bias.
+    Applied with `OUT_MAJOR` mutable, it stores its kernel there as an (out, in) matrix;
+    applied with one there, it reads that instead.
     """
 
     features: tuple[int, ...]
@@ -55,7 +64,22 @@ class Projection(nn.Module):
         if self.bias_axes is not None:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
                               tuple(self.features), self.param_dtype)
+        if self.is_mutable_collection(OUT_MAJOR):
+            self.put_variable(OUT_MAJOR, "kernel", kernel.reshape(math.prod(in_shape), -1).T)
+        if self.has_variable(OUT_MAJOR, "kernel"):
+            return _contract_out_major(x.astype(self.dtype), self.get_variable(OUT_MAJOR, "kernel").astype(self.dtype),
+                                       bias, n_in, tuple(self.features))
         return contract(x.astype(self.dtype), kernel.astype(self.dtype), bias, n_in)
+
+
+def _contract_out_major(x, kernel_FxI, bias, n_in: int, features: tuple[int, ...]):
+    """`contract` with the kernel as an (out, in) matrix: F = prod(features) outputs, I inputs."""
+    batch = x.shape[:-n_in]
+    y = jax.lax.dot_general(x.reshape(*batch, -1), kernel_FxI, (((len(batch),), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32).reshape(*batch, *features)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
