@@ -75,6 +75,7 @@ def test_decoding_on_cpu_reads_projection_kernels_out_major_and_gives_the_same_l
     np.testing.assert_array_equal(prepared[OUT_MAJOR]["h_0"]["attn"]["c_attn"]["kernel"],
                                   kernel_Dx3xNxH.reshape(kernel_Dx3xNxH.shape[0], -1).T)
     ids_BxT = jnp.asarray([PROMPTS[0]])
+    assert set(model.init(jax.random.PRNGKey(0), ids_BxT)) == {"params"}  # init makes no out-major copy
 
     def prefill(variables):
         return decoder.forward(variables, ids_BxT, jnp.ones((1, 9), bool), jnp.arange(7)[None],

@@ -64,7 +64,7 @@ class Projection(nn.Module):
         if self.bias_axes is not None:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
                               tuple(self.features), self.param_dtype)
-        if self.is_mutable_collection(OUT_MAJOR):
+        if self.is_mutable_collection(OUT_MAJOR) and not self.is_initializing():
             self.put_variable(OUT_MAJOR, "kernel", kernel.reshape(math.prod(in_shape), -1).T)
         if self.has_variable(OUT_MAJOR, "kernel"):
             return _contract_out_major(x.astype(self.dtype), self.get_variable(OUT_MAJOR, "kernel").astype(self.dtype),
