@@ -1,14 +1,13 @@
 """A model as the decoding loops see it: prefill and one-token steps against a key/value cache.
 
-Every loop calls `prepare(params)` once (the model's variables as decoding applies them),
-then `start(prepared, context, batch, length)` for
-the cache, then `forward(prepared, ids_BxT, mask_BxS, positions_BxT, cache, index)`: the T
-tokens go into cache slots index..index+T-1, attend to the slots `mask_BxS` allows up to their
-own, and the last one comes back as logits B x 1 x V with the updated cache (a prefill needs
-no other position's: their output projection was 30% of gpt2_small's prefill FLOPs). `context` is what the decoder
-is conditioned on besides its own tokens: None for a decoder-only model, the encoder's input
-for an encoder-decoder. A new model family plugs in here and every strategy (greedy,
-sampling, beam search) works with it.
+Every loop calls `prepare(params)` once (the model's variables as decoding applies them), then
+`start(prepared, context, batch, length)` for the cache, then `forward(prepared, ids_BxT,
+mask_BxS, positions_BxT, cache, index)`: the T tokens go into cache slots index..index+T-1,
+attend to the slots `mask_BxS` allows up to their own, and the last one comes back as logits
+B x 1 x V with the updated cache (a prefill needs no other position's: their output projection
+was 30% of gpt2_small's prefill FLOPs). `context` is what the decoder is conditioned on besides
+its own tokens: None for a decoder-only model, the encoder's input for an encoder-decoder. A new
+model family plugs in here and every strategy (greedy, sampling, beam search) works with it.
 """
 
 import dataclasses
