@@ -130,3 +130,28 @@ def test_keys_and_values_in_cache_layout_give_the_same_values_and_gradients(impl
     np.testing.assert_allclose(out, ref, atol=1e-6)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(g, r, atol=1e-6)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+@pytest.mark.parametrize("implementation", ["explicit", "xla", "reference", "explicit in cache layout"])
+def test_grouped_keys_and_values_equal_repeated_ones_in_values_and_gradients(implementation, kv_heads):
+    q, _, _ = _qkv(seed=8, n=4)
+    _, k, v = _qkv(seed=9, n=kv_heads)
+    mask = np.ones((2, 7), bool)
+    mask[1, 4:] = False
+    cache_layout = implementation.endswith("cache layout")
+
+    def loss(k, v, grouped):
+        if not grouped:  # transformers' repeat_kv: query head n reads key/value head n // (4 / kv_heads)
+            k, v = (jnp.repeat(x, 4 // kv_heads, axis=2) for x in (k, v))
+        if cache_layout:
+            k, v = heads_first(k), heads_first(v)
+        out = dot_product_attention(q, k, v, causal=True, kv_mask_BxS=mask, implementation=implementation.split()[0],
+                                    kv_cache_layout=cache_layout)
+        return jnp.sum(out * jnp.cos(out)), out
+
+    (_, ref), ref_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, False)
+    (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, True)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=1e-5)

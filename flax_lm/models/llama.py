@@ -116,17 +116,14 @@ class Attention(nn.Module):
                               name=name)(x_BxTxD)
 
         q_BxTxNxH = apply_rotary(project(cfg.n_heads, "q_proj"), *rotary)
-        # k, v: B x S x K x H, or (B*K) x S x H from a cache
+        # k, v: B x S x K x H, or (B*K) x S x H from a cache; each of the K heads serves N / K
+        # consecutive query heads (repeat_kv in transformers), which attention groups without copies
         k = apply_rotary(project(cfg.n_kv_heads, "k_proj"), *rotary)
         v = project(cfg.n_kv_heads, "v_proj")
         offset = 0
         if layer_cache is not None:
             layer_cache = write_cache(layer_cache, k, v, cache_index)
             k, v, offset = layer_cache["k"], layer_cache["v"], cache_index
-        # The cache keeps K heads; each is shared by N / K consecutive query heads (repeat_kv in transformers).
-        groups = cfg.n_heads // cfg.n_kv_heads
-        heads_axis = 0 if layer_cache is not None else 2  # (B*K) rows: query head b*N + k*G + g reads row b*K + k
-        k, v = (jnp.repeat(t, groups, axis=heads_axis) for t in (k, v))
         dropout_rng = None
         if cfg.attention_dropout > 0 and not self.deterministic:
             dropout_rng = self.make_rng("dropout")
