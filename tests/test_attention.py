@@ -13,6 +13,15 @@ def _qkv(seed=0, b=2, t=7, n=3, h=8):
     return [jax.random.normal(k, (b, t, n, h)) for k in keys]
 
 
+def _assert_same_values_and_gradients(loss, argnums, reference_args, args, atol):
+    """`loss` returns (scalar, output): the outputs and the gradients of both calls agree."""
+    (_, ref), ref_grads = jax.value_and_grad(loss, argnums=argnums, has_aux=True)(*reference_args)
+    (_, out), grads = jax.value_and_grad(loss, argnums=argnums, has_aux=True)(*args)
+    np.testing.assert_allclose(out, ref, atol=atol)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=atol)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("implementation", ["xla", "explicit"])
 def test_implementations_agree_with_reference_values_and_gradients(causal, implementation):
@@ -24,11 +33,7 @@ def test_implementations_agree_with_reference_values_and_gradients(causal, imple
         out = dot_product_attention(q, k, v, causal=causal, kv_mask_BxS=mask, implementation=impl)
         return jnp.sum(out * jnp.cos(out)), out
 
-    (_, ref), ref_grads = jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True)("reference", q, k, v)
-    (_, out), grads = jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True)(implementation, q, k, v)
-    np.testing.assert_allclose(out, ref, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
-        np.testing.assert_allclose(g, r, atol=1e-5)
+    _assert_same_values_and_gradients(loss, (1, 2, 3), ("reference", q, k, v), (implementation, q, k, v), 1e-5)
 
 
 def test_explicit_attention_runs_in_bf16():
@@ -125,11 +130,7 @@ def test_keys_and_values_in_cache_layout_give_the_same_values_and_gradients(impl
                                     implementation=implementation, kv_cache_layout=cache_layout)
         return jnp.sum(out * jnp.cos(out)), out
 
-    (_, ref), ref_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, False)
-    (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, True)
-    np.testing.assert_allclose(out, ref, atol=1e-6)
-    for g, r in zip(grads, ref_grads):
-        np.testing.assert_allclose(g, r, atol=1e-6)
+    _assert_same_values_and_gradients(loss, (0, 1), (k, v, False), (k, v, True), 1e-6)
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
@@ -150,8 +151,4 @@ def test_grouped_keys_and_values_equal_repeated_ones_in_values_and_gradients(imp
                                     kv_cache_layout=cache_layout)
         return jnp.sum(out * jnp.cos(out)), out
 
-    (_, ref), ref_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, False)
-    (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v, True)
-    np.testing.assert_allclose(out, ref, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
-        np.testing.assert_allclose(g, r, atol=1e-5)
+    _assert_same_values_and_gradients(loss, (0, 1), (k, v, False), (k, v, True), 1e-5)
