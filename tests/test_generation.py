@@ -109,6 +109,7 @@ def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits
         dtypes.setdefault([k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1], set()).add(leaf.dtype)
     assert dtypes["kernel"] == dtypes["embedding"] == {jnp.dtype(jnp.bfloat16)}
     assert dtypes["scale"] == {jnp.dtype(jnp.float32)}  # norms stay float32
+
     def prefill(weights):
         return decoder.forward(weights, ids_BxT, jnp.ones((2, 8), bool), jnp.broadcast_to(jnp.arange(6), (2, 6)),
                                decoder.start(weights, None, 2, 8), 0)[0].astype(jnp.float32)

@@ -52,9 +52,9 @@ def test_multi_host_and_multi_slice_topologies_shard_the_state():
 
 def test_auto_attention_is_chosen_for_the_topology_not_for_this_machine():
     from flax_lm import attention, mesh, sharding
-    devices = mesh.make_mesh(tiny_config(), tpu_compile.topology_devices("v5e:2x2"))
+    topology_mesh = mesh.make_mesh(tiny_config(), tpu_compile.topology_devices("v5e:2x2"))
     assert attention.resolve("auto") == "explicit"  # this CPU's choice
-    with sharding.activate(devices):
+    with sharding.activate(topology_mesh):
         assert attention.resolve("auto") == "xla"
 
 
