@@ -10,7 +10,8 @@ import re
 import jax
 import jax.numpy as jnp
 import optax
-from jax.tree_util import DictKey
+
+from flax_lm.sharding import param_names
 
 _EMBEDDINGS = ("embeddings", "wte", "wpe", "embed_tokens")
 _LAYER = re.compile(r"^(?:layer|h)_(\d+)$")
@@ -19,8 +20,7 @@ _SCANNED = ("layers", "h")
 
 def depth(path, leaf, n_layers: int):
     """The depth of the parameter at `path`: an int, or for a scanned stack an array (L, 1, ...)."""
-    names = [k.key for k in path if isinstance(k, DictKey)]
-    for name in names:
+    for name in param_names(path):
         if name in _EMBEDDINGS:
             return 0
         match = _LAYER.match(name)

@@ -8,9 +8,9 @@ embeddings move alike. It has no first moment (momentum) here, as in T5.
 
 import jax
 import optax
-from jax.tree_util import DictKey
 
 from flax_lm.layerwise import scale_by_layer
+from flax_lm.sharding import param_names
 
 # Parameters that get weight decay: matrices and embeddings. Biases, LayerNorm scales
 # and any other vector stay undecayed, as in GPT-2/BERT practice.
@@ -37,8 +37,7 @@ def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
 def decay_mask(params):
     """True for parameters that get weight decay (works on boxed and unboxed trees)."""
     def is_decayed(path, _):
-        names = [k.key for k in path if isinstance(k, DictKey)]
-        return names[-1] in DECAYED_NAMES
+        return param_names(path)[-1] in DECAYED_NAMES
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 

@@ -41,21 +41,23 @@ def logical_sharding(tree, mesh: jax.sharding.Mesh):
     return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
 
 
+def param_names(path) -> tuple[str, ...]:
+    """The dictionary keys of a parameter tree path (a boxed leaf's path ends past them, in .value)."""
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
 def unbox_reshaped(opt_state, params):
     """`opt_state` with the boxes taken off the statistics that are not shaped as their parameter
     (the one at the same dictionary path): Adafactor's factored row and column moments, and its
     placeholders, keep their parameter's box, whose sharding does not fit them; unboxed, they
     are replicated. Statistics shaped as their parameter (Adam's moments) keep its sharding."""
-    def names(path):
-        return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
-
     def boxed(x):
         return isinstance(x, nn.Partitioned)
-    shapes = {names(path): x.value.shape for path, x in jax.tree_util.tree_leaves_with_path(params, is_leaf=boxed)
+    shapes = {param_names(path): x.value.shape for path, x in jax.tree_util.tree_leaves_with_path(params, is_leaf=boxed)
               if boxed(x)}
 
     def fitting(path, x):
-        return x.value if boxed(x) and x.value.shape != shapes.get(names(path)) else x
+        return x.value if boxed(x) and x.value.shape != shapes.get(param_names(path)) else x
     return jax.tree_util.tree_map_with_path(fitting, opt_state, is_leaf=boxed)
 
 

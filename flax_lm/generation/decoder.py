@@ -132,8 +132,7 @@ def _weights_in(params, dtype):
     The model casts them at each use, which in a bfloat16 model read every float32 weight
     and wrote its bfloat16 copy at every step; the values it computes are the same."""
     def cast(path, x):
-        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]  # boxed leaves end in .value
-        return x.astype(dtype) if name in ("kernel", "embedding") else x
+        return x.astype(dtype) if sharding.param_names(path)[-1] in ("kernel", "embedding") else x
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
