@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from flax_lm import defaults, optim
@@ -39,6 +40,16 @@ def test_clipping_and_decay_apply():
     np.testing.assert_allclose(updates["dense"]["kernel"], -0.05)  # decay only
     np.testing.assert_allclose(updates["dense"]["bias"], 0.0)
 
+
+@pytest.mark.parametrize("scale", [0.0, 0.1, 10.0, np.nan])
+def test_clipping_is_optaxs(scale):
+    """The same clipped gradients as optax.clip_by_global_norm (a norm of 0, below, above the
+    bound, not finite), and the same state, so checkpoints written before stay readable."""
+    grads = {"a": jnp.arange(6.0).reshape(2, 3) * scale, "b": jnp.full(4, -scale)}
+    ours, theirs = optim.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+    assert ours.init(grads) == theirs.init(grads)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6),
+                 ours.update(grads, ours.init(grads))[0], theirs.update(grads, theirs.init(grads))[0])
 
 
 def test_adafactor_trains_t5_sharded_over_fsdp_and_tensor(tmp_path):
