@@ -6,7 +6,7 @@ weight is read from the whole batch first; gradient accumulation then runs as a
 micro-batches give exactly the gradient of one k-times-larger batch.
 
 A step whose loss or gradient norm is not finite changes no parameter and no optimizer
-moment (a select that XLA fuses into the update) and is flagged in the metrics as
+moment (`update_if_finite`) and is flagged in the metrics as
 `nonfinite`. With the "skip" policy it is counted in `skipped_steps` and the step counter
 moves on (the batch is consumed); with "stop" the whole state stays as it was, so the loop
 can save exactly the last good state.
@@ -63,8 +63,12 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
             grads, sums = jax.lax.psum((grads, sums), axis_name)
         loss, grad_norm = total_loss(sums, weights), optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+
+        def update(params, opt_state):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        params, opt_state = update_if_finite(finite, update, state.params, state.opt_state)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
@@ -74,15 +78,24 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
         }
         if len(sums) > 1:
             metrics.update({f"loss/{k}": sums[k] / jnp.maximum(weights[k], 1.0) for k in sums})
-        def if_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
         advance = finite | (nonfinite_policy == "skip")
-        return state.replace(step=state.step + advance, params=if_finite(params, state.params),
-                             opt_state=if_finite(opt_state, state.opt_state),
+        return state.replace(step=state.step + advance, params=params, opt_state=opt_state,
                              skipped_steps=metrics["skipped_steps"]), metrics
 
     return train_step
+
+
+def update_if_finite(finite, update, *old):
+    """update(*old) where `finite` is true, else `old` unchanged.
+
+    On CPU this is a `lax.cond`. With an elementwise select, XLA:CPU recomputes the new Adam
+    moments inside the parameter update and copies the old ones to keep them alive: AdamW on
+    bert_base's 109M parameters took 391 ms a step with the select and 135 ms with the cond.
+    A GPU's conditional reads its predicate back to the host in the middle of the step, so
+    other platforms keep the select, which they fuse into the update."""
+    if sharding.target_platform() == "cpu":
+        return jax.lax.cond(finite, update, lambda *kept: kept, *old)
+    return jax.tree.map(lambda new, kept: jnp.where(finite, new, kept), update(*old), old)
 
 
 def jit_train_step(model, task: Task, tx, schedule, train_cfg, mesh, state_shardings):

@@ -14,12 +14,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import tiny_config
 
 from bench import soak
 from flax_lm import config as config_lib
-from flax_lm import optim, train
+from flax_lm import optim, sharding, train
 from flax_lm import run as run_lib
 from flax_lm.checkpointing import UNREADABLE, Checkpointer
 from flax_lm.data import length_buckets
@@ -27,7 +28,7 @@ from flax_lm.errors import UserError
 from flax_lm.models import build_model
 from flax_lm.state_init import create_state, state_shardings
 from flax_lm.tasks import get_task
-from flax_lm.train_step import make_train_step
+from flax_lm.train_step import make_train_step, update_if_finite
 
 
 def _final(cfg, workdir):
@@ -166,8 +167,10 @@ def _poisoned_loader(bad_call: int):
     return load_batch
 
 
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])  # a lax.cond on CPU, a select elsewhere
 @pytest.mark.parametrize("policy", ["skip", "stop"])
-def test_a_nonfinite_step_changes_no_parameter(policy, shakespeare):
+def test_a_nonfinite_step_changes_no_parameter(policy, platform, shakespeare, monkeypatch):
+    monkeypatch.setattr(sharding, "target_platform", lambda: platform)
     cfg = tiny_config(train=dict(nonfinite_policy=policy))
     cfg.parallel.update(data=1)
     model = build_model(cfg.model)
@@ -185,6 +188,26 @@ def test_a_nonfinite_step_changes_no_parameter(policy, shakespeare):
     assert int(metrics["nonfinite"]) == 1
     assert (int(bad.step), int(bad.skipped_steps)) == ((2, 1) if policy == "skip" else (1, 0))
     jax.tree.map(np.testing.assert_array_equal, (bad.params, bad.opt_state), (good.params, good.opt_state))
+
+
+@pytest.mark.parametrize("finite", [True, False])
+def test_the_kept_or_updated_state_is_the_same_on_every_platform(finite, monkeypatch):
+    tx = optim.make_optimizer(tiny_config().optim, 20, 2)
+    params = {"w": {"kernel": jnp.arange(6.0).reshape(2, 3)}, "b": {"bias": jnp.ones(3)}}
+    grads = jax.tree.map(lambda x: x * 0.5 - 1, params)
+
+    def update(p, s):
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    outs = {}
+    for platform in ("cpu", "gpu"):
+        monkeypatch.setattr(sharding, "target_platform", lambda: platform)
+        step = jax.jit(lambda p, s: update_if_finite(jnp.asarray(finite), update, p, s))
+        outs[platform] = step(params, tx.init(params))
+    jax.tree.map(np.testing.assert_array_equal, outs["cpu"], outs["gpu"])
+    expected = update(params, tx.init(params)) if finite else (params, tx.init(params))
+    jax.tree.map(np.testing.assert_allclose, outs["cpu"], expected)
 
 
 def test_skip_policy_counts_and_reports_the_skipped_step(tmp_path, shakespeare, monkeypatch, capsys):
