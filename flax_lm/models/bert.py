@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, split_qkv, tied_logits
+from flax_lm.models.layers import DTYPES, Projection, dtypes, from_run_config, gelu, split_qkv, tied_logits
 from flax_lm.models.remat import POLICIES
 
 VARIANTS = ("bert", "roberta")
@@ -135,7 +135,7 @@ class Layer(nn.Module):
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
         h_BxTxD = SelfAttention(cfg, self.deterministic, name="attention")(x_BxTxD, kv_mask_BxT)
         x_BxTxD = _layer_norm(cfg, "attention_ln")(x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out"))
-        h_BxTxF = nn.gelu(_dense(cfg, (cfg.d_ff,), ("embed",), ("mlp",), "intermediate")(x_BxTxD), approximate=False)
+        h_BxTxF = gelu(_dense(cfg, (cfg.d_ff,), ("embed",), ("mlp",), "intermediate")(x_BxTxD), False)
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
         h_BxTxD = _dense(cfg, (cfg.d_model,), ("mlp",), ("embed",), "output")(h_BxTxF)
         x_BxTxD = _layer_norm(cfg, "output_ln")(x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out"))
@@ -181,8 +181,7 @@ class MaskedLMHead(nn.Module):
     @nn.compact
     def __call__(self, x_BxPxD, word: nn.Embed):
         cfg = self.cfg
-        h_BxPxD = nn.gelu(_dense(cfg, (cfg.d_model,), ("embed",), ("embed_out",), "transform")(x_BxPxD),
-                          approximate=False)
+        h_BxPxD = gelu(_dense(cfg, (cfg.d_model,), ("embed",), ("embed_out",), "transform")(x_BxPxD), False)
         h_BxPxD = _layer_norm(cfg, "transform_ln")(h_BxPxD)
         bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                             (cfg.vocab_size,), DTYPES[cfg.param_dtype])

@@ -20,6 +20,7 @@ from flax_lm.models.layers import (
     dtypes,
     empty_cache,
     from_run_config,
+    gelu,
     run_blocks,
     split_qkv,
     tied_logits,
@@ -131,7 +132,7 @@ class MLP(nn.Module):
         h_BxTxF = Projection(
             (cfg.d_ff,), ("embed",), ("mlp",), _normal(cfg.initializer_range), bias_axes=("mlp",), dtype=dtype,
             param_dtype=param_dtype, name="c_fc")(x_BxTxD)
-        h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's "gelu_new"
+        h_BxTxF = gelu(h_BxTxF, True)  # GPT-2's "gelu_new"
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
         return Projection(
             (cfg.d_model,), ("mlp",), ("embed",), _normal(_residual_std(cfg)), bias_axes=("embed",), dtype=dtype,

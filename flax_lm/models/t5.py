@@ -28,6 +28,7 @@ from flax_lm.models.layers import (
     dtypes,
     empty_cache,
     from_run_config,
+    gelu,
     run_blocks,
     tied_logits,
     write_cache,
@@ -153,7 +154,7 @@ class FeedForward(nn.Module):
         if cfg.feed_forward == "relu":
             h_BxTxF = nn.relu(wi("wi"))
         else:  # HF maps "gated-gelu" to gelu_new, the tanh approximation
-            h_BxTxF = nn.gelu(wi("wi_0"), approximate=True) * wi("wi_1")
+            h_BxTxF = gelu(wi("wi_0"), True) * wi("wi_1")
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
         h_BxTxF = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BxTxF)
         return Projection((d,), ("mlp",), ("embed",), _normal(f * ff ** -0.5), name="wo", **dtypes(cfg))(h_BxTxF)

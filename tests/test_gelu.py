@@ -1,0 +1,32 @@
+"""GELU with a hand-written backward pass: nn.gelu's values and gradients, keeping only its input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax._src.ad_checkpoint import saved_residuals
+
+from flax_lm.models.layers import gelu
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_values_and_gradients_equal_autodiff_of_nn_gelu(approximate):
+    x = jnp.linspace(-12.0, 12.0, 20001)
+    y, grad = jax.jit(jax.value_and_grad(lambda x: gelu(x, approximate).sum()))(x)
+    want = jax.jit(jax.grad(lambda x: nn.gelu(x, approximate=approximate).sum()))(x)
+    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-6)
+    torch_gelu = torch.nn.functional.gelu(torch.from_numpy(np.asarray(x)),
+                                          approximate="tanh" if approximate else "none")
+    np.testing.assert_allclose(y, jnp.sum(nn.gelu(x, approximate=approximate)), rtol=1e-6)
+    np.testing.assert_allclose(gelu(x, approximate), torch_gelu.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_the_backward_pass_keeps_only_the_input(approximate):
+    x = jnp.ones((4, 8), jnp.bfloat16)
+    saved = saved_residuals(lambda x: gelu(x, approximate).sum(), x)
+    assert [(r.shape, r.dtype) for r, _ in saved] == [((4, 8), jnp.bfloat16)]
+    grad = jax.grad(lambda x: gelu(x, approximate).astype(jnp.float32).sum())(x)
+    assert grad.dtype == jnp.bfloat16
