@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+from flax_lm import host_memory
 from flax_lm.errors import UserError
 
 
@@ -78,6 +79,7 @@ def _configured(sub, name: str, what: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    host_memory.keep_freed_memory()  # before JAX starts its threads
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if a.startswith("--config.")]
