@@ -15,6 +15,8 @@ import argparse
 import importlib
 import sys
 
+from flax_lm import host_memory
+
 BENCHMARKS = {  # name: (module, what it measures)
     "gpt2-train": ("bench.gpt2_train", "training throughput, GPT-2 vs transformers.GPT2LMHeadModel"),
     "bert-mlm": ("bench.bert_mlm", "masked-LM training throughput, BERT vs transformers.BertForMaskedLM"),
@@ -25,7 +27,9 @@ BENCHMARKS = {  # name: (module, what it measures)
 
 def main(argv: list[str] | None = None):
     """Runs the benchmark named by argv[0] with the rest of argv; returns its result."""
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the program itself (`host_memory`: huge pages on a CPU)
+        host_memory.restart_with_huge_pages()
+        argv = sys.argv[1:]
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.strip().splitlines()[0],
         epilog="benchmarks: " + "; ".join(f"{name}: {what}" for name, (_, what) in BENCHMARKS.items()))

@@ -68,8 +68,10 @@ def parser(prog: str, doc: str, *, config: str, batch: int | None, seq_len: int 
 
 def parse(arg_parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """(options, the --config.key=value overrides among argv); anything else exits 2 with usage.
-    On a CPU, malloc keeps freed memory from here on, for both sides (`host_memory`)."""
-    host_memory.keep_freed_memory()
+    Run as a program (argv None) on a CPU, it first starts the program again with huge pages for
+    both sides (`host_memory`)."""
+    if argv is None:
+        host_memory.restart_with_huge_pages()
     args, extra = arg_parser.parse_known_args(argv)
     unknown = [a for a in extra if not a.startswith("--config.")]
     if unknown:

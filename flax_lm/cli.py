@@ -79,7 +79,6 @@ def _configured(sub, name: str, what: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    host_memory.keep_freed_memory()  # before JAX starts its threads
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if a.startswith("--config.")]
@@ -248,6 +247,7 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "genera
 
 
 def entry_point() -> None:
+    host_memory.restart_with_huge_pages()  # on a CPU; replaces this process, so only here
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())
 
