@@ -23,19 +23,20 @@ BENCHMARKS = {  # name: (module, what it measures)
     "generate": ("bench.gpt2_generate", "greedy decoding, flax_lm generate vs transformers generate()"),
     "input": ("bench.input_pipeline", "input pipeline throughput: read, tokenize, pack + batch"),
 }
+TRAINING = ("gpt2-train", "bert-mlm")
 
 
 def main(argv: list[str] | None = None):
     """Runs the benchmark named by argv[0] with the rest of argv; returns its result."""
-    if argv is None:  # the program itself (`host_memory`: huge pages on a CPU)
-        host_memory.restart_with_huge_pages()
-        argv = sys.argv[1:]
+    program, argv = argv is None, sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.strip().splitlines()[0],
         epilog="benchmarks: " + "; ".join(f"{name}: {what}" for name, (_, what) in BENCHMARKS.items()))
     parser.add_argument("benchmark", choices=BENCHMARKS)
     parser.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's options (BENCHMARK --help)")
     args = parser.parse_args(argv[:1])
+    if program and args.benchmark in TRAINING:  # huge pages on a CPU, as `flax-lm train` has them
+        host_memory.restart_with_huge_pages()
     module = importlib.import_module(BENCHMARKS[args.benchmark][0])
     return module.main(argv[1:], prog=f"python -m bench {args.benchmark}")
 

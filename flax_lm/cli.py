@@ -247,7 +247,8 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "genera
 
 
 def entry_point() -> None:
-    host_memory.restart_with_huge_pages()  # on a CPU; replaces this process, so only here
+    if sys.argv[1:2] == ["train"]:  # on a CPU; it replaces this process, so only here
+        host_memory.restart_with_huge_pages()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())
 
