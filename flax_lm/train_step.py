@@ -30,6 +30,7 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
                     nonfinite_policy: str = "skip", axis_name: str | None = None):
     """Returns train_step(state, batch) -> (state, metrics); batch arrays lead with the global batch,
     or, with `axis_name` (the step runs under `jax.pmap` over that axis), with this device's rows."""
+    tx = optax.with_extra_args_support(tx)  # it is given the gradient norm (`optim.clip_by_global_norm`)
 
     def micro_grads(params, micro_batch, weights, rng):
         def objective(p):
@@ -65,7 +66,7 @@ def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedul
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(params, opt_state):
-            updates, opt_state = tx.update(grads, opt_state, params)
+            updates, opt_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)
             return optax.apply_updates(params, updates), opt_state
 
         params, opt_state = update_if_finite(finite, update, state.params, state.opt_state)

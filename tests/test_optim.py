@@ -52,6 +52,13 @@ def test_clipping_is_optaxs(scale):
                  ours.update(grads, ours.init(grads))[0], theirs.update(grads, theirs.init(grads))[0])
 
 
+def test_clipping_takes_a_norm_the_caller_has():
+    grads = {"a": jnp.full(4, 3.0)}  # norm 6
+    clip = optim.clip_by_global_norm(1.0)
+    np.testing.assert_allclose(clip.update(grads, clip.init(grads), grad_norm=jnp.float32(30.0))[0]["a"], 0.1)
+    np.testing.assert_allclose(clip.update(grads, clip.init(grads))[0]["a"], 0.5)
+
+
 def test_adafactor_trains_t5_sharded_over_fsdp_and_tensor(tmp_path):
     """Adafactor's factored moments (vectors, not parameter-shaped) are replicated on the mesh
     while its full moments follow their parameters' sharding; training runs and learns."""
