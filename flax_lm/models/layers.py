@@ -77,9 +77,14 @@ def _contract_out_major(x, kernel_FxI, bias, n_in: int, features: tuple[int, ...
     batch = x.shape[:-n_in]
     y = jax.lax.dot_general(x.reshape(*batch, -1), kernel_FxI, (((len(batch),), (1,)), ((), ())),
                             preferred_element_type=jnp.float32).reshape(*batch, *features)
+    return _plus_bias(y, bias, x.dtype)
+
+
+def _plus_bias(y_f32, bias, dtype):
+    """A float32 product plus `bias` (None: nothing), cast to the compute `dtype`."""
     if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    return y.astype(x.dtype)
+        y_f32 = y_f32 + bias.astype(jnp.float32)
+    return y_f32.astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -98,10 +103,7 @@ def contract(x, kernel, bias, n_in: int):
 
 def _contract(x, kernel, bias, n_in):
     axes = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jnp.tensordot(x, kernel, axes=axes, preferred_element_type=jnp.float32)
-    if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    return y.astype(x.dtype)
+    return _plus_bias(jnp.tensordot(x, kernel, axes=axes, preferred_element_type=jnp.float32), bias, x.dtype)
 
 
 def _contract_fwd(x, kernel, bias, n_in):
