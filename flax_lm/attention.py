@@ -198,7 +198,7 @@ def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b):
     # The mask is added as 0 / _MASKED rather than selected: XLA:CPU then fuses it, with the
     # softmax, into the product; a select was a pass of its own (the scores, softmax and p.v of one
     # gpt2_tiny layer: 5.0 -> 3.6 ms).
-    # _MASKED absorbs any finite score, so a masked score is exactly _MASKED either way.
+    # _MASKED absorbs any score smaller than about 1e22 in size: a masked score is _MASKED either way.
     mask_Bx1xTxS = jnp.where(allowed_Bx1xTxS, 0.0, _MASKED).astype(jnp.float32)
     x, t, s = s_XxTxS.shape
     if bias_BxNxTxS is None and allowed_Bx1xTxS.shape[0] == 1:
