@@ -156,6 +156,13 @@ def generate_ids(run: Run, params, ids: list[list[int]], streamer=None, **overri
         return generate(for_model(run.model), params, ids, config, streamer)
 
 
+def decoding_weights(run: Run, params):
+    """`params` prepared once for decoding, to pass to many `generate_ids` calls in their place
+    (see `CausalDecoder.prepared`)."""
+    with sharding.activate(run.mesh):
+        return for_model(run.model).prepared(params)
+
+
 def special_ids(cfg, tokenizer) -> tuple[int, int]:
     """(end token, padding token) of a generative run's tokenizer; GPT-2 pads with its end token."""
     if cfg.model.family == "t5":

@@ -4,7 +4,7 @@ run's `sample` settings: greedy, or beam search with num_beams > 1) and compared
 import numpy as np
 
 from flax_lm.metrics import generated_text_metrics
-from flax_lm.run import generate_ids
+from flax_lm.run import decoding_weights, generate_ids
 
 
 def generated_outputs(run, params, dataset, count: int) -> list[str]:
@@ -12,6 +12,7 @@ def generated_outputs(run, params, dataset, count: int) -> list[str]:
     size; the last batch is filled up with copies of its last source (and their outputs dropped),
     so every batch has one shape and the decoding loop compiles once."""
     batch = run.cfg.train.batch_size
+    params = decoding_weights(run, params)
     outputs = []
     for start in range(0, count, batch):
         rows = np.minimum(np.arange(start, start + batch), count - 1)

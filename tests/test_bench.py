@@ -104,6 +104,7 @@ def test_bert_mlm_and_generate_report_and_record(tmp_path, monkeypatch):
                                    *TINY], prog="python -m bench generate")
     assert re.fullmatch(r"[0-2]/2", decoding["rows_token_equal"])  # parity is test_generation's
     assert decoding["flax_lm"]["tokens_per_sec"] == pytest.approx(2 * 3 / decoding["flax_lm"]["step_time_s"]["median"])
+    assert decoding["prepare_ms"] > 0
     header, cells = _recorded_row(gpt2_generate.TABLE, decoding, tmp_path / "generate", monkeypatch)
     assert len(cells) == len(header)
 

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from test_cli import flax_lm  # noqa: E402
 
 from flax_lm.errors import UserError  # noqa: E402
-from flax_lm.generation import CausalDecoder, GenerationConfig, generate, processors, settings  # noqa: E402
+from flax_lm.generation import CausalDecoder, GenerationConfig, Prepared, generate, processors, settings  # noqa: E402
 from flax_lm.generation import decoder as decoder_module  # noqa: E402
 from flax_lm.interop import gpt2 as gpt2_interop  # noqa: E402
 from flax_lm.models import family_module, gpt2, llama  # noqa: E402
@@ -82,6 +82,21 @@ def test_decoding_on_cpu_reads_projection_kernels_out_major_and_gives_the_same_l
                                decoder.start(variables, None, 1, 9), 0)[0]
 
     np.testing.assert_allclose(prefill(prepared), prefill({"params": prepared["params"]}), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(DECODERS))
+def test_weights_prepared_once_decode_as_the_parameters_do(family):
+    # scanned layers, so that preparing also splits the stacks; on CPU it also adds the out-major kernels
+    cfg = DECODERS[family](True)
+    model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)
+    params = model.init(jax.random.PRNGKey(3), jnp.asarray([PROMPTS[0]]))["params"]
+    decoder = CausalDecoder(model)
+    prepared = decoder.prepared(params)
+    assert isinstance(prepared, Prepared) and OUT_MAJOR in prepared.variables
+    assert decoder.prepare(prepared) is prepared.variables
+    for config in (GenerationConfig(max_new_tokens=6), GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2),
+                   GenerationConfig(max_new_tokens=5, num_beams=3, num_return_sequences=2)):
+        assert generate(decoder, prepared, PROMPTS, config) == generate(decoder, params, PROMPTS, config)
 
 
 @pytest.mark.parametrize("family", sorted(DECODERS))

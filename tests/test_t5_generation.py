@@ -80,6 +80,14 @@ def test_generation_equals_transformers(models, name, case):
     assert any(row[-1] in ENDS and len(row) < N for row in out) or case.startswith("beams")
 
 
+def test_weights_prepared_once_generate_what_transformers_does(models):
+    ours, hf = models
+    model, params = ours["scanned"]
+    decoder = Seq2SeqDecoder(model)
+    config = GenerationConfig(max_new_tokens=N, eos_token_ids=ENDS, pad_token_id=0, **CASES["beams"])
+    assert generate(decoder, decoder.prepared(params), SOURCES, config) == _transformers_new_tokens(hf, SOURCES, config)
+
+
 def test_ends_at_several_lengths(models):
     """The cases above are only a test of ending if the model does end, at different steps."""
     ours, _ = models

@@ -8,10 +8,15 @@ B x 1 x V with the updated cache (a prefill needs no other position's: their out
 was 30% of gpt2_small's prefill FLOPs). `context` is what the decoder is conditioned on besides
 its own tokens: None for a decoder-only model, the encoder's input for an encoder-decoder. A new
 model family plugs in here and every strategy (greedy, sampling, beam search) works with it.
+
+A caller that decodes many batches with the same weights prepares them once
+(`decoder.prepared(params)`) and passes the result where the parameters go.
 """
 
 import dataclasses
+import functools
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -47,11 +52,32 @@ class _Decoder:
         """The variables `forward` applies the model with: a scanned model's layers split into
         its unrolled twin's, every kernel and embedding table in the compute dtype, and on CPU
         the projection kernels also as (out, in) matrices (`layers.OUT_MAJOR`; a second copy
-        of them for the loop's duration)."""
+        of them for the loop's duration). `params` already `Prepared` are taken as they are."""
+        if isinstance(params, Prepared):
+            return params.variables
         variables = {"params": self._unstacked(params)}
         if sharding.target_platform() == "cpu":
             variables[OUT_MAJOR] = self._one_token(variables, mutable=[OUT_MAJOR])[1][OUT_MAJOR]
         return _weights_in(variables, DTYPES[self.model.cfg.dtype])
+
+    def prepared(self, params) -> "Prepared":
+        """`params` made ready for decoding once, to pass to any number of `generate` calls in
+        their place. Each call otherwise prepares them again: for gpt2_small on CPU that is
+        about 170 ms a call (splitting the stacked layers and transposing 85M weights), as much
+        as 8 one-token steps at batch 1. The caller then holds the prepared copy."""
+        return Prepared(_prepare(self, params))
+
+
+@flax.struct.dataclass
+class Prepared:
+    """A model's variables as a decoder applies them (`_Decoder.prepared`)."""
+
+    variables: dict
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prepare(decoder, params):
+    return decoder.prepare(params)
 
 
 class CausalDecoder(_Decoder):

@@ -22,7 +22,8 @@ def generate(decoder, params, prompts: list[list[int]], config: GenerationConfig
 
     A prompt that leaves no room in the model's context is a UserError; otherwise
     max_new_tokens is cut to the room there is. `streamer(tokens_B)` sees each step's tokens
-    on the host (greedy and sampling only).
+    on the host (greedy and sampling only). `params` may be the decoder's `prepared(params)`,
+    made once for many calls.
     """
     config = config.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
