@@ -9,7 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from flax_lm import sharding, splash_attention
+from flax_lm import few_rows, sharding, splash_attention
 
 # "auto": "explicit" on CPU, "xla" elsewhere.
 # "xla": jax.nn.dot_product_attention's portable XLA path.
@@ -82,10 +82,16 @@ def dot_product_attention(
         k, v = (jnp.repeat(x, groups, axis=2) for x in (k, v))
         groups = 1
     if explicit:
-        allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
+        # one-token decoding in 16-bit: more query rows, the padded ones attending as the last does
+        count = few_rows.extra(t, q_BxTxNxH.dtype, groups)
+        allowed = few_rows.pad(_allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset), 2,
+                               count, "edge")
         if groups > 1:  # the G query heads of a key/value head are G*T query rows of one product
             allowed = jnp.tile(allowed, (1, 1, groups, 1))
-        return _explicit(q_BxTxNxH, k, v, allowed, bias_BxNxTxS, _scale(q_BxTxNxH, scale), kv_cache_layout, groups)
+        bias = None if bias_BxNxTxS is None else few_rows.pad(bias_BxNxTxS, 2, count, "edge")
+        o_BxTxNxH = _explicit(few_rows.pad(q_BxTxNxH, 1, count), k, v, allowed, bias, _scale(q_BxTxNxH, scale),
+                              kv_cache_layout, groups)
+        return few_rows.cut(o_BxTxNxH, 1, t)
     if implementation == "reference" or dropout_rate > 0.0:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
         return _reference(q_BxTxNxH, k, v, allowed, dropout_rate, dropout_rng, bias_BxNxTxS, scale)
