@@ -18,7 +18,7 @@ from flax_lm.generation import CausalDecoder, GenerationConfig, Prepared, genera
 from flax_lm.generation import decoder as decoder_module  # noqa: E402
 from flax_lm.interop import gpt2 as gpt2_interop  # noqa: E402
 from flax_lm.models import family_module, gpt2, llama  # noqa: E402
-from flax_lm.models.layers import OUT_MAJOR  # noqa: E402
+from flax_lm.models.layers import OUT_MAJOR, write_cache  # noqa: E402
 
 # Larger-than-default init so the random model's next-token choices are decisive, not near-ties.
 HF_TINY = dict(vocab_size=96, n_positions=48, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3,
@@ -65,6 +65,19 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_step(family, sca
     for t in range(5, 12):
         logits, cache = step(ids_BxT[:, t:t + 1], cache, t)
         np.testing.assert_allclose(logits[:, 0], full_BxTxV[:, t], atol=1e-5)
+
+
+def test_a_bfloat16_cache_takes_new_entries_without_a_float32_copy_of_itself():
+    cache = {name: jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 4)), jnp.bfloat16) for name in "kv"}
+    k_BxTxKxH, v_BxTxKxH = (jnp.full((2, 1, 4, 4), x, jnp.float32) for x in (2.5, -3.0))
+    write = jax.jit(write_cache)
+    assert "f32[8,16,4]" not in write.lower(cache, k_BxTxKxH, v_BxTxKxH, 3).compile().as_text()
+    written = write(cache, k_BxTxKxH, v_BxTxKxH, 3)
+    for name, value in (("k", 2.5), ("v", -3.0)):
+        expected = np.asarray(cache[name]).copy()
+        expected[:, 3] = value
+        np.testing.assert_array_equal(np.asarray(written[name]), expected)
+        assert written[name].dtype == jnp.bfloat16
 
 
 def test_decoding_on_cpu_reads_projection_kernels_out_major_and_gives_the_same_logits(models):

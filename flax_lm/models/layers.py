@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_lm import few_rows
+from flax_lm import few_rows, sharding
 from flax_lm.attention import heads_first
 from flax_lm.models.remat import POLICIES
 from flax_lm.weight_grad import weight_grad
@@ -194,9 +194,18 @@ def write_cache(layer_cache: dict, k_BxTxKxH, v_BxTxKxH, cache_index) -> dict:
     copied by XLA:CPU at batch 1, where the product drops the batch dimension.
     """
     start = (0, cache_index, 0)
-    return {name: jax.lax.dynamic_update_slice(layer_cache[name], heads_first(new).astype(layer_cache[name].dtype),
-                                               start)
+    return {name: _updated(layer_cache[name], heads_first(new).astype(layer_cache[name].dtype), start)
             for name, new in (("k", k_BxTxKxH), ("v", v_BxTxKxH))}
+
+
+def _updated(cache, new, start):
+    """`cache` with `new` written at `start`. On CPU a 16-bit float cache is written as 16-bit
+    integers: XLA:CPU updates a bfloat16 array by converting all of it to float32 and back (at
+    batch 32, 7.5 of gpt2_small's 60 ms decoding step), and an integer one in place."""
+    if cache.dtype not in (jnp.bfloat16, jnp.float16) or sharding.target_platform() != "cpu":
+        return jax.lax.dynamic_update_slice(cache, new, start)
+    bits = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.uint16)
+    return jax.lax.bitcast_convert_type(jax.lax.dynamic_update_slice(bits(cache), bits(new), start), cache.dtype)
 
 
 def split_qkv(qkv_BxTx3xNxH):
