@@ -166,9 +166,12 @@ def tied_logits(x_BxTxD, embed: nn.Embed):
     decoding step (gpt2_small: 154 MB, 11 of 26 ms a token). Accumulated in float32 and cast to the
     compute dtype, as `contract` does: the values a 16-bit product gives, and XLA:CPU's fast path."""
     x_BxTxD, table_VxD = nn.dtypes.promote_dtype(x_BxTxD, embed.embedding, dtype=embed.dtype)
-    x, restore = few_rows.as_rows(x_BxTxD, 1)
-    logits = jax.lax.dot_general(x, table_VxD, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    return restore(logits).astype(x_BxTxD.dtype)
+    b, t, d = x_BxTxD.shape
+    # as rows x D: with more dimensions XLA:CPU copied the table transposed, to (D, V), which its
+    # product reads at half the speed (gpt2_small decoding, batch 32: 13 -> 5.5 ms a step)
+    x_RxD, restore = few_rows.as_rows(x_BxTxD.reshape(b * t, d), 1)
+    logits_RxV = jax.lax.dot_general(x_RxD, table_VxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return restore(logits_RxV).astype(x_BxTxD.dtype).reshape(b, t, -1)
 
 
 def empty_cache(batch: int, n_kv_heads: int, length: int, head_dim: int, dtype, n_layers: int,
