@@ -168,7 +168,7 @@ def tied_logits(x_BxTxD, embed: nn.Embed):
     x_BxTxD, table_VxD = nn.dtypes.promote_dtype(x_BxTxD, embed.embedding, dtype=embed.dtype)
     b, t, d = x_BxTxD.shape
     # as rows x D: with more dimensions XLA:CPU copied the table transposed, to (D, V), which its
-    # product reads at half the speed (gpt2_small decoding, batch 32: 13 -> 5.5 ms a step)
+    # product reads at half the speed (gpt2_small decoding in bf16, batch 32: 13 -> 6 ms a step)
     x_RxD, restore = few_rows.as_rows(x_BxTxD.reshape(b * t, d), 1)
     logits_RxV = jax.lax.dot_general(x_RxD, table_VxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     return restore(logits_RxV).astype(x_BxTxD.dtype).reshape(b, t, -1)
