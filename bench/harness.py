@@ -250,6 +250,27 @@ def peak_memory(torch_device) -> dict:
     return {"flax_lm": stats.get("peak_bytes_in_use"), "torch": torch_bytes}
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The host CPU as /proc/cpuinfo names it, with its family and model numbers where the name alone
+    does not tell the generation ("AMD EPYC (family 25, model 17)"): lent machines differ from session
+    to session, and a ratio against PyTorch moves with the CPU (AMX or not). Elsewhere, the architecture."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    if not any(ch.isdigit() for ch in name) and "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
+
+
 def machine() -> dict:
     """Where and with what a figure was measured."""
     import flax
@@ -259,7 +280,7 @@ def machine() -> dict:
     device = jax.devices()[0]
     now = datetime.datetime.now(datetime.timezone.utc)
     return {"device": device.device_kind, "platform": device.platform, "device_count": jax.device_count(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "cpu": cpu_model(), "cores": os.cpu_count(),
             "load_average": os.getloadavg()[0],  # the host's, over the last minute: other jobs sharing it
             "date": now.date().isoformat(), "time_utc": now.isoformat(timespec="seconds"),
             "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -358,7 +379,8 @@ def speedup(r: dict, key: str) -> str:
 
 # Columns every table shares: first the date and the machine, last the spread, memory, versions and command.
 DATE = [("date", lambda r: r["date"])]
-DEVICE = [("device", lambda r: f"{r['device']}, {r['cores']} cores, load {r['load_average']:.1f}")]
+DEVICE = [("device", lambda r: (f"{r['device']}" + (f" ({r['cpu']})" if r["platform"] == "cpu" else "")
+                                + f", {r['cores']} cores, load {r['load_average']:.1f}"))]
 STEP_TIME = [("ms per step flax_lm / torch eager, median (p25-p75)",
               lambda r: f"{step_ms(r, 'flax_lm')} / {step_ms(r, 'torch_eager')}")]
 MFU = [("MFU nanoGPT / llm.c", _mfu)]

@@ -2,6 +2,7 @@
 from the tiniest models (the speeds themselves belong to bench/, not to tests)."""
 
 import json
+import platform
 import re
 import shutil
 
@@ -88,7 +89,8 @@ def test_gpt2_train_appends_one_row_to_its_table(gpt2_result, tmp_path, monkeypa
     r, _ = gpt2_result
     header, cells = _recorded_row(gpt2_train.TABLE, r, tmp_path, monkeypatch)
     assert len(cells) == len(header)
-    assert cells[1] == "gpt2_tiny B=2 T=16 V=256 float32" and cells[2].startswith(f"cpu, {r['cores']} cores, load ")
+    assert cells[1] == "gpt2_tiny B=2 T=16 V=256 float32"
+    assert cells[2].startswith(f"cpu ({r['cpu']}), {r['cores']} cores, load ")
     assert any(c.startswith("jax ") and "transformers" in c for c in cells)
 
 
@@ -116,6 +118,16 @@ def test_an_unknown_benchmark_or_option_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         bench_main.main(["gpt2-train", "--batchsize", "4"])
     assert e.value.code == 2 and "unrecognized arguments: --batchsize" in capsys.readouterr().err
+
+
+def test_the_cpu_is_named_so_that_figures_from_different_machines_are_told_apart():
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n" \
+            "model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\nprocessor\t: 1\n"
+    assert harness.cpu_model(intel) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    # a virtual machine's bare name says nothing of the generation: its family and model numbers do
+    amd = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    assert harness.cpu_model(amd) == "AMD EPYC (family 25, model 17)"
+    assert harness.cpu_model("") == (platform.processor() or platform.machine())
 
 
 def test_a_ratio_measured_while_other_jobs_shared_the_cores_says_so():
