@@ -221,6 +221,19 @@ def test_filters_keep_exactly_the_tokens_they_should():
     np.testing.assert_allclose(penalised, [[1.0, -4.0, 1.0]])
 
 
+def test_greedy_picks_what_argmax_picks_ties_nans_and_infinities_included():
+    nan, inf = np.nan, np.inf
+    hand = np.array([[1, 3, 3, 2], [nan, 1, nan, 5], [-inf] * 4, [0, -0.0, 0, -1], [1, inf, 2, inf], [2, 2, 2, 2]],
+                    np.float32)
+    wide = np.random.default_rng(0).normal(size=(33, 50257)).astype(np.float32)
+    wide[5, [7, 40000]] = 9.0  # a tie far apart
+    for scores in (hand, wide):
+        picked = jax.jit(processors.greedy)(jnp.asarray(scores))
+        assert picked.dtype == jnp.int32
+        np.testing.assert_array_equal(picked, np.argmax(scores, axis=-1))
+    assert jax.jit(processors.greedy)(jnp.asarray(wide))[5] == 7
+
+
 def test_warpers_match_transformers_on_random_scores():
     from transformers.generation import logits_process as lp
     scores = np.random.default_rng(1).normal(size=(4, 50)).astype(np.float32) * 3

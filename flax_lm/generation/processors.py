@@ -8,6 +8,8 @@ Shapes: B rows (sequences or beams), V vocabulary.
 import jax
 import jax.numpy as jnp
 
+from flax_lm import sharding
+
 
 def repetition_penalty(scores_BxV: jax.Array, seen_BxV: jax.Array, penalty: float) -> jax.Array:
     """CTRL's penalty on every token the sequence holds (`seen_BxV`): a positive score is
@@ -16,6 +18,16 @@ def repetition_penalty(scores_BxV: jax.Array, seen_BxV: jax.Array, penalty: floa
         return scores_BxV
     penalised = jnp.where(scores_BxV < 0, scores_BxV * penalty, scores_BxV / penalty)
     return jnp.where(seen_BxV, penalised, scores_BxV)
+
+
+def greedy(scores_BxV: jax.Array) -> jax.Array:
+    """The best token of each row (B,), int32: the first of tied ones and the first NaN, as
+    `jnp.argmax`. On CPU as `top_k` of 1, which gives the same index: XLA:CPU's argmax is a
+    scalar loop over index and value (gpt2_small at batch 32: 3.7-4.1 ms a step, top_k 2.3 ms).
+    Elsewhere `argmax`, a plain reduction there."""
+    if sharding.target_platform() == "cpu":
+        return jax.lax.top_k(scores_BxV, 1)[1][:, 0]
+    return jnp.argmax(scores_BxV, axis=-1).astype(jnp.int32)
 
 
 def seen_tokens(ids_BxT: jax.Array, mask_BxT: jax.Array, vocab_size: int) -> jax.Array:

@@ -40,7 +40,7 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
     def choose(i, logits_BxV, seen_BxV):
         scores_BxV = processors.repetition_penalty(logits_BxV.astype(jnp.float32), seen_BxV, config.repetition_penalty)
         if config.greedy:
-            return jnp.argmax(scores_BxV, axis=-1).astype(jnp.int32)
+            return processors.greedy(scores_BxV)
         scores_BxV = processors.warp(scores_BxV, temperature=config.temperature, k=config.top_k, p=config.top_p,
                                      minimum_p=config.min_p)
         return jax.random.categorical(jax.random.fold_in(key, i), scores_BxV, axis=-1).astype(jnp.int32)
