@@ -5,12 +5,19 @@
 # (default /tmp/flax_lm_gpu): one JSON per benchmark, the logs, and the rows they would add to
 # bench/RESULTS.md (copy them over by hand; this script records nothing in the tree).
 #
-#   bash bench/gpu.sh            # about 15 minutes on an H100
+#   bash bench/gpu.sh                 # every step: about 15 minutes on an H100
+#   bash bench/gpu.sh checks generate_b1 ...   # only the steps named (a lent machine runs one command
+#                                              # for at most 10 minutes: split the steps over two calls)
 #
 # The targets these answer (issues 6 and 9): GPT-2 124M at T=1024 >= 500K tokens/s and >= 1.2x
 # torch.compile; BERT-base MLM at T=128 >= 4,500 sequences/s and >= 1.5x; decoding >= 3,000
 # tokens/s at batch 1 and >= 60,000 at batch 256 with 1,024 tokens of context.
 set -uo pipefail
+STEPS=(checks gpt2_small_train gpt2_small_train_cudnn bert_base_mlm generate_b1 generate_b256)
+SELECTED=("$@")
+for wanted in "$@"; do
+  [[ " ${STEPS[*]} " == *" $wanted "* ]] || { echo "gpu.sh: no step '$wanted' (steps: ${STEPS[*]})" >&2; exit 2; }
+done
 OUT=${OUT:-/tmp/flax_lm_gpu}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -25,6 +32,7 @@ export FLAX_LM_RESULTS="$OUT/RESULTS.md"
 status=0
 step() {  # step NAME COMMAND...: runs it, its output in $OUT/NAME.log, and carries on after a failure
   local name=$1; shift
+  if (( ${#SELECTED[@]} )) && [[ " ${SELECTED[*]} " != *" $name "* ]]; then return; fi
   echo "== $name: $*" | tee -a "$OUT/summary.log"
   if ! "$@" > "$OUT/$name.log" 2>&1; then status=1; echo "   FAILED (see $name.log)" | tee -a "$OUT/summary.log"; fi
   tail -3 "$OUT/$name.log" | tee -a "$OUT/summary.log"

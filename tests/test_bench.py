@@ -2,9 +2,12 @@
 from the tiniest models (the speeds themselves belong to bench/, not to tests)."""
 
 import json
+import os
 import platform
 import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +138,25 @@ def test_a_ratio_measured_while_other_jobs_shared_the_cores_says_so():
     assert harness.speedup(r, "speedup_vs_torch_eager") == "**1.50x** (cores shared: not comparable)"
     r["load_average"] = 2.1  # the run's own two threads
     assert harness.speedup(r, "speedup_vs_torch_eager") == "**1.50x**"
+
+
+def test_gpu_script_runs_only_the_steps_named_so_they_can_be_split_over_calls(tmp_path):
+    # a lent GPU machine runs one command for at most 10 minutes, and the whole script takes about 15:
+    # each step's command is echoed by a stand-in python3, so nothing here needs a GPU
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/bin/bash\necho "ran: $*"\n')
+    (fake / "python3").chmod(0o755)
+    script = Path(__file__).parent.parent / "bench" / "gpu.sh"
+
+    def run(*steps):
+        env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+        done = subprocess.run(["bash", str(script), *steps], env=env, capture_output=True, text=True,
+                              cwd=script.parent.parent)
+        return done.returncode, [line.split(":")[0][3:] for line in done.stdout.splitlines() if line.startswith("== ")]
+
+    assert run("checks", "generate_b256") == (0, ["checks", "generate_b256"])
+    rc, ran = run()
+    assert rc == 0 and ran[0] == "checks" and len(ran) == 6
+    rc, ran = run("generate_b2")
+    assert rc == 2 and ran == []
