@@ -9,10 +9,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jax
 import pytest
 
 from bench import __main__ as bench_main
-from bench import bert_mlm, gpt2_generate, gpt2_train, harness
+from bench import bert_mlm, gpt2_generate, gpt2_train, harness, max_batch
+from flax_lm import config as config_lib
+from flax_lm import tpu_compile
 from flax_lm.models import gpt2
 
 TINY = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.n_heads=2",
@@ -157,6 +160,44 @@ def test_gpu_script_runs_only_the_steps_named_so_they_can_be_split_over_calls(tm
 
     assert run("checks", "generate_b256") == (0, ["checks", "generate_b256"])
     rc, ran = run()
-    assert rc == 0 and ran[0] == "checks" and len(ran) == 6
+    assert rc == 0 and ran[0] == "checks" and len(ran) == 7
     rc, ran = run("generate_b2")
     assert rc == 2 and ran == []
+
+
+@pytest.mark.parametrize("guess", [None, 8, 72, 80, 200, 4096])
+def test_largest_batch_search_finds_the_last_batch_that_fits_from_any_guess(guess):
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= 77
+    assert max_batch.largest(fits, 8, 1000, guess=guess) == 72
+    assert all(b % 8 == 0 and 8 <= b <= 1000 for b in tried) and len(tried) <= 16  # 2 log2(1000 / 8) + 2
+    if guess == 72:
+        assert tried == [72, 80]  # a right guess costs two steps
+    assert max_batch.largest(lambda b: True, 8, 100, guess=guess) == 96  # capped by the limit
+    assert max_batch.largest(lambda b: False, 8, 100, guess=guess) == 0
+
+
+def test_max_batch_on_cpu_is_judged_by_the_memory_analysis_against_the_budget(tmp_path, monkeypatch):
+    path = tmp_path / "max.json"
+    argv = ["max-batch", "--config", "gpt2_tiny", "--seq-len", "16", "--memory-gib", "0.01", "--multiple", "4",
+            "--limit", "256", "--remat", "none", "--json", str(path), "--no-record", *TINY]
+    r = bench_main.main(argv)
+    assert r == json.loads(path.read_text()) and r["judged_by"] == "XLA memory analysis"
+    assert r["torch_eager"] is None and r["ratio"] is None  # PyTorch has no limit to meet on a CPU
+    found = r["flax_lm"]["none"]["batch"]
+
+    def analysed(b):
+        cfg = config_lib.load("gpt2_tiny", TINY + [
+            "--config.model.dtype=bfloat16", "--config.model.dropout=0.0", "--config.model.attention_dropout=0.0",
+            "--config.train.grad_accum_steps=1", f"--config.train.batch_size={b}", "--config.model.max_len=16"])
+        cfg.parallel.update(data=1, fsdp=1, tensor=1)
+        return tpu_compile.compile_train_step(cfg, jax.devices()[:1])["per_chip_total_bytes"]
+    assert found % 4 == 0 and analysed(found) <= r["memory_limit_bytes"] < analysed(found + 4)
+    header, cells = _recorded_row(max_batch.TABLE, r, tmp_path, monkeypatch)
+    assert len(cells) == len(header) and cells[4] == f"none: {found}" and cells[5] == "-"
+    with pytest.raises(SystemExit) as e:  # a CPU has no limit of its own
+        bench_main.main(["max-batch", "--no-record", *TINY])
+    assert e.value.code == 2
