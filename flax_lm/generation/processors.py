@@ -23,8 +23,8 @@ def repetition_penalty(scores_BxV: jax.Array, seen_BxV: jax.Array, penalty: floa
 def greedy(scores_BxV: jax.Array) -> jax.Array:
     """The best token of each row (B,), int32: the first of tied ones and the first NaN, as
     `jnp.argmax`. On CPU as `top_k` of 1, which gives the same index: XLA:CPU's argmax is a
-    scalar loop over index and value (gpt2_small at batch 32: 3.7-4.1 ms a step, top_k 2.3 ms).
-    Elsewhere `argmax`, a plain reduction there."""
+    scalar loop over index and value (32 rows of gpt2's 50257 scores on a Zen 4 CPU: 3.7-4.1 ms,
+    top_k 2.3 ms). Elsewhere `argmax`, a plain reduction there."""
     if sharding.target_platform() == "cpu":
         return jax.lax.top_k(scores_BxV, 1)[1][:, 0]
     return jnp.argmax(scores_BxV, axis=-1).astype(jnp.int32)
