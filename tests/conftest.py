@@ -7,16 +7,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # CPU only, even where libtpu is installed (for compiling to TPU topologies): no TPU probe at start
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One compilation cache for the whole session, made by the first process (pytest itself, or xdist's
-# controller) and inherited by the workers and the `flax-lm` subprocesses the tests start: many tests
-# compile the same tiny programs again. Fresh each session, and removed at its end.
-_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if _OWN_CACHE:
-    import tempfile
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flax_lm_tests_jax_cache_")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -48,8 +39,3 @@ def shakespeare():
     if not SHAKESPEARE.is_file():
         pytest.skip(f"shared data not found at {SHAKESPEARE}")
     return SHAKESPEARE
-
-
-def pytest_sessionfinish(session):
-    if _OWN_CACHE:
-        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
