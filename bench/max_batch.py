@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from bench import gpt2_train, harness  # noqa: E402
 from flax_lm import config as config_lib  # noqa: E402
 from flax_lm import tpu_compile  # noqa: E402
+from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.models import build_model  # noqa: E402
 from flax_lm.state_init import host_params  # noqa: E402
 
@@ -132,7 +133,8 @@ def torch_search(cfg, seq_len: int, multiple: int, max_batch: int, device) -> di
     """PyTorch's largest batch: each try builds GPT2LMHeadModel and AdamW afresh and runs one step."""
     import torch
     model = build_model(cfg.model)
-    params = host_params(model, 0, seq_len)
+    with jax.default_device(jax.devices("cpu")[0]):  # JAX keeps what it allocates: none on the GPU yet
+        params = host_params(model, 0, seq_len)
     tries = []
 
     def fits(b: int) -> bool:
@@ -140,7 +142,9 @@ def torch_search(cfg, seq_len: int, multiple: int, max_batch: int, device) -> di
             step = gpt2_train.torch_trainer(cfg, _batch(cfg, b, seq_len), params, model.cfg, device, False)
             step()
             ok = True
-        except torch.OutOfMemoryError:
+        except RuntimeError as e:  # torch.OutOfMemoryError, or cuBLAS failing to allocate its workspace
+            if not (_out_of_memory(e) or "ALLOC_FAILED" in str(e)):
+                raise
             ok = False
         finally:
             step = None
@@ -173,23 +177,25 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.max_batch")
         p.error("this device reports no memory limit (a CPU): give --memory-gib")
     limit_bytes = int(args.memory_gib * GIB) if args.memory_gib else int(stats["bytes_limit"])
 
-    def config_at(batch: int):
+    def config_at(batch: int, policy: str = "none"):
         cfg = config_lib.load(args.config, overrides + [
             f"--config.model.dtype={args.dtype}", "--config.model.dropout=0.0", "--config.model.attention_dropout=0.0",
-            "--config.train.grad_accum_steps=1", f"--config.train.batch_size={batch}"]
+            "--config.train.grad_accum_steps=1", f"--config.train.batch_size={batch}",
+            f"--config.model.remat_policy={policy}"]
             + ([f"--config.model.max_len={args.seq_len}"] if args.seq_len else []))
         cfg.parallel.update(data=1, fsdp=1, tensor=1)
         return cfg
+    policies = args.remat.split(",")
+    for policy in policies:  # a misspelt policy or key fails here, in one line, before any search
+        try:
+            config_at(args.multiple, policy)
+        except UserError as e:
+            p.error(str(e))
     seq_len = config_at(args.multiple).model.max_len
     torch_side = torch_search(config_at(args.multiple), seq_len, args.multiple, args.limit, device) \
         if device.type == "cuda" else None
-    flax_side = {}
-    for policy in args.remat.split(","):
-        def at(batch, policy=policy):
-            cfg = config_at(batch)
-            cfg.model.remat_policy = policy
-            return cfg
-        flax_side[policy] = flax_search(at, seq_len, limit_bytes, args.multiple, args.limit, run=on_device)
+    flax_side = {policy: flax_search(lambda batch, policy=policy: config_at(batch, policy), seq_len, limit_bytes,
+                                     args.multiple, args.limit, run=on_device) for policy in policies}
     best = max(s["batch"] for s in flax_side.values())
     result = {"benchmark": "max_batch", "config": args.config, "seq_len": seq_len, "dtype": args.dtype,
               **harness.machine(), "memory_limit_bytes": limit_bytes,

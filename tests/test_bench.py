@@ -180,7 +180,7 @@ def test_largest_batch_search_finds_the_last_batch_that_fits_from_any_guess(gues
     assert max_batch.largest(lambda b: False, 8, 100, guess=guess) == 0
 
 
-def test_max_batch_on_cpu_is_judged_by_the_memory_analysis_against_the_budget(tmp_path, monkeypatch):
+def test_max_batch_on_cpu_is_judged_by_the_memory_analysis_against_the_budget(tmp_path, monkeypatch, capsys):
     path = tmp_path / "max.json"
     argv = ["max-batch", "--config", "gpt2_tiny", "--seq-len", "16", "--memory-gib", "0.01", "--multiple", "4",
             "--limit", "256", "--remat", "none", "--json", str(path), "--no-record", *TINY]
@@ -201,3 +201,6 @@ def test_max_batch_on_cpu_is_judged_by_the_memory_analysis_against_the_budget(tm
     with pytest.raises(SystemExit) as e:  # a CPU has no limit of its own
         bench_main.main(["max-batch", "--no-record", *TINY])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        bench_main.main(["max-batch", "--no-record", "--memory-gib", "1", "--remat", "none,everything", *TINY])
+    assert e.value.code == 2 and "model.remat_policy must be one of" in capsys.readouterr().err
