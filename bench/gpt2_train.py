@@ -26,6 +26,12 @@ TABLE = harness.Table("## Training throughput, GPT-2", [
 ])
 
 
+def random_batch(b: int, t: int, vocab: int) -> dict:
+    """A language-modelling batch of b sequences of t random tokens (the same every call)."""
+    tokens = np.random.RandomState(0).randint(0, vocab, (b, t + 1)).astype(np.int32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((b, t), np.float32)}
+
+
 def torch_trainer(cfg, batch: dict, params0, model_cfg, device, compile_model: bool):
     """The PyTorch side: one training step of GPT2LMHeadModel on `batch`, blocking."""
     import torch
@@ -55,8 +61,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.gpt2_train"
         overrides.append(f"--config.model.max_len={args.seq_len}")
     cfg = config_lib.load(args.config, overrides)
     b, t, v = cfg.train.batch_size, cfg.model.max_len, cfg.model.vocab_size
-    tokens = np.random.RandomState(0).randint(0, v, (b, t + 1)).astype(np.int32)
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((b, t), np.float32)}
+    batch = random_batch(b, t, v)
 
     jax_step, params0, model_cfg = harness.flax_trainer(cfg, batch, t)
     sides = {"flax_lm": jax_step, "torch_eager": torch_trainer(cfg, batch, params0, model_cfg, device, False)}

@@ -22,7 +22,6 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # read when JAX's GPU client starts
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from bench import gpt2_train, harness  # noqa: E402
 from flax_lm import config as config_lib  # noqa: E402
@@ -75,11 +74,6 @@ def largest(fits, multiple: int, limit: int, guess: int | None = None) -> int:
     return lo
 
 
-def _batch(cfg, b: int, t: int) -> dict:
-    tokens = np.random.RandomState(0).randint(0, cfg.model.vocab_size, (b, t + 1)).astype(np.int32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((b, t), np.float32)}
-
-
 def _out_of_memory(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
 
@@ -117,7 +111,7 @@ def _runs(cfg, b: int, seq_len: int) -> bool:
     """Whether one flax_lm train step at batch `b` runs without running out of device memory."""
     step = None
     try:
-        step, _, _ = harness.flax_trainer(cfg, _batch(cfg, b, seq_len), seq_len)
+        step, _, _ = harness.flax_trainer(cfg, gpt2_train.random_batch(b, seq_len, cfg.model.vocab_size), seq_len)
         step()
         return True
     except jax.errors.JaxRuntimeError as e:
@@ -139,7 +133,8 @@ def torch_search(cfg, seq_len: int, multiple: int, max_batch: int, device) -> di
 
     def fits(b: int) -> bool:
         try:
-            step = gpt2_train.torch_trainer(cfg, _batch(cfg, b, seq_len), params, model.cfg, device, False)
+            step = gpt2_train.torch_trainer(cfg, gpt2_train.random_batch(b, seq_len, cfg.model.vocab_size), params,
+                                                model.cfg, device, False)
             step()
             ok = True
         except RuntimeError as e:  # torch.OutOfMemoryError, or cuBLAS failing to allocate its workspace
