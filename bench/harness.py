@@ -379,8 +379,8 @@ def speedup(r: dict, key: str) -> str:
 
 # Columns every table shares: first the date and the machine, last the spread, memory, versions and command.
 DATE = [("date", lambda r: r["date"])]
-DEVICE = [("device", lambda r: (f"{r['device']}" + (f" ({r['cpu']})" if r["platform"] == "cpu" else "")
-                                + f", {r['cores']} cores, load {r['load_average']:.1f}"))]
+DEVICE = [("device", lambda r: r["device"] + (f" ({r['cpu']})" if r["platform"] == "cpu" else "")
+           + f", {r['cores']} cores, load {r['load_average']:.1f}")]
 STEP_TIME = [("ms per step flax_lm / torch eager, median (p25-p75)",
               lambda r: f"{step_ms(r, 'flax_lm')} / {step_ms(r, 'torch_eager')}")]
 MFU = [("MFU nanoGPT / llm.c", _mfu)]

@@ -5,14 +5,14 @@ against transformers.GPT2LMHeadModel (PyTorch eager), same sequence length, dtyp
         [--multiple 8] [--limit 4096] [--memory-gib G] [--json PATH] [--no-record] [--config.key=value ...]
 
 A batch fits when one training step at it runs. flax_lm: XLA's memory analysis of the compiled
-step at two batches gives its bytes as fixed + per sequence x batch; the batch that predicts is run
-first, and the search moves from there until a step runs and one `--multiple` more does not (JAX:
-RESOURCE_EXHAUSTED), so a GPU takes a few compilations per policy rather than a dozen. PyTorch:
-doubling from `--multiple`, then bisection, each try a fresh model and AdamW and one step
-(torch.OutOfMemoryError). PyTorch goes first and hands its cached memory back to the driver; JAX
-allocates on demand (harness) with its limit raised to 95% of the device. On a CPU neither library
-meets a device limit: flax_lm's steps are judged by the memory analysis against --memory-gib, and
-PyTorch is not searched.
+step, nearly affine in the batch, predicts the batch that fills the device (secant steps from two
+small batches); that batch is run first, and the search moves from there until a step runs and one
+`--multiple` more does not (JAX: RESOURCE_EXHAUSTED), so a GPU takes a few compilations per policy
+rather than a dozen. PyTorch: doubling from `--multiple`, then bisection, each try a fresh model
+and AdamW and one step (torch.OutOfMemoryError). PyTorch goes first and hands its cached memory
+back to the driver; JAX allocates on demand (harness) with its limit raised to 95% of the device.
+On a CPU neither library meets a device limit: flax_lm's steps are judged by the memory analysis
+against --memory-gib, and PyTorch is not searched.
 """
 
 import argparse
@@ -78,7 +78,7 @@ def _out_of_memory(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
 
 
-def flax_search(config_at, seq_len: int, limit_bytes: int, multiple: int, max_batch: int, run: bool) -> dict:
+def flax_search(config_at, limit_bytes: int, multiple: int, max_batch: int, run: bool) -> dict:
     """flax_lm's largest batch for `config_at(batch)`: the batch XLA's memory analysis predicts
     (secant steps on bytes against batch), then each batch judged by running one step (`run`) or
     by the analysis against `limit_bytes`."""
@@ -100,18 +100,19 @@ def flax_search(config_at, seq_len: int, limit_bytes: int, multiple: int, max_ba
     tries = []
 
     def fits(b: int) -> bool:
-        ok = _runs(config_at(b), b, seq_len) if run else analysis(b) <= limit_bytes
+        ok = _runs(config_at(b)) if run else analysis(b) <= limit_bytes
         tries.append([b, ok])
         return ok
     return {"batch": largest(fits, multiple, max_batch, guess=predicted), "predicted": predicted,
             "analysed_bytes": {str(b): n for b, n in sorted(analysed.items())}, "tries": tries}
 
 
-def _runs(cfg, b: int, seq_len: int) -> bool:
-    """Whether one flax_lm train step at batch `b` runs without running out of device memory."""
-    step = None
+def _runs(cfg) -> bool:
+    """Whether one flax_lm train step of `cfg` runs without running out of device memory."""
+    step, t = None, cfg.model.max_len
     try:
-        step, _, _ = harness.flax_trainer(cfg, gpt2_train.random_batch(b, seq_len, cfg.model.vocab_size), seq_len)
+        batch = gpt2_train.random_batch(cfg.train.batch_size, t, cfg.model.vocab_size)
+        step, _, _ = harness.flax_trainer(cfg, batch, t)
         step()
         return True
     except jax.errors.JaxRuntimeError as e:
@@ -123,10 +124,10 @@ def _runs(cfg, b: int, seq_len: int) -> bool:
         gc.collect()
 
 
-def torch_search(cfg, seq_len: int, multiple: int, max_batch: int, device) -> dict:
+def torch_search(cfg, multiple: int, max_batch: int, device) -> dict:
     """PyTorch's largest batch: each try builds GPT2LMHeadModel and AdamW afresh and runs one step."""
     import torch
-    model = build_model(cfg.model)
+    model, seq_len = build_model(cfg.model), cfg.model.max_len
     with jax.default_device(jax.devices("cpu")[0]):  # JAX keeps what it allocates: none on the GPU yet
         params = host_params(model, 0, seq_len)
     tries = []
@@ -187,9 +188,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.max_batch")
         except UserError as e:
             p.error(str(e))
     seq_len = config_at(args.multiple).model.max_len
-    torch_side = torch_search(config_at(args.multiple), seq_len, args.multiple, args.limit, device) \
+    torch_side = torch_search(config_at(args.multiple), args.multiple, args.limit, device) \
         if device.type == "cuda" else None
-    flax_side = {policy: flax_search(lambda batch, policy=policy: config_at(batch, policy), seq_len, limit_bytes,
+    flax_side = {policy: flax_search(lambda batch, policy=policy: config_at(batch, policy), limit_bytes,
                                      args.multiple, args.limit, run=on_device) for policy in policies}
     best = max(s["batch"] for s in flax_side.values())
     result = {"benchmark": "max_batch", "config": args.config, "seq_len": seq_len, "dtype": args.dtype,
