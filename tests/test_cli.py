@@ -1,7 +1,6 @@
 """The command line as a user runs it: happy path and one-line errors."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,9 +13,9 @@ TINY = ["--config", "gpt2_tiny", "--config.model.d_model=32", "--config.model.n_
 
 
 def flax_lm(*args, timeout=300):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    # the environment conftest set: 8 CPU devices
     return subprocess.run([sys.executable, "-m", "flax_lm.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout)
 
 
 def test_train_resume_evaluate_generate(tmp_path):

@@ -14,7 +14,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import ROOT, tiny_config, xla_flags
 from jax.sharding import PartitionSpec as P
 from test_cli import TINY
 
@@ -176,8 +176,7 @@ def _two_processes(recipe, workdir, *overrides, devices_each: int = 4) -> list[s
     """`flax-lm train` as processes 0 and 1 of one run on localhost (each with `devices_each`
     CPU devices); returns their outputs."""
     port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices_each), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen(
         [sys.executable, "-m", "flax_lm.cli", "train", "--config", str(recipe), "--workdir", str(workdir), *overrides,
          "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
@@ -272,7 +271,7 @@ def test_impossible_layouts_are_one_line_each(tmp_path):
         (["--config.parallel.dcn_fsdp=-1"], "'parallel.dcn_fsdp' must be >= 0"),
         (["--coordinator", "localhost:1"], "needs --coordinator, --num-processes, --process-id together"),
     ]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-m", "flax_lm.cli", "train", *TINY, *args,
                                "--workdir", str(tmp_path / str(i))],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
