@@ -8,6 +8,8 @@ person); `restore_newest_readable` then falls back to the previous step.
 """
 
 import dataclasses
+import functools
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -112,6 +114,7 @@ class Checkpointer:
         self.manager.close()
 
 
+@functools.cache
 def _save_whole_arrays_within_one_process() -> None:
     """Orbax saves a replicated array replica-parallel: each replica copies one slice of it to the
     host, so that the hosts share the writing. With one process there is no one to share with, and
@@ -123,9 +126,15 @@ def _save_whole_arrays_within_one_process() -> None:
         from orbax.checkpoint._src.metadata.array_metadata_store import Store
     except ImportError:
         return
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False, array_metadata_store=Store()),
-        override=True)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # Orbax warns of the override, which is meant, on stderr
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False, array_metadata_store=Store()),
+            override=True)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def abstract_with_shardings(tree, shardings):
