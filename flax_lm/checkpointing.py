@@ -118,8 +118,9 @@ class Checkpointer:
 def _save_whole_arrays_within_one_process() -> None:
     """Orbax saves a replicated array replica-parallel: each replica copies one slice of it to the
     host, so that the hosts share the writing. With one process there is no one to share with, and
-    each slice is one more op dispatched on the train loop's thread: 8 devices make 680 slices of
-    gpt2_tiny's state at every save, 0.13 s of it on CPU. Several processes keep Orbax's default."""
+    each slice is one more op dispatched on the train loop's thread (gpt2_tiny's state on 8 CPU
+    devices: 680 slices, 0.13 s, at every save). Several processes keep Orbax's default; restoring
+    is the same either way."""
     if jax.process_count() > 1:
         return
     try:  # private: the metadata store Orbax's default handler has; an Orbax without it keeps its default

@@ -17,7 +17,7 @@ class EventFile:
     """A TensorBoard event file of scalars, written with TensorBoard's record framing and protos.
 
     Not `tensorboard.summary.Writer`: where TensorFlow is installed (TFDS brings it), that imports
-    all of it for its file API, 5 s at the start of every run."""
+    all of it for its file API, 4-5 s of CPU at the start of every run."""
 
     def __init__(self, logdir: Path):
         logdir.mkdir(parents=True, exist_ok=True)
