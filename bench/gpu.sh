@@ -26,6 +26,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# the GPU, named: the test suite's conftest picks the CPU where JAX_PLATFORMS is unset
+export JAX_PLATFORMS=cuda
 export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true ${XLA_FLAGS:-}"
 cp bench/RESULTS.md "$OUT/RESULTS.md"   # rows are appended to this copy
 export FLAX_LM_RESULTS="$OUT/RESULTS.md"

@@ -143,26 +143,34 @@ def test_a_ratio_measured_while_other_jobs_shared_the_cores_says_so():
     assert harness.speedup(r, "speedup_vs_torch_eager") == "**1.50x**"
 
 
-def test_gpu_script_runs_only_the_steps_named_so_they_can_be_split_over_calls(tmp_path):
-    # a lent GPU machine runs one command for at most 10 minutes, and the whole script takes about 15:
-    # each step's command is echoed by a stand-in python3, so nothing here needs a GPU
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python3").write_text('#!/bin/bash\necho "ran: $*"\n')
+def _gpu_script(tmp_path, *steps):
+    """bench/gpu.sh with a stand-in python3 that echoes each step's command and platforms, so nothing
+    here needs a GPU -> (exit status, the steps it ran, its output folder)."""
+    fake, out = tmp_path / "bin", tmp_path / "out"
+    fake.mkdir(exist_ok=True)
+    (fake / "python3").write_text('#!/bin/bash\necho "ran: $* on platforms=$JAX_PLATFORMS"\n')
     (fake / "python3").chmod(0o755)
     script = Path(__file__).parent.parent / "bench" / "gpu.sh"
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(out)}
+    done = subprocess.run(["bash", str(script), *steps], env=env, capture_output=True, text=True,
+                          cwd=script.parent.parent)
+    return done.returncode, [line.split(":")[0][3:] for line in done.stdout.splitlines() if line.startswith("== ")], out
 
-    def run(*steps):
-        env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
-        done = subprocess.run(["bash", str(script), *steps], env=env, capture_output=True, text=True,
-                              cwd=script.parent.parent)
-        return done.returncode, [line.split(":")[0][3:] for line in done.stdout.splitlines() if line.startswith("== ")]
 
-    assert run("checks", "generate_b256") == (0, ["checks", "generate_b256"])
-    rc, ran = run()
+def test_gpu_script_runs_only_the_steps_named_so_they_can_be_split_over_calls(tmp_path):
+    # a lent GPU machine runs one command for at most 10 minutes, and the whole script takes about 15
+    assert _gpu_script(tmp_path, "checks", "generate_b256")[:2] == (0, ["checks", "generate_b256"])
+    rc, ran, _ = _gpu_script(tmp_path)
     assert rc == 0 and ran[0] == "checks" and len(ran) == 7
-    rc, ran = run("generate_b2")
+    rc, ran, _ = _gpu_script(tmp_path, "generate_b2")
     assert rc == 2 and ran == []
+
+
+def test_gpu_script_runs_the_gpu_checks_on_the_gpu(tmp_path):
+    """The suite's conftest picks the CPU where JAX_PLATFORMS is unset (here it is cpu, as there)."""
+    rc, ran, out = _gpu_script(tmp_path, "checks")
+    assert rc == 0 and ran == ["checks"]
+    assert "tests/test_gpu.py on platforms=cuda" in (out / "checks.log").read_text()
 
 
 @pytest.mark.parametrize("guess", [None, 8, 72, 80, 200, 4096])
