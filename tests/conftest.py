@@ -2,21 +2,22 @@
 
 import os
 
-
-def xla_flags(devices: int = 8) -> str:
-    """XLA_FLAGS for tests on CPU and the processes they start: `devices` CPU devices, and LLVM
-    without its optimisations. Tests compile hundreds of small programs and run each for a few
-    steps, so LLVM's default level 2 costs them more time than it saves (a tiny `flax-lm train`
-    took 7.0 s, 5.0 s at 0)."""
-    return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-
-
 # CPU only, even where libtpu is installed (for compiling to TPU topologies): no TPU probe at start;
 # bench/gpu.sh names the GPU for tests/test_gpu.py
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def xla_flags(devices: int = 8) -> str:
+    """XLA_FLAGS for tests and the processes they start: `devices` CPU devices and, computing on
+    the CPU, LLVM without its optimisations. Tests compile hundreds of small programs and run each
+    for a few steps, so LLVM's default level 2 costs them more time than it saves (a tiny
+    `flax-lm train` took 7.0 s, 5.0 s at 0)."""
+    unoptimised = " --xla_backend_optimization_level=0" if os.environ["JAX_PLATFORMS"] == "cpu" else ""
+    return f"--xla_force_host_platform_device_count={devices}{unoptimised}"
+
+
 # Before JAX is imported anywhere: sharding is tested on 8 devices everywhere.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + (
-    xla_flags() if os.environ["JAX_PLATFORMS"] == "cpu" else "--xla_force_host_platform_device_count=8")).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags()).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pathlib import Path  # noqa: E402
