@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (overrides and args.command not in ("train", "compile", "prepare")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     try:
+        if getattr(args, "workdir", None) is not None:
+            from flax_lm.workdir import local
+            local(args.workdir)
         return COMMANDS[args.command](args, overrides)
     except UserError as e:
         print(f"flax-lm {args.command}: error: {e}", file=sys.stderr)

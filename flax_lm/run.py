@@ -49,7 +49,7 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
     With no splits, the tokenizer and label names come from the workdir and no data is read.
     A classification run's `model.num_labels` is set from its data when it is 0.
     """
-    workdir = Path(workdir)
+    workdir = workdir_lib.local(workdir)
     if cfg.train.init_from and not (workdir / workdir_lib.CONFIG).is_file():
         cfg.model.update(init_from.architecture(cfg.train.init_from))  # a new run takes the source's shape
         config_lib.validate(cfg)

@@ -12,6 +12,16 @@ TOKENIZER = "tokenizer.json"
 CHECKPOINTS = "checkpoints"
 
 
+def local(workdir: str | Path) -> Path:
+    """`workdir` as the local path every file of a run is read and written at. A URL (gs://, s3://)
+    is a UserError: pathlib would make gs://bucket/run the local folder gs:/bucket/run, and each
+    host of a TPU pod would keep its own checkpoints on its own disk."""
+    if "://" in str(workdir):
+        raise UserError(f"--workdir {workdir}: a workdir is a local path, not a URL; mount the bucket at the same "
+                        f"path on every host (e.g. gcsfuse BUCKET /mnt/BUCKET) and give that path")
+    return Path(workdir)
+
+
 def save_config(workdir: Path, cfg) -> None:
     (Path(workdir) / CONFIG).write_text(cfg.to_json(indent=2) + "\n", encoding="utf-8")
 

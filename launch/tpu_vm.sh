@@ -4,11 +4,12 @@
 # same `flax-lm train` on all workers at once with the output streamed here. On a TPU VM the
 # processes find each other without flags (flax_lm.distributed); only process 0 prints and
 # writes logs, and every process writes its part of each checkpoint, so give --workdir a
-# gs:// path (or a disk all workers share).
+# path all workers share: a bucket mounted at the same path on each (gcsfuse BUCKET /mnt/BUCKET),
+# or a shared disk. A gs:// URL is refused (the workdir is a local path).
 #
 # Usage: launch/tpu_vm.sh --name NAME --zone ZONE [--type ACCELERATOR] [--version RUNTIME]
 #            [--project PROJECT] [--queued] [--spot] [--git URL [--git-ref REF]] [--delete] [--dry-run]
-#            [-- TRAIN_ARGS: --config CONFIG --workdir gs://BUCKET/RUN [--config.key=value ...]]
+#            [-- TRAIN_ARGS: --config CONFIG --workdir /mnt/BUCKET/RUN [--config.key=value ...]]
 #   --type     accelerator type (default v5litepod-8), e.g. v5litepod-16, v5p-32, v6e-16, v4-32
 #   --version  TPU software version; by default the one Cloud TPU documents for the type
 #   --queued   ask through a queued resource (waits until it is ACTIVE) instead of creating at once
@@ -18,7 +19,7 @@
 #   --dry-run  print every command (one a line, shell-quoted) and run none
 # Example:
 #   launch/tpu_vm.sh --name lm --zone us-west4-a --type v5litepod-16 --delete -- \
-#       --config gpt2_small --workdir gs://my-bucket/gpt2_small --config.train.batch_size=256
+#       --config gpt2_small --workdir /mnt/my-bucket/gpt2_small --config.train.batch_size=256
 set -euo pipefail
 
 usage() { sed -n '/^# Usage:/,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }

@@ -59,6 +59,23 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("command", [["train", *TINY], ["generate", "--prompt", "def "]])
+def test_a_url_workdir_is_refused_in_one_line(command):
+    """pathlib would make gs://bucket/run the local folder gs:/bucket/run (each host of a pod its own)."""
+    result = flax_lm(*command, "--workdir", "gs://bucket/run")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--workdir gs://bucket/run: a workdir is a local path, not a URL" in result.stderr
+
+
+def test_a_url_workdir_is_refused_through_the_python_api_too():
+    from conftest import tiny_config
+
+    from flax_lm import train
+    from flax_lm.errors import UserError
+    with pytest.raises(UserError, match="a workdir is a local path, not a URL"):
+        train.train(tiny_config(), "s3://bucket/run")
+
+
 def test_evaluate_on_a_workdir_that_is_not_a_run(tmp_path):
     result = flax_lm("evaluate", "--workdir", str(tmp_path))
     assert result.returncode == 2 and "no config.json there" in result.stderr

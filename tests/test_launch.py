@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT
 
-TRAIN = ["--config", "gpt2_small", "--workdir", "gs://bucket/run", "--config.sample.prompt=def f(x):"]
+TRAIN = ["--config", "gpt2_small", "--workdir", "/mnt/bucket/run", "--config.sample.prompt=def f(x):"]
 
 
 def _plan(script: str, *args: str) -> list[list[str]]:
