@@ -134,8 +134,8 @@ def torch_search(cfg, multiple: int, max_batch: int, device) -> dict:
 
     def fits(b: int) -> bool:
         try:
-            step = gpt2_train.torch_trainer(cfg, gpt2_train.random_batch(b, seq_len, cfg.model.vocab_size), params,
-                                                model.cfg, device, False)
+            batch = gpt2_train.random_batch(b, seq_len, cfg.model.vocab_size)
+            step = gpt2_train.torch_trainer(cfg, batch, params, model.cfg, device, False)
             step()
             ok = True
         except RuntimeError as e:  # torch.OutOfMemoryError, or cuBLAS failing to allocate its workspace

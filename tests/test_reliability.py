@@ -62,7 +62,7 @@ def test_signals_and_kills_at_any_moment_resume_to_the_same_parameters(tmp_path,
     assert run.latest_checkpoint() == stopped
 
     # kill -9 while an asynchronous checkpoint write is under way, then at a random moment (bench.soak
-    # kills 6 times over 1,000 steps; each restart here costs the suite 15-20 s)
+    # kills 6 times over 1,000 steps; each restart here costs the suite a process start and its compiling)
     assert run.kill_after_progress(during_write=True, delay=0.0)
     assert run.kill_after_progress(during_write=False, delay=random.Random(0).uniform(0.0, 1.0))
     run.start()
