@@ -31,8 +31,8 @@ def greedy(scores_BxV: jax.Array) -> jax.Array:
     # XLA:CPU's argmax is a scalar loop over index and value pairs, and top_k a sort. Two plain
     # reductions, the maximum and then the first index holding it, are faster, but only on
     # blocks of rows that stay in cache: over 256 rows of 50257 scores XLA:CPU wrote two 51 MB
-    # temporaries. On a Zen 4 CPU, 32 rows: argmax 4.1 ms, top_k 2.8, by blocks 1.0; 256 rows:
-    # 28.9, 19.2 and 9.5.
+    # temporaries. On a Zen 4 CPU, 32 rows: argmax 4.1 ms, top_k 2.3, by blocks 1.2; 256 rows:
+    # 28.9, 20.0 and 9.2 (bench/RESULTS.md).
     return jax.lax.map(_first_best, scores_BxV, batch_size=_GREEDY_ROWS)
 
 
