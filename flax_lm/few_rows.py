@@ -8,9 +8,19 @@ step. Padded, gpt2_small makes 64 tokens in bfloat16 in 1.05 s instead of 1.91 a
 and in 4.3 s instead of 6.1 at batch 32 (attention's products there have one query row per
 head). Float32 products are left alone: their matrix-vector path is the fast one (30 GB/s
 against 16-19 padded).
+
+Padding pays on CPUs with AMX (the Xeon those figures come from). On a 2-core AMD EPYC (Zen 4)
+XLA:CPU's padded bfloat16 product reads gpt2_small's output embedding at 12.5 GB/s, and its
+float32 matrix-vector product at 28. Decoding a few rows there keeps float32 copies of the
+16-bit weights (`widened`) and multiplies in float32: the products of 16-bit values are exact
+in float32 and are summed in float32 as the 16-bit product sums them, so the results are the
+same up to the order of the sums. gpt2_small in bfloat16 at batch 1 makes 45 tokens/s there
+instead of 39; the prepared weights take 3 times their 16-bit size instead of about 2.
 """
 
+import functools
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +36,37 @@ def extra(n: int, dtype, rows_each: int = 1) -> int:
     if n * rows_each >= MIN_ROWS or jnp.dtype(dtype).itemsize != 2 or sharding.target_platform() != "cpu":
         return 0
     return -(-MIN_ROWS // rows_each) - n
+
+
+def widened(dtype, rows: int) -> bool:
+    """Whether decoding `rows` sequences at a time in `dtype` keeps float32 copies of its 16-bit
+    weights: on CPU, for fewer than MIN_ROWS rows, unless the product is bfloat16 on a CPU with
+    AMX, where the padded 16-bit product is the fast one (see the module's note)."""
+    dtype = jnp.dtype(dtype)
+    if dtype.itemsize != 2 or rows >= MIN_ROWS or sharding.target_platform() != "cpu":
+        return False
+    return not (dtype == jnp.bfloat16 and "amx_bf16" in cpu_flags())
+
+
+@functools.cache
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The host CPU's feature flags from `cpuinfo` (none where there is no such file, e.g. on macOS)."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return frozenset()
+    return next((frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), frozenset())
+
+
+def operands(x_RxI: jax.Array, kernel_FxI: jax.Array):
+    """(x, kernel, restore) for a product of rows `x_RxI` with an (out, in) kernel, accumulated in
+    float32. A kernel wider than x (`widened`: float32 copies of 16-bit values) takes x widened
+    to it; otherwise the kernel is taken in x's dtype and x padded as `as_rows` does."""
+    if kernel_FxI.dtype.itemsize > x_RxI.dtype.itemsize:
+        return x_RxI.astype(kernel_FxI.dtype), kernel_FxI, lambda y: y
+    kernel_FxI = kernel_FxI.astype(x_RxI.dtype)
+    x_RxI, restore = as_rows(x_RxI, 1)
+    return x_RxI, kernel_FxI, restore
 
 
 def as_rows(x: jax.Array, n_in: int):

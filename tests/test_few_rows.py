@@ -1,5 +1,6 @@
-"""One-token decoding in bfloat16 on CPU pads its products to four rows (`flax_lm.few_rows`),
-and computes the same logits as without the padding."""
+"""One-token decoding in 16-bit on CPU (`flax_lm.few_rows`) pads its products to four rows
+(bfloat16 on a CPU with AMX) or multiplies float32 copies of the 16-bit weights (`widened`), and
+computes the same logits as the plain 16-bit product."""
 
 import re
 
@@ -7,10 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
+from flax import traverse_util
 
 from flax_lm import few_rows
 from flax_lm.generation import CausalDecoder, Seq2SeqDecoder
 from flax_lm.models import gpt2, llama, t5
+from flax_lm.models.layers import OUT_MAJOR, WIDENED
+
+AMX, NO_AMX = frozenset({"avx512f", "amx_bf16"}), frozenset({"avx512f", "avx512_bf16"})
 
 MODELS = {  # tiny, one of each family: gpt2 (tied head), llama (grouped keys, untied head), t5 (a bias)
     "gpt2": lambda dtype: gpt2.GPT2LMHeadModel(gpt2.GPT2Config(
@@ -40,7 +46,7 @@ def _one_token_step(family: str, dtype: str):
     else:
         decoder, context = CausalDecoder(model), None
         params = model.init(jax.random.PRNGKey(0), ids_1x5)["params"]
-    prepared = decoder.prepare(params)
+    prepared = decoder.prepare(params, 1)
 
     def step(variables):
         cache = decoder.start(variables, context, 1, 8)
@@ -49,16 +55,44 @@ def _one_token_step(family: str, dtype: str):
     return jax.jit(step), prepared
 
 
-def _rows_of_products(step, variables) -> set[int]:
-    """The row counts (the dimension before the contracted last one) of the step's products."""
+def _products(step, variables) -> set[tuple[int, str]]:
+    """(rows, element type) of the step's products: rows the dimension before the contracted last one."""
     text = step.lower(variables).as_text()
-    return {int(m.group(1).split("x")[-2]) for m in re.finditer(r"dot_general.*?: \(tensor<([0-9x]+)x[bf]", text)}
+    operand = r"dot_general.*?: \(tensor<(?:\d+x)*?(\d+)x\d+x(bf16|f16|f32)>"
+    return {(int(m.group(1)), m.group(2)) for m in re.finditer(operand, text)}
+
+
+def _rows_of_products(step, variables) -> set[int]:
+    return {rows for rows, _ in _products(step, variables)}
+
+
+def _copies(prepared, collection=OUT_MAJOR) -> dict[tuple, jax.Array]:
+    assert set(prepared) == {"params", collection}
+    return traverse_util.flatten_dict(prepared[collection])
+
+
+@pytest.mark.parametrize("dtype, rows, flags, widened", [
+    ("bfloat16", 1, NO_AMX, True), ("bfloat16", 3, frozenset(), True), ("float16", 1, AMX, True),
+    ("bfloat16", 1, AMX, False), ("bfloat16", 4, NO_AMX, False), ("float32", 1, NO_AMX, False)])
+def test_few_16_bit_rows_are_widened_on_a_cpu_without_amx(dtype, rows, flags, widened, monkeypatch):
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: flags)
+    assert few_rows.widened(dtype, rows) is widened
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+                       "bugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert few_rows.cpu_flags(str(cpuinfo)) == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
+    assert few_rows.cpu_flags(str(tmp_path / "none")) == frozenset()  # no /proc (macOS): no AMX assumed
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_a_bfloat16_one_token_step_pads_its_products_and_keeps_its_logits(family, monkeypatch):
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: AMX)
     step, prepared = _one_token_step(family, "bfloat16")
     assert min(_rows_of_products(step, prepared)) >= few_rows.MIN_ROWS
+    assert {path[-1] for path in _copies(prepared)} == {"kernel"}  # the tables are the parameters' own
     padded = step(prepared)
 
     monkeypatch.setattr(few_rows, "extra", lambda *args: 0)
@@ -67,6 +101,34 @@ def test_a_bfloat16_one_token_step_pads_its_products_and_keeps_its_logits(family
     np.testing.assert_allclose(padded, step(prepared), atol=2e-2, rtol=2e-2)  # bfloat16 results, summed otherwise
 
 
-def test_a_float32_step_is_not_padded():
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_a_bfloat16_step_without_amx_multiplies_float32_copies_of_its_weights_and_keeps_its_logits(
+        family, monkeypatch):
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: NO_AMX)
+    step, prepared = _one_token_step(family, "bfloat16")
+    copies = _copies(prepared, WIDENED)
+    params = traverse_util.flatten_dict(nn.unbox(prepared["params"]))
+    for path, copy_FxI in copies.items():
+        assert copy_FxI.dtype == jnp.float32
+        own = params[path]  # in bfloat16: the copy holds its values exactly
+        np.testing.assert_array_equal(copy_FxI.T.reshape(own.shape) if path[-1] == "kernel" else copy_FxI,
+                                      own.astype(jnp.float32))
+    tables = {"gpt2": [("wte", "embedding")], "llama": [("embed_tokens", "embedding"), ("lm_head", "kernel")],
+              "t5": [("shared", "embedding")]}
+    assert all(table in copies for table in tables[family])
+    products = _products(step, prepared)
+    assert (1, "f32") in products and all(rows >= few_rows.MIN_ROWS for rows, kind in products if kind == "bf16")
+    # tokens are looked up in the float32 table: from a 16-bit one XLA:CPU converts all of it first
+    assert not re.search(r"= f32\[97,32\]\{1,0\} (convert|fusion)\(", step.lower(prepared).compile().as_text())
+    widened = step(prepared)
+
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: AMX)
+    step, padded_form = _one_token_step(family, "bfloat16")
+    np.testing.assert_allclose(widened, step(padded_form), atol=2e-2, rtol=2e-2)  # summed in another order
+
+
+def test_a_float32_step_is_not_padded_or_widened(monkeypatch):
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: NO_AMX)
     step, prepared = _one_token_step("gpt2", "float32")
     assert min(_rows_of_products(step, prepared)) == 1
+    assert {path[-1] for path in _copies(prepared)} == {"kernel"}

@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from test_cli import flax_lm  # noqa: E402
 
+from flax_lm import few_rows  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.generation import CausalDecoder, GenerationConfig, Prepared, generate, processors, settings  # noqa: E402
 from flax_lm.generation import decoder as decoder_module  # noqa: E402
@@ -88,7 +89,7 @@ def test_a_decoding_loop_reads_the_embedding_table_as_it_is_stored(dtype):
                                                  dtype=dtype))
     ids_Bx1 = jnp.ones((b, 1), jnp.int32)
     decoder = CausalDecoder(model)
-    prepared = decoder.prepare(model.init(jax.random.PRNGKey(0), ids_Bx1)["params"])
+    prepared = decoder.prepare(model.init(jax.random.PRNGKey(0), ids_Bx1)["params"], b)
 
     def step(i, carry):
         cache, total = carry
@@ -102,7 +103,7 @@ def test_a_decoding_loop_reads_the_embedding_table_as_it_is_stored(dtype):
 def test_decoding_on_cpu_reads_projection_kernels_out_major_and_gives_the_same_logits(models):
     _, model, params = models
     decoder = CausalDecoder(model)
-    prepared = decoder.prepare(params)
+    prepared = decoder.prepare(params, 1)
     kernel_Dx3xNxH = prepared["params"]["h_0"]["attn"]["c_attn"]["kernel"]
     np.testing.assert_array_equal(prepared[OUT_MAJOR]["h_0"]["attn"]["c_attn"]["kernel"],
                                   kernel_Dx3xNxH.reshape(kernel_Dx3xNxH.shape[0], -1).T)
@@ -123,9 +124,9 @@ def test_weights_prepared_once_decode_as_the_parameters_do(family):
     model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)
     params = model.init(jax.random.PRNGKey(3), jnp.asarray([PROMPTS[0]]))["params"]
     decoder = CausalDecoder(model)
-    prepared = decoder.prepared(params)
+    prepared = decoder.prepared(params, len(PROMPTS))
     assert isinstance(prepared, Prepared) and OUT_MAJOR in prepared.variables
-    assert decoder.prepare(prepared) is prepared.variables
+    assert decoder.prepare(prepared, len(PROMPTS)) is prepared.variables
     for config in (GenerationConfig(max_new_tokens=6), GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2),
                    GenerationConfig(max_new_tokens=5, num_beams=3, num_return_sequences=2)):
         assert generate(decoder, prepared, PROMPTS, config) == generate(decoder, params, PROMPTS, config)
@@ -145,12 +146,13 @@ def test_logits_to_keep_gives_the_last_positions_logits(family):
 
 @pytest.mark.parametrize("family", sorted(DECODERS))
 def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits(family, monkeypatch):
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: frozenset({"amx_bf16"}))  # 16-bit copies (not `widened`)
     cfg = dataclasses.replace(DECODERS[family](True), dtype="bfloat16")
     model = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}[family](cfg)
     ids_BxT = np.random.default_rng(1).integers(0, 97, (2, 6)).astype(np.int32)
     params = model.init(jax.random.PRNGKey(0), ids_BxT)["params"]
     decoder = CausalDecoder(model)
-    prepared = decoder.prepare(params)
+    prepared = decoder.prepare(params, 2)
     dtypes = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(prepared):  # by parameter name (boxed: before .value)
         dtypes.setdefault([k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1], set()).add(leaf.dtype)
@@ -161,8 +163,8 @@ def test_a_bfloat16_decoder_reads_weights_cast_once_and_computes_the_same_logits
         return decoder.forward(weights, ids_BxT, jnp.ones((2, 8), bool), jnp.broadcast_to(jnp.arange(6), (2, 6)),
                                decoder.start(weights, None, 2, 8), 0)[0].astype(jnp.float32)
 
-    monkeypatch.setattr(decoder_module, "_weights_in", lambda variables, dtype: variables)
-    uncast = decoder.prepare(params)
+    monkeypatch.setattr(decoder_module, "_weights_in", lambda variables, dtype, widened: variables)
+    uncast = decoder.prepare(params, 2)
     assert {leaf.dtype for leaf in jax.tree.leaves(uncast)} == {jnp.dtype(jnp.float32)}
     # the model casts float32 weights at each use to the same values
     np.testing.assert_array_equal(prefill(prepared), prefill(uncast))

@@ -16,13 +16,13 @@ A caller that decodes many batches with the same weights prepares them once
 import dataclasses
 import functools
 
-import flax
 import jax
 import jax.numpy as jnp
+from flax import struct, traverse_util
 
-from flax_lm import sharding
+from flax_lm import few_rows, sharding
 from flax_lm.models import family_module, t5
-from flax_lm.models.layers import DTYPES, OUT_MAJOR
+from flax_lm.models.layers import DTYPES, OUT_MAJOR, WIDENED
 
 
 class _Decoder:
@@ -48,36 +48,41 @@ class _Decoder:
     def __eq__(self, other):
         return type(other) is type(self) and other.model == self.model
 
-    def prepare(self, params):
-        """The variables `forward` applies the model with: a scanned model's layers split into
-        its unrolled twin's, every kernel and embedding table in the compute dtype, and on CPU
-        the projection kernels also as (out, in) matrices (`layers.OUT_MAJOR`; a second copy
-        of them for the loop's duration). `params` already `Prepared` are taken as they are."""
+    def prepare(self, params, rows: int):
+        """The variables `forward` applies the model with, decoding `rows` sequences at a time
+        (batch x beams): a scanned model's layers split into its unrolled twin's, every kernel
+        and embedding table in the compute dtype, and on CPU the projection kernels also as
+        (out, in) matrices (`layers.OUT_MAJOR`; a second copy of them for the loop's duration),
+        or, where `few_rows.widened`, those and the token embedding tables in float32
+        (`layers.WIDENED`). `params` already `Prepared` are taken as they are."""
         if isinstance(params, Prepared):
             return params.variables
         variables = {"params": self._unstacked(params)}
         if sharding.target_platform() == "cpu":
             variables[OUT_MAJOR] = self._one_token(variables, mutable=[OUT_MAJOR])[1][OUT_MAJOR]
-        return _weights_in(variables, DTYPES[self.model.cfg.dtype])
+        dtype = DTYPES[self.model.cfg.dtype]
+        return _weights_in(variables, dtype, few_rows.widened(dtype, rows))
 
-    def prepared(self, params) -> "Prepared":
-        """`params` made ready for decoding once, to pass to any number of `generate` calls in
-        their place. Each call otherwise prepares them again: for gpt2_small on CPU that is
-        120-250 ms a call (splitting the stacked layers and transposing 85M weights), as much
-        as 6 to 13 one-token steps at batch 1. The caller then holds the prepared copy."""
-        return Prepared(_prepare(self, params))
+    def prepared(self, params, rows: int) -> "Prepared":
+        """`params` made ready once for decoding `rows` sequences at a time, to pass to any number
+        of `generate` calls in their place (calls with another number of rows get the same
+        results, at the speed of the rows they were prepared for). Each call otherwise prepares
+        them again: for gpt2_small on CPU that is 120-250 ms a call (splitting the stacked layers
+        and transposing 85M weights), as much as 6 to 13 one-token steps at batch 1. The caller
+        then holds the prepared copy."""
+        return Prepared(_prepare(self, params, rows))
 
 
-@flax.struct.dataclass
+@struct.dataclass
 class Prepared:
     """A model's variables as a decoder applies them (`_Decoder.prepared`)."""
 
     variables: dict
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _prepare(decoder, params):
-    return decoder.prepare(params)
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _prepare(decoder, params, rows: int):
+    return decoder.prepare(params, rows)
 
 
 class CausalDecoder(_Decoder):
@@ -153,13 +158,24 @@ def for_model(model):
     return Seq2SeqDecoder(model) if isinstance(model, t5.T5ForConditionalGeneration) else CausalDecoder(model)
 
 
-def _weights_in(params, dtype):
-    """`params` with every kernel and embedding table in `dtype`, cast once per decoding loop.
+def _weights_in(variables, dtype, widened: bool):
+    """`variables` with every kernel and embedding table in `dtype`, cast once per decoding loop.
     The model casts them at each use, which in a bfloat16 model read every float32 weight
-    and wrote its bfloat16 copy at every step; the values it computes are the same."""
+    and wrote its bfloat16 copy at every step; the values it computes are the same.
+    The `OUT_MAJOR` copies become `WIDENED` ones, those values in float32, where `widened`
+    (`few_rows.widened`); else only their kernels are kept (the tables are the parameters' own)."""
     def cast(path, x):
         return x.astype(dtype) if sharding.param_names(path)[-1] in ("kernel", "embedding") else x
-    return jax.tree_util.tree_map_with_path(cast, params)
+    cast_all = {"params": jax.tree_util.tree_map_with_path(cast, variables["params"])}
+    if OUT_MAJOR in variables:
+        copies = traverse_util.flatten_dict(variables[OUT_MAJOR])
+        if widened:
+            cast_all[WIDENED] = traverse_util.unflatten_dict(
+                {path: x.astype(dtype).astype(jnp.float32) for path, x in copies.items()})
+        else:
+            cast_all[OUT_MAJOR] = traverse_util.unflatten_dict(
+                {path: x.astype(dtype) for path, x in copies.items() if path[-1] == "kernel"})
+    return cast_all
 
 
 def reorder_cache(cache, rows_B: jax.Array):

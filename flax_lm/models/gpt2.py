@@ -16,6 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 from flax_lm.attention import dot_product_attention
 from flax_lm.models.layers import (
     DTYPES,
+    Embed,
     Projection,
     dtypes,
     empty_cache,
@@ -188,7 +189,7 @@ class GPT2LMHeadModel(nn.Module):
             start = 0 if cache is None else cache_index
             position_ids_BxT = jnp.broadcast_to(start + jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
         kv_mask_BxS = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
-        wte = nn.Embed(
+        wte = Embed(
             cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
             embedding_init=_embedding_init(cfg.initializer_range, ("vocab", "embed")), name="wte")
         wpe = nn.Embed(

@@ -34,6 +34,20 @@ def from_run_config(cls, model_cfg, **resolved):
 # fills once per loop (`generation.decoder`): XLA:CPU's small-batch products read that layout
 # faster: gpt2_small's decoding step 24.0 -> 21.7 ms at batch 1 and 91 -> 74 ms at batch 32.
 OUT_MAJOR = "out_major"
+# The same copies in float32, holding 16-bit values exactly, where decoding a few rows multiplies
+# in float32 (`few_rows.widened`), with the token embeddings' tables (`Embed`).
+WIDENED = "widened"
+
+
+def out_major(module: nn.Module, name: str, matrix_FxI, dtype):
+    """`module`'s copy of `matrix_FxI` (its variable `name` as an (out, in) matrix) for a product
+    in `dtype`: the `WIDENED` copy, else the `OUT_MAJOR` copy in `dtype`, else None. Where
+    `OUT_MAJOR` is being filled, `matrix_FxI` is stored there first."""
+    if module.is_mutable_collection(OUT_MAJOR) and not module.is_initializing():
+        module.put_variable(OUT_MAJOR, name, matrix_FxI)
+    if module.has_variable(WIDENED, name):
+        return module.get_variable(WIDENED, name)
+    return module.get_variable(OUT_MAJOR, name).astype(dtype) if module.has_variable(OUT_MAJOR, name) else None
 
 
 class Projection(nn.Module):
@@ -65,11 +79,9 @@ class Projection(nn.Module):
         if self.bias_axes is not None:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
                               tuple(self.features), self.param_dtype)
-        if self.is_mutable_collection(OUT_MAJOR) and not self.is_initializing():
-            self.put_variable(OUT_MAJOR, "kernel", kernel.reshape(math.prod(in_shape), -1).T)
-        if self.has_variable(OUT_MAJOR, "kernel"):
-            return _contract_out_major(x.astype(self.dtype), self.get_variable(OUT_MAJOR, "kernel").astype(self.dtype),
-                                       bias, n_in, tuple(self.features))
+        kernel_FxI = out_major(self, "kernel", kernel.reshape(math.prod(in_shape), -1).T, self.dtype)
+        if kernel_FxI is not None:
+            return _contract_out_major(x.astype(self.dtype), kernel_FxI, bias, n_in, tuple(self.features))
         return contract(x.astype(self.dtype), kernel.astype(self.dtype), bias, n_in)
 
 
@@ -77,9 +89,14 @@ def _contract_out_major(x, kernel_FxI, bias, n_in: int, features: tuple[int, ...
     """`contract` with the kernel as an (out, in) matrix: F = prod(features) outputs, I inputs."""
     batch = x.shape[:-n_in]
     # as rows x inputs: XLA:CPU's bfloat16 product of batch 32 x 1 x 768 took a slower path
-    x_RxI, restore = few_rows.as_rows(x.reshape(math.prod(batch), -1), 1)
-    y_RxF = jax.lax.dot_general(x_RxI, kernel_FxI, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    return _plus_bias(restore(y_RxF).reshape(*batch, *features), bias, x.dtype)
+    y_RxF = _rows_times_out_major(x.reshape(math.prod(batch), -1), kernel_FxI)
+    return _plus_bias(y_RxF.reshape(*batch, *features), bias, x.dtype)
+
+
+def _rows_times_out_major(x_RxI, kernel_FxI):
+    """x_RxI . kernel_FxI^T in float32 (`few_rows.operands` picks the operands' width)."""
+    x_RxI, kernel_FxI, restore = few_rows.operands(x_RxI, kernel_FxI)
+    return restore(jax.lax.dot_general(x_RxI, kernel_FxI, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32))
 
 
 def _plus_bias(y_f32, bias, dtype):
@@ -159,6 +176,18 @@ def _gelu_bwd(approximate, x, dy):
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
+class Embed(nn.Embed):
+    """`nn.Embed` that looks tokens up in decoding's `WIDENED` copy of its table where there is
+    one: XLA:CPU gathers from a 16-bit table by converting all of it to float32 first, once a
+    decoding loop (gpt2_small: 38 ms a `generate` call). The rows are the same values."""
+
+    def __call__(self, inputs):
+        table_VxD = out_major(self, "embedding", self.embedding, self.dtype)
+        if table_VxD is None:
+            return super().__call__(inputs)
+        return jnp.take(table_VxD, inputs, axis=0).astype(self.dtype)
+
+
 def tied_logits(x_BxTxD, embed: nn.Embed):
     """Logits B x T x V against a token embedding (V x D), what `embed.attend` computes, as one
     product that contracts the table's minor dimension: `attend` transposes the table first,
@@ -166,12 +195,12 @@ def tied_logits(x_BxTxD, embed: nn.Embed):
     decoding step (gpt2_small: 154 MB, 11 of 26 ms a token). Accumulated in float32 and cast to the
     compute dtype, as `contract` does: the values a 16-bit product gives, and XLA:CPU's fast path."""
     x_BxTxD, table_VxD = nn.dtypes.promote_dtype(x_BxTxD, embed.embedding, dtype=embed.dtype)
+    copy_VxD = out_major(embed, "embedding", embed.embedding, embed.dtype)  # decoding's WIDENED copy
     b, t, d = x_BxTxD.shape
     # as rows x D: with more dimensions XLA:CPU copied the table transposed, to (D, V), which its
     # product reads at half the speed (gpt2_small decoding in bf16, batch 32: 13 -> 6 ms a step)
-    x_RxD, restore = few_rows.as_rows(x_BxTxD.reshape(b * t, d), 1)
-    logits_RxV = jax.lax.dot_general(x_RxD, table_VxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    return restore(logits_RxV).astype(x_BxTxD.dtype).reshape(b, t, -1)
+    logits_RxV = _rows_times_out_major(x_BxTxD.reshape(b * t, d), table_VxD if copy_VxD is None else copy_VxD)
+    return logits_RxV.astype(x_BxTxD.dtype).reshape(b, t, -1)
 
 
 def empty_cache(batch: int, n_kv_heads: int, length: int, head_dim: int, dtype, n_layers: int,
@@ -251,6 +280,9 @@ class LMHead(nn.Module):
                                 (x_BxTxD.shape[-1], self.vocab_size), self.param_dtype)
         if return_hidden:
             return x_BxTxD, kernel_DxV.T.astype(self.dtype)
+        kernel_VxD = out_major(self, "kernel", kernel_DxV.T, self.dtype)
+        if kernel_VxD is not None:
+            return _contract_out_major(x_BxTxD.astype(self.dtype), kernel_VxD, None, 1, (self.vocab_size,))
         return contract(x_BxTxD.astype(self.dtype), kernel_DxV.astype(self.dtype), None, 1)
 
 

@@ -18,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 from flax_lm.attention import dot_product_attention
 from flax_lm.models.layers import (
     DTYPES,
+    Embed,
     LMHead,
     Projection,
     RMSNorm,
@@ -199,7 +200,7 @@ class LlamaForCausalLM(nn.Module):
             start = 0 if cache is None else cache_index
             position_ids_BxT = jnp.broadcast_to(start + jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
         kv_mask_BxS = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
-        embed_tokens = nn.Embed(
+        embed_tokens = Embed(
             cfg.vocab_size, cfg.d_model, **dtypes(cfg),
             embedding_init=nn.with_logical_partitioning(_normal(cfg), ("vocab", "embed")), name="embed_tokens")
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(embed_tokens(input_ids_BxT))

@@ -22,6 +22,7 @@ from jax.ad_checkpoint import checkpoint_name
 from flax_lm.attention import dot_product_attention, heads_first
 from flax_lm.models.layers import (
     DTYPES,
+    Embed,
     LMHead,
     Projection,
     RMSNorm,
@@ -275,7 +276,7 @@ class T5ForConditionalGeneration(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.shared = nn.Embed(
+        self.shared = Embed(
             cfg.vocab_size, cfg.d_model,
             embedding_init=nn.with_logical_partitioning(_normal(cfg.initializer_range), ("vocab", "embed")),
             **dtypes(cfg))
