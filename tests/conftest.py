@@ -51,3 +51,18 @@ def shakespeare():
     if not SHAKESPEARE.is_file():
         pytest.skip(f"shared data not found at {SHAKESPEARE}")
     return SHAKESPEARE
+
+
+@pytest.fixture
+def phased_cache(monkeypatch):
+    """Decoding loops compiled afresh with a cache that starts as short as it can and doubles
+    (`generation.growing`), so that a tiny model's short loops run in several phases."""
+    from flax_lm.generation import beam_search, growing, sampling
+    monkeypatch.setattr(growing, "SMALLEST", 1)
+    monkeypatch.setattr(growing, "WORTH", 0.0)
+    loops = (sampling.sample, beam_search.beam_search)
+    for loop in loops:
+        loop.clear_cache()
+    yield
+    for loop in loops:  # the next test compiles with the phases it expects
+        loop.clear_cache()

@@ -13,13 +13,23 @@ transformers = pytest.importorskip("transformers")
 
 from test_cli import flax_lm  # noqa: E402
 
+from flax_lm import config as config_lib  # noqa: E402
 from flax_lm import few_rows  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
-from flax_lm.generation import CausalDecoder, GenerationConfig, Prepared, generate, processors, settings  # noqa: E402
+from flax_lm.generation import (  # noqa: E402
+    CausalDecoder,
+    GenerationConfig,
+    Prepared,
+    generate,
+    growing,
+    processors,
+    sampling,
+    settings,
+)
 from flax_lm.generation import decoder as decoder_module  # noqa: E402
 from flax_lm.interop import gpt2 as gpt2_interop  # noqa: E402
-from flax_lm.models import family_module, gpt2, llama  # noqa: E402
-from flax_lm.models.layers import OUT_MAJOR, write_cache  # noqa: E402
+from flax_lm.models import build_model, family_module, gpt2, llama  # noqa: E402
+from flax_lm.models.layers import OUT_MAJOR, grown_cache, write_cache  # noqa: E402
 
 # Larger-than-default init so the random model's next-token choices are decisive, not near-ties.
 HF_TINY = dict(vocab_size=96, n_positions=48, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3,
@@ -68,7 +78,7 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_step(family, sca
         np.testing.assert_allclose(logits[:, 0], full_BxTxV[:, t], atol=1e-5)
 
 
-def test_a_bfloat16_cache_takes_new_entries_without_a_float32_copy_of_itself():
+def test_a_bfloat16_cache_takes_new_entries_and_slots_without_a_float32_copy_of_itself():
     cache = {name: jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 4)), jnp.bfloat16) for name in "kv"}
     k_BxTxKxH, v_BxTxKxH = (jnp.full((2, 1, 4, 4), x, jnp.float32) for x in (2.5, -3.0))
     write = jax.jit(write_cache)
@@ -78,6 +88,12 @@ def test_a_bfloat16_cache_takes_new_entries_without_a_float32_copy_of_itself():
         expected = np.asarray(cache[name]).copy()
         expected[:, 3] = value
         np.testing.assert_array_equal(np.asarray(written[name]), expected)
+    grow = jax.jit(grown_cache, static_argnums=1)
+    assert "f32[8,24,4]" not in grow.lower((written,), 24).compile().as_text()
+    (grown,) = grow((written,), 24)
+    for name in "kv":
+        np.testing.assert_array_equal(np.asarray(grown[name][:, :16]), np.asarray(written[name]))
+        assert not np.asarray(grown[name][:, 16:]).any()
         assert written[name].dtype == jnp.bfloat16
 
 
@@ -194,6 +210,56 @@ def test_greedy_equals_transformers_generate(models, prompts, eos):
     assert ours == ref
     if eos is not None:
         assert any(len(row) < 12 for row in ours)
+
+
+def test_cache_phases_double_up_to_the_full_length_where_the_cache_outweighs_the_weights(monkeypatch):
+    assert growing.lengths(32, 480, cache_share=2.4) == [128, 256, 512]
+    assert growing.lengths(32, 480, cache_share=0.6) == [512]  # reading the weights dominates a step
+    assert growing.lengths(32, 64, cache_share=2.4) == [96]    # no phase under SMALLEST
+    assert growing.lengths(960, 64, cache_share=39) == [1024]  # half would not hold the prompt
+    assert growing.lengths(200, 312, cache_share=2.4) == [256, 512]
+    assert growing.lengths(10, 290, cache_share=2.4) == [150, 300]  # halves rounded up
+    monkeypatch.setattr(growing, "SMALLEST", 1)
+    assert growing.lengths(7, 24, cache_share=1.0) == [8, 16, 31]  # the first holds one new token
+
+
+@pytest.mark.parametrize("batch, phases", [(8, [512]), (16, [128, 256, 512])])
+def test_gpt2_small_decodes_in_phases_from_batch_16_at_512_tokens(batch, phases):
+    model = build_model(config_lib.load("gpt2_small", ["--config.model.dtype=bfloat16"]).model)  # shapes only
+    decoder = CausalDecoder(model)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+    prepared = jax.eval_shape(lambda params: decoder.prepare(params, batch), params)
+    assert growing.phases(decoder, prepared, batch, 32, 480) == phases
+
+
+def test_a_growing_cache_generates_what_transformers_does(models, phased_cache):
+    """Greedy decoding and beam search in three phases (caches of 8, 16 and 31 slots; the first
+    makes one token): the tokens of one static cache, which are transformers'."""
+    hf, model, params = models
+    decoder = CausalDecoder(model)
+    config = GenerationConfig(max_new_tokens=24)
+    mask_BxP = jnp.asarray([[0] * (7 - len(p)) + [1] * len(p) for p in PROMPTS])
+    hlo = sampling.sample.lower(decoder, params, mask_BxP, mask_BxP, config).as_text()
+    assert hlo.count("stablehlo.while") == 3
+    assert generate(decoder, params, PROMPTS, config) == _hf_generate(hf, PROMPTS, max_new_tokens=24,
+                                                                      do_sample=False, eos_token_id=None)
+    beams = dataclasses.replace(config, num_beams=3, num_return_sequences=2)
+    ours = generate(decoder, params, PROMPTS, beams)
+    assert ours == _hf_generate(hf, PROMPTS, max_new_tokens=24, do_sample=False, eos_token_id=None, num_beams=3,
+                                num_return_sequences=2)
+
+
+def test_sampling_with_a_growing_cache_makes_the_tokens_of_a_static_one(models, monkeypatch):
+    _, model, params = models
+    decoder = CausalDecoder(model)
+    config = GenerationConfig(max_new_tokens=24, temperature=0.9, top_k=20, seed=3)
+    static = generate(decoder, params, PROMPTS, config)
+    monkeypatch.setattr(growing, "SMALLEST", 1)
+    sampling.sample.clear_cache()
+    try:
+        assert generate(decoder, params, PROMPTS, config) == static
+    finally:
+        sampling.sample.clear_cache()
 
 
 def test_repetition_penalty_greedy_equals_transformers(models):

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from flax_lm.errors import UserError  # noqa: E402
-from flax_lm.generation import GenerationConfig, Seq2SeqDecoder, generate  # noqa: E402
+from flax_lm.generation import GenerationConfig, Seq2SeqDecoder, generate, growing  # noqa: E402
 from flax_lm.interop import t5 as interop  # noqa: E402
 from flax_lm.models import t5  # noqa: E402
 
@@ -78,6 +78,17 @@ def test_generation_equals_transformers(models, name, case):
     out = generate(Seq2SeqDecoder(model), params, SOURCES, config)
     assert out == _transformers_new_tokens(hf, SOURCES, config)
     assert any(row[-1] in ENDS and len(row) < N for row in out) or case.startswith("beams")
+
+
+@pytest.mark.parametrize("case", ["greedy", "beams"])
+def test_a_growing_self_attention_cache_generates_what_transformers_does(models, phased_cache, case):
+    """The decoder's cache in four phases (2, 4, 7 and 13 slots after the start token), the
+    cross-attention cache as it was."""
+    ours, hf = models
+    model, params = ours["plain"]
+    config = GenerationConfig(max_new_tokens=N, eos_token_ids=ENDS, pad_token_id=0, **CASES[case])
+    assert growing.lengths(1, N, cache_share=0.0) == [2, 4, 7, 13]
+    assert generate(Seq2SeqDecoder(model), params, SOURCES, config) == _transformers_new_tokens(hf, SOURCES, config)
 
 
 def test_weights_prepared_once_generate_what_transformers_does(models):

@@ -1,5 +1,5 @@
-"""Beam search, the whole loop in one jitted `lax.while_loop`, step for step as
-`transformers` (`GenerationMixin._beam_search`, without sampling).
+"""Beam search, the whole loop in one jitted function (a `lax.while_loop` for each phase of
+`growing`), step for step as `transformers` (`GenerationMixin._beam_search`, without sampling).
 
 Every prompt is repeated into W beams and prefilled once. Each step adds the beams' running
 scores to the next-token log-probabilities and keeps the K best continuations over all W x V
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lm.generation import processors
+from flax_lm.generation import growing, processors
 from flax_lm.generation.decoder import left_pad_positions, reorder_cache
 from flax_lm.generation.settings import GenerationConfig
 
@@ -50,8 +50,10 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     prompt_mask_BWxP = jnp.repeat(prompt_mask_BxP, W, axis=0)
     mask_BWxS = jnp.concatenate([prompt_mask_BWxP.astype(bool), jnp.ones((B * W, N), bool)], axis=1)
     context_BW = jax.tree.map(lambda x: jnp.repeat(x, W, axis=0), context)
-    logits_BWx1xV, cache = decoder.forward(prepared, prompt_BWxP, mask_BWxS, left_pad_positions(prompt_mask_BWxP),
-                                           decoder.start(prepared, context_BW, B * W, P + N), 0)
+    phases = growing.phases(decoder, prepared, B * W, P, N)
+    logits_BWx1xV, cache = decoder.forward(prepared, prompt_BWxP, mask_BWxS[:, :phases[0]],
+                                           left_pad_positions(prompt_mask_BWxP),
+                                           decoder.start(prepared, context_BW, B * W, phases[0]), 0)
     V = logits_BWx1xV.shape[-1]
     prompt_seen_BWxV = processors.seen_tokens(prompt_BWxP, prompt_mask_BWxP, V)
     first_row_B = jnp.arange(B, dtype=jnp.int32) * W
@@ -77,9 +79,9 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
         worst_finished_BxW = jnp.where(is_finished_BxW, finished_scores_BxW.min(axis=1, keepdims=True), EXCLUDED)
         return (best_running_Bx1 > worst_finished_BxW).any(axis=1)
 
-    def body(state):
-        (i, logits_BWxV, cache, running_BxWxN, running_scores_BxW, finished_BxWxN, finished_scores_BxW,
-         is_finished_BxW, improvable_B, _) = state
+    def step(i, cache, state, mask_BWxS):
+        (logits_BWxV, running_BxWxN, running_scores_BxW, finished_BxWxN, finished_scores_BxW, is_finished_BxW,
+         improvable_B, _) = state
         # The K best continuations of each prompt over all its beams.
         totals_BxWxV = log_probs(i, logits_BWxV, running_BxWxN).reshape(B, W, V) + running_scores_BxW[:, :, None]
         top_scores_BxK, top_flat_BxK = jax.lax.top_k(totals_BxWxV.reshape(B, W * V), K)
@@ -119,14 +121,21 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
         token_BWx1 = running_BxWxN[:, :, i].reshape(B * W, 1)
         position_BWx1 = (prompt_mask_BWxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
         logits_BWx1xV, cache = decoder.forward(prepared, token_BWx1, mask_BWxS, position_BWx1, cache, P + i)
-        return (i + 1, logits_BWx1xV[:, 0], cache, running_BxWxN, running_scores_BxW, finished_BxWxN,
-                finished_scores_BxW, is_finished_BxW, improvable_B, more)
+        return i + 1, cache, (logits_BWx1xV[:, 0], running_BxWxN, running_scores_BxW, finished_BxWxN,
+                              finished_scores_BxW, is_finished_BxW, improvable_B, more)
+
+    def body_for(length):
+        return lambda carry: step(*carry, mask_BWxS[:, :length])
 
     # Only beam 0 starts live, so that the first step does not pick the same token W times.
     running_scores_BxW = jnp.zeros((B, W), jnp.float32).at[:, 1:].set(EXCLUDED)
     tokens_BxWxN = jnp.full((B, W, N), config.pad_token_id, jnp.int32)
-    state = (0, logits_BWx1xV[:, 0], cache, tokens_BxWxN, running_scores_BxW, tokens_BxWxN,
+    state = (logits_BWx1xV[:, 0], tokens_BxWxN, running_scores_BxW, tokens_BxWxN,
              jnp.full((B, W), EXCLUDED, jnp.float32), jnp.zeros((B, W), bool), jnp.ones(B, bool), jnp.asarray(True))
-    finished_BxWxN = jax.lax.while_loop(lambda s: s[-1] & (s[0] < N), body, state)[5]
+    def more(carry):
+        return carry[2][-1]
+
+    _, _, state = growing.while_loop(decoder, more, body_for, (0, cache, state), phases, P)
+    finished_BxWxN = state[3]
     # finished hypotheses are kept best first
     return finished_BxWxN[:, :R].reshape(B * R, N)

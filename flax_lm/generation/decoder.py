@@ -1,16 +1,18 @@
 """A model as the decoding loops see it: prefill and one-token steps against a key/value cache.
 
-Every loop calls `prepare(params)` once (the model's variables as decoding applies them), then
-`start(prepared, context, batch, length)` for the cache, then `forward(prepared, ids_BxT,
+Every loop calls `prepare(params, rows)` once (the model's variables as decoding applies them),
+then `start(prepared, context, batch, length)` for the cache, then `forward(prepared, ids_BxT,
 mask_BxS, positions_BxT, cache, index)`: the T tokens go into cache slots index..index+T-1,
 attend to the slots `mask_BxS` allows up to their own, and the last one comes back as logits
 B x 1 x V with the updated cache (a prefill needs no other position's: their output projection
-was 30% of gpt2_small's prefill FLOPs). `context` is what the decoder is conditioned on besides
-its own tokens: None for a decoder-only model, the encoder's input for an encoder-decoder. A new
-model family plugs in here and every strategy (greedy, sampling, beam search) works with it.
+was 30% of gpt2_small's prefill FLOPs). `grow(cache, length)` gives the cache more slots
+between the phases of a loop (`growing`). `context` is what the decoder is conditioned on
+besides its own tokens: None for a decoder-only model, the encoder's input for an
+encoder-decoder. A new model family plugs in here and every strategy (greedy, sampling, beam
+search) works with it.
 
 A caller that decodes many batches with the same weights prepares them once
-(`decoder.prepared(params)`) and passes the result where the parameters go.
+(`decoder.prepared(params, rows)`) and passes the result where the parameters go.
 """
 
 import dataclasses
@@ -22,7 +24,7 @@ from flax import struct, traverse_util
 
 from flax_lm import few_rows, sharding
 from flax_lm.models import family_module, t5
-from flax_lm.models.layers import DTYPES, OUT_MAJOR, WIDENED
+from flax_lm.models.layers import DTYPES, OUT_MAJOR, WIDENED, grown_cache
 
 
 class _Decoder:
@@ -99,6 +101,10 @@ class CausalDecoder(_Decoder):
         """An empty cache of `length` slots (a decoder-only model has no context)."""
         return self.init_cache(batch, length)
 
+    def grow(self, cache, length: int):
+        """`cache` (from `start`) with `length` slots, the new ones empty."""
+        return grown_cache(cache, length)
+
     def _unstacked(self, params):
         """Stacked layers split into `h_{i}` (`h` the family's LAYERS)."""
         if self.unrolled is self.model:
@@ -137,11 +143,19 @@ class Seq2SeqDecoder(_Decoder):
         return self.unrolled.apply(variables, jnp.zeros((1, 1), jnp.int32), encoded_BxSxD=encoded_1x1xD,
                                    method="decode", **kwargs)
 
+    def init_cache(self, batch: int, length: int):
+        """The decoder's empty self-attention cache (`start` adds the encoder's part)."""
+        return t5.init_cache(self.unrolled.cfg, batch, length)
+
     def start(self, prepared, context, batch: int, length: int):
         ids_BxS, mask_BxS = context
         encoded_BxSxD = self.unrolled.apply(prepared, ids_BxS, mask_BxS, method="encode")
-        return {"self": t5.init_cache(self.unrolled.cfg, batch, length), "encoder_mask": mask_BxS,
+        return {"self": self.init_cache(batch, length), "encoder_mask": mask_BxS,
                 "cross": self.unrolled.apply(prepared, encoded_BxSxD, method="cross_cache")}
+
+    def grow(self, cache, length: int):
+        """`cache` (from `start`) with `length` self-attention slots, the new ones empty."""
+        return {**cache, "self": grown_cache(cache["self"], length)}
 
     def forward(self, prepared, ids_BxT, mask_BxS, positions_BxT, cache, index):
         """As `CausalDecoder.forward`; T5 has no absolute positions, so `positions_BxT` is unused

@@ -1,4 +1,5 @@
-"""Greedy decoding and sampling, the whole loop in one jitted `lax.while_loop`.
+"""Greedy decoding and sampling, the whole loop in one jitted function (a `lax.while_loop` for
+each phase of `growing`).
 
 The prompt is prefilled in one pass; then each iteration picks a token for every row,
 writes it, and runs that token through the model against the cache. Rows that produced an
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import io_callback
 
-from flax_lm.generation import processors
+from flax_lm.generation import growing, processors
 from flax_lm.generation.decoder import left_pad_positions
 from flax_lm.generation.settings import GenerationConfig
 
@@ -30,8 +31,9 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
     N = config.max_new_tokens
     mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
     positions_BxP = left_pad_positions(prompt_mask_BxP)
-    cache = decoder.start(prepared, context, B, P + N)
-    logits_Bx1xV, cache = decoder.forward(prepared, prompt_BxP, mask_BxS, positions_BxP, cache, 0)
+    phases = growing.phases(decoder, prepared, B, P, N)
+    cache = decoder.start(prepared, context, B, phases[0])
+    logits_Bx1xV, cache = decoder.forward(prepared, prompt_BxP, mask_BxS[:, :phases[0]], positions_BxP, cache, 0)
     V = logits_Bx1xV.shape[-1]
     seen_BxV = processors.seen_tokens(prompt_BxP, prompt_mask_BxP, V)
     eos_E = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
@@ -45,22 +47,26 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
                                      minimum_p=config.min_p)
         return jax.random.categorical(jax.random.fold_in(key, i), scores_BxV, axis=-1).astype(jnp.int32)
 
-    def body(carry):
-        i, logits_BxV, cache, out_BxN, seen_BxV, finished_B = carry
-        token_B = jnp.where(finished_B, config.pad_token_id, choose(i, logits_BxV, seen_BxV))
-        if streamer is not None:
-            io_callback(streamer, None, token_B, ordered=True)
-        out_BxN = out_BxN.at[:, i].set(token_B)
-        seen_BxV = seen_BxV.at[jnp.arange(B), token_B].set(True)
-        finished_B = finished_B | jnp.isin(token_B, eos_E)
-        position_Bx1 = (prompt_mask_BxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
-        logits_Bx1xV, cache = decoder.forward(prepared, token_B[:, None], mask_BxS, position_Bx1, cache, P + i)
-        return i + 1, logits_Bx1xV[:, 0], cache, out_BxN, seen_BxV, finished_B
+    def body_for(length):
+        def body(carry):
+            i, cache, (logits_BxV, out_BxN, seen_BxV, finished_B) = carry
+            token_B = jnp.where(finished_B, config.pad_token_id, choose(i, logits_BxV, seen_BxV))
+            if streamer is not None:
+                io_callback(streamer, None, token_B, ordered=True)
+            out_BxN = out_BxN.at[:, i].set(token_B)
+            seen_BxV = seen_BxV.at[jnp.arange(B), token_B].set(True)
+            finished_B = finished_B | jnp.isin(token_B, eos_E)
+            position_Bx1 = (prompt_mask_BxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
+            logits_Bx1xV, cache = decoder.forward(prepared, token_B[:, None], mask_BxS[:, :length], position_Bx1,
+                                                  cache, P + i)
+            return i + 1, cache, (logits_Bx1xV[:, 0], out_BxN, seen_BxV, finished_B)
+        return body
 
     def running(carry):
-        i, *_, finished_B = carry
-        return (i < N) & ~finished_B.all()
+        *_, finished_B = carry[2]
+        return ~finished_B.all()
 
     out_BxN = jnp.full((B, N), config.pad_token_id, jnp.int32)
-    carry = (0, logits_Bx1xV[:, 0], cache, out_BxN, seen_BxV, jnp.zeros(B, bool))
-    return jax.lax.while_loop(running, body, carry)[3]
+    carry = (0, cache, (logits_Bx1xV[:, 0], out_BxN, seen_BxV, jnp.zeros(B, bool)))
+    _, _, (_, out_BxN, _, _) = growing.while_loop(decoder, running, body_for, carry, phases, P)
+    return out_BxN
