@@ -79,7 +79,7 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
         worst_finished_BxW = jnp.where(is_finished_BxW, finished_scores_BxW.min(axis=1, keepdims=True), EXCLUDED)
         return (best_running_Bx1 > worst_finished_BxW).any(axis=1)
 
-    def step(i, cache, state, mask_BWxS):
+    def step(i, cache, state, phase_mask_BWxS):
         (logits_BWxV, running_BxWxN, running_scores_BxW, finished_BxWxN, finished_scores_BxW, is_finished_BxW,
          improvable_B, _) = state
         # The K best continuations of each prompt over all its beams.
@@ -120,22 +120,21 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
         cache = reorder_cache(cache, (first_row_B[:, None] + source_beam_BxW).reshape(B * W))
         token_BWx1 = running_BxWxN[:, :, i].reshape(B * W, 1)
         position_BWx1 = (prompt_mask_BWxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
-        logits_BWx1xV, cache = decoder.forward(prepared, token_BWx1, mask_BWxS, position_BWx1, cache, P + i)
+        logits_BWx1xV, cache = decoder.forward(prepared, token_BWx1, phase_mask_BWxS, position_BWx1, cache, P + i)
         return i + 1, cache, (logits_BWx1xV[:, 0], running_BxWxN, running_scores_BxW, finished_BxWxN,
                               finished_scores_BxW, is_finished_BxW, improvable_B, more)
 
     def body_for(length):
         return lambda carry: step(*carry, mask_BWxS[:, :length])
 
+    def more(carry):  # the state's last entry
+        return carry[2][-1]
+
     # Only beam 0 starts live, so that the first step does not pick the same token W times.
     running_scores_BxW = jnp.zeros((B, W), jnp.float32).at[:, 1:].set(EXCLUDED)
     tokens_BxWxN = jnp.full((B, W, N), config.pad_token_id, jnp.int32)
     state = (logits_BWx1xV[:, 0], tokens_BxWxN, running_scores_BxW, tokens_BxWxN,
              jnp.full((B, W), EXCLUDED, jnp.float32), jnp.zeros((B, W), bool), jnp.ones(B, bool), jnp.asarray(True))
-    def more(carry):
-        return carry[2][-1]
-
-    _, _, state = growing.while_loop(decoder, more, body_for, (0, cache, state), phases, P)
-    finished_BxWxN = state[3]
+    _, _, (_, _, _, finished_BxWxN, *_) = growing.while_loop(decoder, more, body_for, (0, cache, state), phases, P)
     # finished hypotheses are kept best first
     return finished_BxWxN[:, :R].reshape(B * R, N)
