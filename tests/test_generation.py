@@ -330,9 +330,13 @@ def test_sampling_is_reproducible_and_stays_in_the_top_k(models):
             assert token in top3
 
 
-def test_sharded_decoding_equals_one_device(models):
-    """Parameters tensor-parallel over 2 devices, the batch over 4 (the tests' 8 CPU devices)."""
+@pytest.mark.parametrize("phased", [False, True], ids=["static", "growing"])
+def test_sharded_decoding_equals_one_device(models, phased, request):
+    """Parameters tensor-parallel over 2 devices, the batch over 4 (the tests' 8 CPU devices);
+    "growing": the cache sharded as it grows, in two phases of 8 and 15 slots (`growing`)."""
     from flax_lm import defaults, mesh, sharding
+    if phased:
+        request.getfixturevalue("phased_cache")
     _, model, params = models
     cfg = defaults.get_config()
     cfg.parallel.update(data=4, fsdp=1, tensor=2)
