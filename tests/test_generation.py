@@ -88,13 +88,13 @@ def test_a_bfloat16_cache_takes_new_entries_and_slots_without_a_float32_copy_of_
         expected = np.asarray(cache[name]).copy()
         expected[:, 3] = value
         np.testing.assert_array_equal(np.asarray(written[name]), expected)
+        assert written[name].dtype == jnp.bfloat16
     grow = jax.jit(grown_cache, static_argnums=1)
     assert "f32[8,24,4]" not in grow.lower((written,), 24).compile().as_text()
     (grown,) = grow((written,), 24)
     for name in "kv":
         np.testing.assert_array_equal(np.asarray(grown[name][:, :16]), np.asarray(written[name]))
         assert not np.asarray(grown[name][:, 16:]).any()
-        assert written[name].dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -249,17 +249,13 @@ def test_a_growing_cache_generates_what_transformers_does(models, phased_cache):
                                 num_return_sequences=2)
 
 
-def test_sampling_with_a_growing_cache_makes_the_tokens_of_a_static_one(models, monkeypatch):
+def test_sampling_with_a_growing_cache_makes_the_tokens_of_a_static_one(models, request):
     _, model, params = models
     decoder = CausalDecoder(model)
     config = GenerationConfig(max_new_tokens=24, temperature=0.9, top_k=20, seed=3)
     static = generate(decoder, params, PROMPTS, config)
-    monkeypatch.setattr(growing, "SMALLEST", 1)
-    sampling.sample.clear_cache()
-    try:
-        assert generate(decoder, params, PROMPTS, config) == static
-    finally:
-        sampling.sample.clear_cache()
+    request.getfixturevalue("phased_cache")  # from here on: phases of 8, 16 and 31 slots
+    assert generate(decoder, params, PROMPTS, config) == static
 
 
 def test_repetition_penalty_greedy_equals_transformers(models):
