@@ -6,7 +6,8 @@ mask_BxS, positions_BxT, cache, index)`: the T tokens go into cache slots index.
 attend to the slots `mask_BxS` allows up to their own, and the last one comes back as logits
 B x 1 x V with the updated cache (a prefill needs no other position's: their output projection
 was 30% of gpt2_small's prefill FLOPs). `grow(cache, length)` gives the cache more slots
-between the phases of a loop (`growing`). `context` is what the decoder is conditioned on
+between the phases of a loop, and `init_cache(batch, length)` is the part of the cache that
+grows (`growing` sizes the phases by it). `context` is what the decoder is conditioned on
 besides its own tokens: None for a decoder-only model, the encoder's input for an
 encoder-decoder. A new model family plugs in here and every strategy (greedy, sampling, beam
 search) works with it.

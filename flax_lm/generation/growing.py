@@ -56,6 +56,5 @@ def while_loop(decoder, running, body_for, carry, lengths: list[int], prompt_len
         if j:
             cache = decoder.grow(cache, length)
         steps = length - prompt_len
-        carry = jax.lax.while_loop(lambda c, steps=steps: (c[0] < steps) & running(c), body_for(length),
-                                   (i, cache, state))
+        carry = jax.lax.while_loop(lambda c: (c[0] < steps) & running(c), body_for(length), (i, cache, state))
     return carry
