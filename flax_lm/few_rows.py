@@ -11,21 +11,24 @@ against 16-19 padded).
 
 Padding pays on CPUs with AMX (the Xeon those figures come from). On a 2-core AMD EPYC (Zen 4)
 XLA:CPU's padded bfloat16 product reads gpt2_small's output embedding at 12.5 GB/s, and its
-float32 matrix-vector product at 28. Decoding a few rows there keeps float32 copies of the
-16-bit weights (`widened`) and multiplies in float32: the products of 16-bit values are exact
+float32 matrix-vector product at 28. Decoding a few rows there kept float32 copies of the
+16-bit weights (`widened`) and multiplied in float32: the products of 16-bit values are exact
 in float32 and are summed in float32 as the 16-bit product sums them, so the results are the
-same up to the order of the sums. gpt2_small in bfloat16 at batch 1 makes 45 tokens/s there
+same up to the order of the sums. gpt2_small in bfloat16 at batch 1 made 45 tokens/s there
 instead of 39; the prepared weights take 3 times their 16-bit size instead of about 2.
-"""
 
-import functools
+A bfloat16 product of a few rows now runs as a native kernel where one can be built
+(`bf16_matvec`, `native`): it reads the 16-bit weights at the memory's rate and sums as the
+float32 copies do. Padding stays for the rows of attention's products, and float32 copies for
+float16 and for where the kernel cannot be built.
+"""
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from flax_lm import sharding
+from flax_lm import bf16_matvec, sharding
+from flax_lm.hardware import cpu_flags
 
 MIN_ROWS = 4
 
@@ -38,35 +41,40 @@ def extra(n: int, dtype, rows_each: int = 1) -> int:
     return -(-MIN_ROWS // rows_each) - n
 
 
+def native(dtype, rows: int) -> bool:
+    """Whether a product of `rows` rows in `dtype` runs as the native kernel (`bf16_matvec`): in
+    bfloat16 on CPU, for fewer than MIN_ROWS rows, on one device (XLA cannot split the kernel's
+    call over a mesh), where the kernel can be built."""
+    if jnp.dtype(dtype) != jnp.bfloat16 or rows >= MIN_ROWS or sharding.target_platform() != "cpu":
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return (mesh.empty or mesh.size == 1) and bf16_matvec.available()
+
+
 def widened(dtype, rows: int) -> bool:
     """Whether decoding `rows` sequences at a time in `dtype` keeps float32 copies of its 16-bit
-    weights: on CPU, for fewer than MIN_ROWS rows, unless the product is bfloat16 on a CPU with
-    AMX, where the padded 16-bit product is the fast one (see the module's note)."""
+    weights: on CPU, for fewer than MIN_ROWS rows, unless the products run as the native kernel
+    (`native`) or are bfloat16 on a CPU with AMX, where the padded 16-bit product is the fast one
+    (see the module's note)."""
     dtype = jnp.dtype(dtype)
-    if dtype.itemsize != 2 or rows >= MIN_ROWS or sharding.target_platform() != "cpu":
+    if dtype.itemsize != 2 or rows >= MIN_ROWS or sharding.target_platform() != "cpu" or native(dtype, rows):
         return False
     return not (dtype == jnp.bfloat16 and "amx_bf16" in cpu_flags())
 
 
-@functools.cache
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The host CPU's feature flags from `cpuinfo` (none where there is no such file, e.g. on macOS)."""
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-    except OSError:
-        return frozenset()
-    return next((frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), frozenset())
-
-
-def operands(x_RxI: jax.Array, kernel_FxI: jax.Array):
-    """(x, kernel, restore) for a product of rows `x_RxI` with an (out, in) kernel, accumulated in
-    float32. A kernel wider than x (`widened`: float32 copies of 16-bit values) takes x widened
-    to it; otherwise the kernel is taken in x's dtype and x padded as `as_rows` does."""
+def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array) -> jax.Array:
+    """x_RxI . kernel_FxI^T, an (out, in) kernel, accumulated in float32, in the form that is fast
+    for x's rows: a kernel wider than x (`widened`: float32 copies of 16-bit values) takes x
+    widened to it; a few bfloat16 rows take the native kernel (`native`); else the kernel is
+    taken in x's dtype and x padded as `as_rows` does."""
+    def product(x_RxI, kernel_FxI):
+        return jax.lax.dot_general(x_RxI, kernel_FxI, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     if kernel_FxI.dtype.itemsize > x_RxI.dtype.itemsize:
-        return x_RxI.astype(kernel_FxI.dtype), kernel_FxI, lambda y: y
-    kernel_FxI = kernel_FxI.astype(x_RxI.dtype)
+        return product(x_RxI.astype(kernel_FxI.dtype), kernel_FxI)
+    if native(x_RxI.dtype, x_RxI.shape[0]):
+        return bf16_matvec.rows_times(x_RxI, kernel_FxI)
     x_RxI, restore = as_rows(x_RxI, 1)
-    return x_RxI, kernel_FxI, restore
+    return restore(product(x_RxI, kernel_FxI.astype(x_RxI.dtype)))
 
 
 def as_rows(x: jax.Array, n_in: int):

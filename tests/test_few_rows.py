@@ -1,6 +1,7 @@
-"""One-token decoding in 16-bit on CPU (`flax_lm.few_rows`) pads its products to four rows
-(bfloat16 on a CPU with AMX) or multiplies float32 copies of the 16-bit weights (`widened`), and
-computes the same logits as the plain 16-bit product."""
+"""One-token decoding in 16-bit on CPU (`flax_lm.few_rows`) runs its bfloat16 products as the
+native kernel (`native`), pads them to four rows (bfloat16 on a CPU with AMX where there is no
+kernel) or multiplies float32 copies of the 16-bit weights (`widened`), and computes the same
+logits as the plain 16-bit product."""
 
 import re
 
@@ -11,12 +12,20 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from flax_lm import few_rows
+from flax_lm import bf16_matvec, few_rows
 from flax_lm.generation import CausalDecoder, Seq2SeqDecoder
 from flax_lm.models import gpt2, llama, t5
 from flax_lm.models.layers import OUT_MAJOR, WIDENED
 
 AMX, NO_AMX = frozenset({"avx512f", "amx_bf16"}), frozenset({"avx512f", "avx512_bf16"})
+
+
+
+@pytest.fixture
+def no_native(monkeypatch):
+    """As where the native kernel cannot be built."""
+    monkeypatch.setattr(bf16_matvec, "available", lambda: False)
+
 
 MODELS = {  # tiny, one of each family: gpt2 (tied head), llama (grouped keys, untied head), t5 (a bias)
     "gpt2": lambda dtype: gpt2.GPT2LMHeadModel(gpt2.GPT2Config(
@@ -74,7 +83,7 @@ def _copies(prepared, collection=OUT_MAJOR) -> dict[tuple, jax.Array]:
 @pytest.mark.parametrize("dtype, rows, flags, widened", [
     ("bfloat16", 1, NO_AMX, True), ("bfloat16", 3, frozenset(), True), ("float16", 1, AMX, True),
     ("bfloat16", 1, AMX, False), ("bfloat16", 4, NO_AMX, False), ("float32", 1, NO_AMX, False)])
-def test_few_16_bit_rows_are_widened_on_a_cpu_without_amx(dtype, rows, flags, widened, monkeypatch):
+def test_few_16_bit_rows_are_widened_on_a_cpu_without_amx(dtype, rows, flags, widened, monkeypatch, no_native):
     monkeypatch.setattr(few_rows, "cpu_flags", lambda: flags)
     assert few_rows.widened(dtype, rows) is widened
 
@@ -88,7 +97,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))
-def test_a_bfloat16_one_token_step_pads_its_products_and_keeps_its_logits(family, monkeypatch):
+def test_a_bfloat16_one_token_step_pads_its_products_and_keeps_its_logits(family, monkeypatch, no_native):
     monkeypatch.setattr(few_rows, "cpu_flags", lambda: AMX)
     step, prepared = _one_token_step(family, "bfloat16")
     assert min(_rows_of_products(step, prepared)) >= few_rows.MIN_ROWS
@@ -103,7 +112,7 @@ def test_a_bfloat16_one_token_step_pads_its_products_and_keeps_its_logits(family
 
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_a_bfloat16_step_without_amx_multiplies_float32_copies_of_its_weights_and_keeps_its_logits(
-        family, monkeypatch):
+        family, monkeypatch, no_native):
     monkeypatch.setattr(few_rows, "cpu_flags", lambda: NO_AMX)
     step, prepared = _one_token_step(family, "bfloat16")
     copies = _copies(prepared, WIDENED)
@@ -132,3 +141,39 @@ def test_a_float32_step_is_not_padded_or_widened(monkeypatch):
     step, prepared = _one_token_step("gpt2", "float32")
     assert min(_rows_of_products(step, prepared)) == 1
     assert {path[-1] for path in _copies(prepared)} == {"kernel"}
+
+
+@pytest.mark.parametrize("dtype, rows, devices, native", [
+    ("bfloat16", 1, 1, True), ("bfloat16", 3, 1, True), ("bfloat16", 4, 1, False), ("float16", 1, 1, False),
+    ("float32", 1, 1, False), ("bfloat16", 1, 2, False)])
+def test_few_bfloat16_rows_run_as_the_native_kernel_on_one_device(dtype, rows, devices, native):
+    mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
+    with jax.set_mesh(mesh):  # XLA cannot split the kernel's call over the devices of a mesh
+        assert few_rows.native(dtype, rows) is native
+        assert not few_rows.widened(dtype, rows) or not native
+
+
+def test_without_the_kernel_nothing_is_native(no_native):
+    assert not few_rows.native("bfloat16", 1) and few_rows.widened("bfloat16", 1) != ("amx_bf16" in
+                                                                                   few_rows.cpu_flags())
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_a_bfloat16_step_runs_the_native_kernel_on_its_16_bit_weights_and_keeps_its_logits(
+        family, monkeypatch):
+    step, prepared = _one_token_step(family, "bfloat16")
+    assert {path[-1] for path in _copies(prepared)} == {"kernel"}  # no float32 copies: the kernel reads bf16
+    lowered = step.lower(prepared)
+    calls = len(re.findall(rf"custom_call @{bf16_matvec.TARGET}", lowered.as_text()))
+    assert calls >= 2 * 4 + 1  # at least 4 projections in each of the 2 layers, and the head
+    assert all(rows >= few_rows.MIN_ROWS for rows, kind in _products(step, prepared) if kind == "bf16")
+    # tokens are looked up as 16-bit integers: from a 16-bit table XLA:CPU converts all of it first
+    assert not re.search(r"= f32\[97,32\]\{1,0\} (convert|fusion)\(", lowered.compile().as_text())
+    native = step(prepared)
+
+    monkeypatch.setattr(bf16_matvec, "available", lambda: False)
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: NO_AMX)
+    step, widened_form = _one_token_step(family, "bfloat16")
+    # every product the widened form makes of one float32 row, the native one makes as a call
+    assert calls == len(re.findall(r"dot_general.*?: \(tensor<1x\d+xf32>", step.lower(widened_form).as_text()))
+    np.testing.assert_allclose(native, step(widened_form), atol=2e-2, rtol=2e-2)  # summed in another order

@@ -91,3 +91,21 @@ def test_logits_equal_transformers_gpt2_with_padding():
     assert np.abs(ours - ref)[real].max() <= 1e-5
     back = interop.params_to_hf(params, CFG)
     assert all(np.array_equal(back[k], state_dict[k]) for k in back)
+
+
+def test_a_16_bit_embedding_looks_tokens_up_as_nn_embed_does_gradient_included():
+    """`layers.Embed` moves a 16-bit table's rows as integers (XLA:CPU converts a whole 16-bit
+    table to float32 to gather from it); the rows and the table's gradient are nn.Embed's."""
+    from flax_lm.models.layers import Embed
+    ids_BxT = jnp.asarray([[3, 1, 3, 0], [2, 2, 4, 1]])
+    kwargs = dict(num_embeddings=5, features=8, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    params = nn.Embed(**kwargs).init(jax.random.PRNGKey(0), ids_BxT)
+    weights_BxTxD = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 8))
+
+    def loss(module):
+        return lambda params: jnp.sum(module.apply(params, ids_BxT).astype(jnp.float32) * weights_BxTxD)
+    ours, theirs = (jax.value_and_grad(loss(module))(params) for module in (Embed(**kwargs), nn.Embed(**kwargs)))
+    assert ours[0] == theirs[0]
+    ours_table, theirs_table = (grads["params"]["embedding"] for _, grads in (ours, theirs))
+    assert ours_table.dtype == jnp.bfloat16 and np.any(np.asarray(ours_table, np.float32) != 0)
+    np.testing.assert_array_equal(ours_table, theirs_table)

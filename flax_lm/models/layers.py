@@ -89,14 +89,8 @@ def _contract_out_major(x, kernel_FxI, bias, n_in: int, features: tuple[int, ...
     """`contract` with the kernel as an (out, in) matrix: F = prod(features) outputs, I inputs."""
     batch = x.shape[:-n_in]
     # as rows x inputs: XLA:CPU's bfloat16 product of batch 32 x 1 x 768 took a slower path
-    y_RxF = _rows_times_out_major(x.reshape(math.prod(batch), -1), kernel_FxI)
+    y_RxF = few_rows.rows_times(x.reshape(math.prod(batch), -1), kernel_FxI)
     return _plus_bias(y_RxF.reshape(*batch, *features), bias, x.dtype)
-
-
-def _rows_times_out_major(x_RxI, kernel_FxI):
-    """x_RxI . kernel_FxI^T in float32 (`few_rows.operands` picks the operands' width)."""
-    x_RxI, kernel_FxI, restore = few_rows.operands(x_RxI, kernel_FxI)
-    return restore(jax.lax.dot_general(x_RxI, kernel_FxI, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32))
 
 
 def _plus_bias(y_f32, bias, dtype):
@@ -177,15 +171,38 @@ gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 class Embed(nn.Embed):
-    """`nn.Embed` that looks tokens up in decoding's `WIDENED` copy of its table where there is
-    one: XLA:CPU gathers from a 16-bit table by converting all of it to float32 first, once a
-    decoding loop (gpt2_small: 38 ms a `generate` call). The rows are the same values."""
+    """`nn.Embed` whose lookups read only the rows they take: XLA:CPU gathers from a 16-bit
+    table by converting all of it to float32 first, once a decoding loop (gpt2_small: 38 ms a
+    `generate` call). A table already in the compute dtype is looked up as 16-bit integers
+    (`rows_of`), and decoding's `WIDENED` copy is taken where there is one. The rows are the
+    same values."""
 
     def __call__(self, inputs):
         table_VxD = out_major(self, "embedding", self.embedding, self.dtype)
         if table_VxD is None:
-            return super().__call__(inputs)
-        return jnp.take(table_VxD, inputs, axis=0).astype(self.dtype)
+            if self.embedding.dtype != self.dtype:
+                return super().__call__(inputs)
+            table_VxD = self.embedding
+        return rows_of(table_VxD, inputs).astype(self.dtype)
+
+
+@jax.custom_vjp
+def rows_of(table_VxD, ids):
+    """table_VxD's rows `ids` (`jnp.take` on axis 0), moved as 16-bit integers on CPU (`_moved`),
+    with `jnp.take`'s gradient: the bits of a bitcast have none."""
+    return _moved(lambda table_VxD: jnp.take(table_VxD, ids, axis=0), table_VxD)
+
+
+def _rows_of_fwd(table_VxD, ids):
+    return rows_of(table_VxD, ids), (table_VxD, ids)
+
+
+def _rows_of_bwd(residuals, d_rows):
+    table_VxD, ids = residuals
+    return jax.vjp(lambda table_VxD: jnp.take(table_VxD, ids, axis=0), table_VxD)[1](d_rows)[0], None
+
+
+rows_of.defvjp(_rows_of_fwd, _rows_of_bwd)
 
 
 def tied_logits(x_BxTxD, embed: nn.Embed):
@@ -199,7 +216,7 @@ def tied_logits(x_BxTxD, embed: nn.Embed):
     b, t, d = x_BxTxD.shape
     # as rows x D: with more dimensions XLA:CPU copied the table transposed, to (D, V), which its
     # product reads at half the speed (gpt2_small decoding in bf16, batch 32: 13 -> 6 ms a step)
-    logits_RxV = _rows_times_out_major(x_BxTxD.reshape(b * t, d), table_VxD if copy_VxD is None else copy_VxD)
+    logits_RxV = few_rows.rows_times(x_BxTxD.reshape(b * t, d), table_VxD if copy_VxD is None else copy_VxD)
     return logits_RxV.astype(x_BxTxD.dtype).reshape(b, t, -1)
 
 
