@@ -2,6 +2,7 @@
 reproducible sampling, and the one-line errors of `flax-lm generate`."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -353,13 +354,15 @@ def test_sharded_decoding_equals_one_device(models, phased, request):
 
 @pytest.mark.parametrize("prompts, config, message", [
     ([[1, 2], []], GenerationConfig(), "a prompt is empty"),
+    ([[1, 2], [95, 96]], GenerationConfig(), "a prompt has a token id outside the model's vocabulary (0 to 95)"),
+    ([[-1]], GenerationConfig(), "outside the model's vocabulary"),
     ([list(range(48))], GenerationConfig(), "no room to generate"),
     ([[1]], GenerationConfig(top_p=0.0), "top_p must be in (0, 1]"),
     ([[1]], GenerationConfig(num_beams=0), "num_beams must be at least 1"),
 ])
 def test_bad_requests_are_user_errors(models, prompts, config, message):
     _, model, params = models
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("]", r"\]")):
+    with pytest.raises(UserError, match=re.escape(message)):
         generate(CausalDecoder(model), params, prompts, config)
 
 

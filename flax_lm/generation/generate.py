@@ -28,6 +28,10 @@ def generate(decoder, params, prompts: list[list[int]], config: GenerationConfig
     config = config.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("a prompt is empty; give at least one token to continue")
+    vocab = decoder.model.cfg.vocab_size
+    if any(not 0 <= token < vocab for p in prompts for token in p):
+        raise UserError(f"a prompt has a token id outside the model's vocabulary (0 to {vocab - 1}); "
+                        f"was it tokenized for another model?")
     longest = max(len(p) for p in prompts)
     if decoder.encoder_decoder and longest > decoder.max_len:
         raise UserError(f"an input has {longest} tokens and the model takes at most {decoder.max_len} "
