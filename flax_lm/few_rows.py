@@ -18,7 +18,7 @@ same up to the order of the sums. gpt2_small in bfloat16 at batch 1 made 45 toke
 instead of 39; the prepared weights take 3 times their 16-bit size instead of about 2.
 
 A bfloat16 product of a few rows now runs as a native kernel where one can be built
-(`bf16_matvec`, `native`): it reads the 16-bit weights at the memory's rate and sums as the
+(`bf16_kernels`, `native`): it reads the 16-bit weights at the memory's rate and sums as the
 float32 copies do. Padding stays for the rows of attention's products, and float32 copies for
 float16 and for where the kernel cannot be built.
 """
@@ -27,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from flax_lm import bf16_matvec, sharding
+from flax_lm import bf16_kernels, sharding
 from flax_lm.hardware import cpu_flags
 
 MIN_ROWS = 4
@@ -42,13 +42,9 @@ def extra(n: int, dtype, rows_each: int = 1) -> int:
 
 
 def native(dtype, rows: int) -> bool:
-    """Whether a product of `rows` rows in `dtype` runs as the native kernel (`bf16_matvec`): in
-    bfloat16 on CPU, for fewer than MIN_ROWS rows, on one device (XLA cannot split the kernel's
-    call over a mesh), where the kernel can be built."""
-    if jnp.dtype(dtype) != jnp.bfloat16 or rows >= MIN_ROWS or sharding.target_platform() != "cpu":
-        return False
-    mesh = jax.sharding.get_abstract_mesh()
-    return (mesh.empty or mesh.size == 1) and bf16_matvec.available()
+    """Whether a product of `rows` rows in `dtype` runs as the native kernel: for fewer than
+    MIN_ROWS rows, where `bf16_kernels.runs`."""
+    return rows < MIN_ROWS and bf16_kernels.runs(dtype)
 
 
 def widened(dtype, rows: int) -> bool:
@@ -72,7 +68,7 @@ def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array) -> jax.Array:
     if kernel_FxI.dtype.itemsize > x_RxI.dtype.itemsize:
         return product(x_RxI.astype(kernel_FxI.dtype), kernel_FxI)
     if native(x_RxI.dtype, x_RxI.shape[0]):
-        return bf16_matvec.rows_times(x_RxI, kernel_FxI)
+        return bf16_kernels.rows_times(x_RxI, kernel_FxI)
     x_RxI, restore = as_rows(x_RxI, 1)
     return restore(product(x_RxI, kernel_FxI.astype(x_RxI.dtype)))
 

@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from flax_lm import bf16_matvec, few_rows
+from flax_lm import bf16_kernels, few_rows
 from flax_lm.generation import CausalDecoder, Seq2SeqDecoder
 from flax_lm.models import gpt2, llama, t5
 from flax_lm.models.layers import OUT_MAJOR, WIDENED
@@ -24,7 +24,7 @@ AMX, NO_AMX = frozenset({"avx512f", "amx_bf16"}), frozenset({"avx512f", "avx512_
 @pytest.fixture
 def no_native(monkeypatch):
     """As where the native kernel cannot be built."""
-    monkeypatch.setattr(bf16_matvec, "available", lambda: False)
+    monkeypatch.setattr(bf16_kernels, "available", lambda: False)
 
 
 MODELS = {  # tiny, one of each family: gpt2 (tied head), llama (grouped keys, untied head), t5 (a bias)
@@ -164,14 +164,15 @@ def test_a_bfloat16_step_runs_the_native_kernel_on_its_16_bit_weights_and_keeps_
     step, prepared = _one_token_step(family, "bfloat16")
     assert {path[-1] for path in _copies(prepared)} == {"kernel"}  # no float32 copies: the kernel reads bf16
     lowered = step.lower(prepared)
-    calls = len(re.findall(rf"custom_call @{bf16_matvec.TARGET}", lowered.as_text()))
+    calls = len(re.findall(rf"custom_call @{bf16_kernels.TARGET}", lowered.as_text()))
     assert calls >= 2 * 4 + 1  # at least 4 projections in each of the 2 layers, and the head
     assert all(rows >= few_rows.MIN_ROWS for rows, kind in _products(step, prepared) if kind == "bf16")
-    # tokens are looked up as 16-bit integers: from a 16-bit table XLA:CPU converts all of it first
-    assert not re.search(r"= f32\[97,32\]\{1,0\} (convert|fusion)\(", lowered.compile().as_text())
+    # tokens are looked up by the kernel too: from a 16-bit table XLA:CPU converts or copies all of it first
+    assert f"custom_call @{bf16_kernels.TAKE_TARGET}" in lowered.as_text()
+    assert not re.search(r"= (f32|u16)\[97,32\]\{1,0\} (convert|fusion|bitcast-convert)\(", lowered.compile().as_text())
     native = step(prepared)
 
-    monkeypatch.setattr(bf16_matvec, "available", lambda: False)
+    monkeypatch.setattr(bf16_kernels, "available", lambda: False)
     monkeypatch.setattr(few_rows, "cpu_flags", lambda: NO_AMX)
     step, widened_form = _one_token_step(family, "bfloat16")
     # every product the widened form makes of one float32 row, the native one makes as a call

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_lm import few_rows, sharding
+from flax_lm import bf16_kernels, few_rows, sharding
 from flax_lm.attention import heads_first
 from flax_lm.models.remat import POLICIES
 from flax_lm.weight_grad import weight_grad
@@ -173,9 +173,8 @@ gelu.defvjp(_gelu_fwd, _gelu_bwd)
 class Embed(nn.Embed):
     """`nn.Embed` whose lookups read only the rows they take: XLA:CPU gathers from a 16-bit
     table by converting all of it to float32 first, once a decoding loop (gpt2_small: 38 ms a
-    `generate` call). A table already in the compute dtype is looked up as 16-bit integers
-    (`rows_of`), and decoding's `WIDENED` copy is taken where there is one. The rows are the
-    same values."""
+    `generate` call). A table already in the compute dtype is looked up by `rows_of`, and
+    decoding's `WIDENED` copy is taken where there is one. The rows are the same values."""
 
     def __call__(self, inputs):
         table_VxD = out_major(self, "embedding", self.embedding, self.dtype)
@@ -188,8 +187,11 @@ class Embed(nn.Embed):
 
 @jax.custom_vjp
 def rows_of(table_VxD, ids):
-    """table_VxD's rows `ids` (`jnp.take` on axis 0), moved as 16-bit integers on CPU (`_moved`),
-    with `jnp.take`'s gradient: the bits of a bitcast have none."""
+    """table_VxD's rows `ids` (`jnp.take` on axis 0), taken by the native kernel where it runs
+    (`bf16_kernels.take`), else moved as 16-bit integers on CPU (`_moved`), with `jnp.take`'s
+    gradient (the bits of a bitcast have none)."""
+    if bf16_kernels.runs(table_VxD.dtype):
+        return bf16_kernels.take(table_VxD, ids)
     return _moved(lambda table_VxD: jnp.take(table_VxD, ids, axis=0), table_VxD)
 
 

@@ -1,7 +1,10 @@
-// y = x . w^T for a few float32 rows x (R x I) and a bfloat16 (out, in) matrix w (O x I), in
-// float32: an XLA FFI handler for the CPU (see bf16_matvec.py for why and how it is built).
+// XLA FFI handlers for the CPU over bfloat16 weights, for decoding a few rows (see
+// bf16_kernels.py for why and how they are built):
+// - Bf16Rows: y = x . w^T for a few float32 rows x (R x I) and a bfloat16 (out, in) matrix w
+//   (O x I), in float32;
+// - Bf16Take: rows of a bfloat16 table, copied as they are.
 //
-// Each weight is read once for all R rows and widened to float32 in registers (a bfloat16 value
+// Bf16Rows: each weight is read once for all R rows and widened to float32 in registers (a bfloat16 value
 // is the high half of a float32: exact). Each row keeps kLanes partial sums, which the compiler
 // vectorises, added up in a fixed order at the end: the same inputs give the same bits.
 
@@ -105,7 +108,27 @@ ffi::Error Bf16RowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   return ffi::Error::Success();
 }
 
+ffi::Error Bf16TakeImpl(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids, ffi::ResultBuffer<ffi::BF16> rows) {
+  auto dims = table.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("bf16 take: the table must be V x D");
+  int64_t count = dims[0], width = dims[1];
+  auto* from = reinterpret_cast<const uint16_t*>(table.typed_data());
+  auto* to = reinterpret_cast<uint16_t*>(rows->typed_data());
+  const int32_t* id = ids.typed_data();
+  for (int64_t n = 0; n < int64_t(ids.element_count()); ++n) {
+    if (id[n] < 0 || id[n] >= count) return ffi::Error::InvalidArgument("bf16 take: a row id is out of range");
+    std::memcpy(to + n * width, from + id[n] * width, width * sizeof(uint16_t));
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16Take, Bf16TakeImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16Rows, Bf16RowsImpl,
                               ffi::Ffi::Bind()

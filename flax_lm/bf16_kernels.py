@@ -1,13 +1,18 @@
-"""A product of a few float32 rows with a bfloat16 matrix on CPU, as a native kernel.
+"""Native CPU kernels over bfloat16 weights for decoding a few rows: a product of a few rows with
+a bfloat16 matrix, and the rows of a bfloat16 table.
 
 Decoding one token at a time reads every weight once a step, so at batch 1 a step can be no
 faster than its weights stream from memory: gpt2_small's 124M weights are 248 MB in bfloat16.
 XLA:CPU multiplies a few rows by a bfloat16 matrix far below that rate: 1.3 GB/s as it is,
 12 GB/s padded to 4 rows (`few_rows`), and a float32 copy of the weights reads twice the bytes
-(`few_rows.widened`: 28-33 GB/s of float32). This kernel (bf16_matvec.cc, an XLA FFI handler)
+(`few_rows.widened`: 28-33 GB/s of float32). This kernel (bf16_kernels.cc, an XLA FFI handler)
 widens each bfloat16 weight to float32 in registers and sums in float32, as the float32 copy
 does; on a 2-core AMD EPYC it reads gpt2_small's 50257 x 768 output embedding in 2.2 ms
 (35 GB/s of bfloat16) against 4.6-5.3 ms for its float32 copy.
+
+XLA:CPU also gathers rows from a bfloat16 table, or slices one, by converting all of it to
+float32 first, and from the table's bits as 16-bit integers by copying all of them (gpt2_small:
+17 ms a `generate` call); `take` copies only the rows.
 
 It is built the first time it is needed, with the host's C++ compiler (`CXX`, else `c++`), for
 this CPU (-march=native), into `FLAX_LM_CACHE` (else ~/.cache/flax_lm), once per source,
@@ -29,10 +34,11 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from flax_lm import hardware
+from flax_lm import hardware, sharding
 
 SOURCE = Path(__file__).with_suffix(".cc")
 TARGET = "flax_lm_bf16_rows"
+TAKE_TARGET = "flax_lm_bf16_take"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 log = logging.getLogger(__name__)
@@ -40,8 +46,8 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def available() -> bool:
-    """Whether `rows_times` can run here: the kernel built (or found built) and registered with
-    XLA for the CPU. Tried once a process; a failure is logged once."""
+    """Whether the kernels are built (or found built) and registered with XLA for the CPU.
+    Tried once a process; a failure is logged once."""
     if os.environ.get("FLAX_LM_NATIVE", "1") == "0":
         return False
     try:
@@ -51,7 +57,17 @@ def available() -> bool:
                     "CPU keeps float32 copies of the weights (slower, more memory): %s", error)
         return False
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.Bf16Rows), platform="cpu")
+    jax.ffi.register_ffi_target(TAKE_TARGET, jax.ffi.pycapsule(library.Bf16Take), platform="cpu")
     return True
+
+
+def runs(dtype) -> bool:
+    """Whether the program being traced runs the kernels on arrays of `dtype`: bfloat16, on CPU,
+    on one device (XLA cannot split a kernel's call over a mesh), where they can be built."""
+    if jnp.dtype(dtype) != jnp.bfloat16 or sharding.target_platform() != "cpu":
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return (mesh.empty or mesh.size == 1) and available()
 
 
 def cache_dir() -> Path:
@@ -69,7 +85,7 @@ def built(directory: Path) -> Path:
     command = [*compiler, *FLAGS, "-I", jax.ffi.include_dir()]
     cpu = sorted(hardware.cpu_flags())
     key = "\0".join([SOURCE.read_text(), jaxlib.__version__, *command, platform.machine(), *cpu])
-    library = directory / f"bf16_matvec-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    library = directory / f"bf16_kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     if library.exists():
         return library
     directory.mkdir(parents=True, exist_ok=True)
@@ -87,9 +103,9 @@ def built(directory: Path) -> Path:
 
 @jax.custom_vjp
 def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array) -> jax.Array:
-    """x_RxI . kernel_FxI^T in float32: rows by a bfloat16 (out, in) matrix (`available` must
-    hold). Its cost is the matrix's bytes, read once for all R rows: for a few rows. Its
-    gradient is the plain products' (a tied output head in training with so few rows)."""
+    """x_RxI . kernel_FxI^T in float32: rows by a bfloat16 (out, in) matrix (`runs` must hold).
+    Its cost is the matrix's bytes, read once for all R rows: for a few rows. Its gradient is
+    the plain products' (a tied output head in training with so few rows)."""
     out = jax.ShapeDtypeStruct((x_RxI.shape[0], kernel_FxI.shape[0]), jnp.float32)
     return jax.ffi.ffi_call(TARGET, out)(x_RxI.astype(jnp.float32), kernel_FxI.astype(jnp.bfloat16))
 
@@ -106,3 +122,11 @@ def _rows_times_bwd(residuals, dy_RxF):
 
 
 rows_times.defvjp(_rows_times_fwd, _rows_times_bwd)
+
+
+def take(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
+    """The bfloat16 table's rows `ids` (`jnp.take` on axis 0; `runs` must hold): ids.shape x D. An
+    id out of range fails the program (the model's callers refuse such ids first)."""
+    out = jax.ShapeDtypeStruct((ids.size, table_VxD.shape[1]), jnp.bfloat16)
+    rows_NxD = jax.ffi.ffi_call(TAKE_TARGET, out)(table_VxD, ids.reshape(-1).astype(jnp.int32))
+    return rows_NxD.reshape(*ids.shape, table_VxD.shape[1])

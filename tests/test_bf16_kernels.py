@@ -1,6 +1,6 @@
-"""The native bfloat16 kernel (`flax_lm.bf16_matvec`): its products are float32 sums of the exact
-products, its gradient the plain product's, and it is built once, or not at all without a
-compiler (decoding then keeps float32 copies)."""
+"""The native bfloat16 kernels (`flax_lm.bf16_kernels`): their products are float32 sums of the
+exact products, with the plain product's gradient, their rows the table's, and they are built
+once, or not at all without a compiler (decoding then keeps float32 copies)."""
 
 import logging
 import subprocess
@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_lm import bf16_matvec, few_rows
+from flax_lm import bf16_kernels, few_rows
 
-pytestmark = pytest.mark.skipif(not bf16_matvec.available(), reason="no C++ compiler to build the kernel")
+pytestmark = pytest.mark.skipif(not bf16_kernels.available(), reason="no C++ compiler to build the kernel")
 
 
 @pytest.mark.parametrize("rows, out, inputs", [(1, 50257, 768), (2, 97, 37), (3, 5, 3), (4, 2304, 64), (7, 1000, 65),
@@ -22,14 +22,14 @@ def test_products_are_float32_sums_of_exact_products(rows, out, inputs):
     keys = jax.random.split(jax.random.PRNGKey(0))
     x_RxI = jax.random.normal(keys[0], (rows, inputs)).astype(jnp.bfloat16)
     kernel_FxI = jax.random.normal(keys[1], (out, inputs)).astype(jnp.bfloat16)
-    y_RxF = jax.jit(bf16_matvec.rows_times)(x_RxI, kernel_FxI)
+    y_RxF = jax.jit(bf16_kernels.rows_times)(x_RxI, kernel_FxI)
     assert y_RxF.shape == (rows, out) and y_RxF.dtype == jnp.float32
     exact = np.asarray(x_RxI, np.float64) @ np.asarray(kernel_FxI, np.float64).T
     # float32 sums of `inputs` terms: within a few float32 roundings of each term's size
     bound = 4 * inputs * np.finfo(np.float32).eps * (np.abs(np.asarray(x_RxI, np.float64))
                                                      @ np.abs(np.asarray(kernel_FxI, np.float64)).T)
     assert np.all(np.abs(np.asarray(y_RxF) - exact) <= bound)
-    np.testing.assert_array_equal(y_RxF, jax.jit(bf16_matvec.rows_times)(x_RxI, kernel_FxI))  # the same bits again
+    np.testing.assert_array_equal(y_RxF, jax.jit(bf16_kernels.rows_times)(x_RxI, kernel_FxI))  # the same bits again
 
 
 def test_its_gradient_is_the_plain_products():
@@ -40,37 +40,51 @@ def test_its_gradient_is_the_plain_products():
 
     def plain(x_RxI, kernel_FxI):
         return jnp.dot(x_RxI, kernel_FxI.T, preferred_element_type=jnp.float32)
-    grads = [jax.vjp(f, x_RxI, kernel_FxI)[1](dy_RxF) for f in (bf16_matvec.rows_times, plain)]
+    grads = [jax.vjp(f, x_RxI, kernel_FxI)[1](dy_RxF) for f in (bf16_kernels.rows_times, plain)]
     for ours, theirs in zip(*grads):
         assert ours.dtype == theirs.dtype == jnp.bfloat16
         np.testing.assert_allclose(ours.astype(np.float32), theirs.astype(np.float32), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("shape", [(3,), (2, 5), (0,)])
+def test_take_gives_the_tables_rows(shape):
+    table_VxD = jax.random.normal(jax.random.PRNGKey(2), (11, 6)).astype(jnp.bfloat16)
+    ids = jax.random.randint(jax.random.PRNGKey(3), shape, 0, 11)
+    rows = jax.jit(bf16_kernels.take)(table_VxD, ids)
+    assert rows.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(rows, jnp.take(table_VxD, ids, axis=0))
+
+
+def test_take_refuses_an_id_out_of_range():
+    with pytest.raises(Exception, match="a row id is out of range"):
+        jax.block_until_ready(jax.jit(bf16_kernels.take)(jnp.zeros((4, 2), jnp.bfloat16), jnp.asarray([1, 4])))
+
+
 def test_the_kernel_is_built_once_per_machine(tmp_path, monkeypatch):
-    library = bf16_matvec.built(tmp_path)
+    library = bf16_kernels.built(tmp_path)
     assert library.parent == tmp_path and list(tmp_path.iterdir()) == [library]  # no partial file left
 
     def compile_again(*args, **kwargs):
         raise AssertionError("built again")
     monkeypatch.setattr(subprocess, "run", compile_again)
-    assert bf16_matvec.built(tmp_path) == library
+    assert bf16_kernels.built(tmp_path) == library
 
 
 def test_without_a_compiler_decoding_keeps_float32_copies(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("FLAX_LM_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
-    with caplog.at_level(logging.WARNING, logger=bf16_matvec.__name__):
-        assert not bf16_matvec.available.__wrapped__()
+    with caplog.at_level(logging.WARNING, logger=bf16_kernels.__name__):
+        assert not bf16_kernels.available.__wrapped__()
     assert "could not be built" in caplog.text and list(tmp_path.iterdir()) == []
     monkeypatch.setenv("CXX", "false")  # a compiler that fails: its partial output is removed
     with pytest.raises(subprocess.SubprocessError, match="failed"):
-        bf16_matvec.built(tmp_path)
+        bf16_kernels.built(tmp_path)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(bf16_matvec, "available", lambda: False)
+    monkeypatch.setattr(bf16_kernels, "available", lambda: False)
     monkeypatch.setattr(few_rows, "cpu_flags", lambda: frozenset())
     assert few_rows.widened("bfloat16", 1) and not few_rows.native("bfloat16", 1)
 
 
 def test_it_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("FLAX_LM_NATIVE", "0")
-    assert not bf16_matvec.available.__wrapped__()
+    assert not bf16_kernels.available.__wrapped__()
