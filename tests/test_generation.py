@@ -366,12 +366,12 @@ def test_bad_requests_are_user_errors(models, prompts, config, message):
         generate(CausalDecoder(model), params, prompts, config)
 
 
-def test_generate_command_streams_batches_and_refuses_bad_input(tmp_path, models):
-    hf, _, _ = models
+def test_generate_command_streams_batches_and_refuses_bad_input(tmp_path):
     from test_interop import _tokenizer_json
     src = tmp_path / "hf"
-    hf.save_pretrained(src)
-    _tokenizer_json(src / "tokenizer.json", vocab_size=96)
+    torch.manual_seed(0)  # a vocabulary that holds the tokenizer's 256 bytes and merges
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**HF_TINY, "vocab_size": 300})).save_pretrained(src)
+    _tokenizer_json(src / "tokenizer.json", vocab_size=300)
     work = str(tmp_path / "work")
     assert flax_lm("import", "--hf", str(src), "--workdir", work).returncode == 0
     one = flax_lm("generate", "--workdir", work, "--prompt", "def f", "--max-new-tokens", "6", "--temperature", "0")
