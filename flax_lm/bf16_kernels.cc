@@ -4,9 +4,10 @@
 //   (O x I), in float32;
 // - Bf16Take: rows of a bfloat16 table, copied as they are.
 //
-// Bf16Rows: each weight is read once for all R rows and widened to float32 in registers (a bfloat16 value
-// is the high half of a float32: exact). Each row keeps kLanes partial sums, which the compiler
-// vectorises, added up in a fixed order at the end: the same inputs give the same bits.
+// Bf16Rows: each weight is read once for all R rows and widened to float32 in registers (a
+// bfloat16 value is the high half of a float32: exact). Each row keeps kLanes partial sums,
+// which the compiler vectorises, added up in a fixed order at the end: the same inputs give
+// the same bits.
 
 #include <algorithm>
 #include <atomic>
@@ -108,7 +109,8 @@ ffi::Error Bf16RowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   return ffi::Error::Success();
 }
 
-ffi::Error Bf16TakeImpl(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids, ffi::ResultBuffer<ffi::BF16> rows) {
+ffi::Error Bf16TakeImpl(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids,
+                        ffi::ResultBuffer<ffi::BF16> rows) {
   auto dims = table.dimensions();
   if (dims.size() != 2) return ffi::Error::InvalidArgument("bf16 take: the table must be V x D");
   int64_t count = dims[0], width = dims[1];

@@ -22,6 +22,7 @@ A bfloat16 product of a few rows now runs as a native kernel where one can be bu
 float32 copies do. Padding stays for the rows of attention's products, and float32 copies for
 float16 and for where the kernel cannot be built.
 """
+
 import math
 
 import jax
