@@ -21,6 +21,9 @@ AMX, NO_AMX = frozenset({"avx512f", "amx_bf16"}), frozenset({"avx512f", "avx512_
 
 
 
+needs_kernel = pytest.mark.skipif(not bf16_kernels.available(), reason="no C++ compiler to build the kernel")
+
+
 @pytest.fixture
 def no_native(monkeypatch):
     """As where the native kernel cannot be built."""
@@ -146,6 +149,7 @@ def test_a_float32_step_is_not_padded_or_widened(monkeypatch):
 @pytest.mark.parametrize("dtype, rows, devices, native", [
     ("bfloat16", 1, 1, True), ("bfloat16", 3, 1, True), ("bfloat16", 4, 1, False), ("float16", 1, 1, False),
     ("float32", 1, 1, False), ("bfloat16", 1, 2, False)])
+@needs_kernel
 def test_few_bfloat16_rows_run_as_the_native_kernel_on_one_device(dtype, rows, devices, native):
     mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
     with jax.set_mesh(mesh):  # XLA cannot split the kernel's call over the devices of a mesh
@@ -158,6 +162,7 @@ def test_without_the_kernel_nothing_is_native(no_native):
                                                                                    few_rows.cpu_flags())
 
 
+@needs_kernel
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_a_bfloat16_step_runs_the_native_kernel_on_its_16_bit_weights_and_keeps_its_logits(
         family, monkeypatch):
