@@ -2,7 +2,9 @@
 // bf16_kernels.py for why and how they are built):
 // - Bf16Rows: y = x . w^T for a few float32 rows x (R x I) and a bfloat16 (out, in) matrix w
 //   (O x I), in float32;
-// - Bf16Take: rows of a bfloat16 table, copied as they are.
+// - Bf16Take: rows of a bfloat16 table, copied as they are;
+// - Bf16Dots, only where the compiler targets AVX512-BF16: y = x . w^T for bfloat16 rows x
+//   (R x I, any R) and w (O x I), in float32, by the CPU's bfloat16 dot-product instruction.
 //
 // Bf16Rows: each weight is read once for all R rows and widened to float32 in registers (a
 // bfloat16 value is the high half of a float32: exact). Each row keeps kLanes partial sums,
@@ -13,10 +15,15 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -68,44 +75,52 @@ void RowsAny(int rows, const float* x, const uint16_t* w, float* y, int64_t in, 
 
 // The outputs in chunks, taken by whichever thread comes first: the calling thread takes
 // chunks too and waits only for chunks another thread has begun, so a pool busy elsewhere
-// (or running this call's own caller) delays the product but never blocks it.
+// (or running this call's own caller) delays the product but never blocks it. `product`
+// computes the outputs [o0, o1) of every row.
 struct Work {
-  const float* x;
-  const uint16_t* w;
-  float* y;
-  int64_t rows, in, out, chunk, chunks;
+  std::function<void(int64_t, int64_t)> product;
+  int64_t out, chunk, chunks;
   std::atomic<int64_t> next{0}, done{0};
 
   void Run() {
     for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      int64_t o0 = c * chunk, o1 = std::min(out, o0 + chunk);
-      for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows)
-        RowsAny(int(std::min<int64_t>(kMaxRows, rows - r0)), x + r0 * in, w, y + r0 * out, in, out, o0, o1);
+      product(c * chunk, std::min(out, (c + 1) * chunk));
       done.fetch_add(1, std::memory_order_release);
     }
   }
 };
+
+// Runs `product` over the outputs [0, out) in chunks of `align` outputs or a multiple of it,
+// each reading at least kMinChunk weights (`weights_each` an output).
+void Split(ffi::ThreadPool& pool, int64_t out, int64_t weights_each, int64_t align,
+           std::function<void(int64_t, int64_t)> product) {
+  auto work = std::make_shared<Work>();
+  work->product = std::move(product);
+  work->out = out;
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t most = std::max<int64_t>(1, out * weights_each / kMinChunk);
+  int64_t chunks = std::min(4 * threads, std::min(most, std::max<int64_t>(1, out / align)));
+  work->chunk = ((out + chunks - 1) / chunks + align - 1) / align * align;
+  work->chunks = out ? (out + work->chunk - 1) / work->chunk : 0;
+  for (int64_t t = 1; t < std::min(threads, work->chunks); ++t) pool.Schedule([work] { work->Run(); });
+  work->Run();
+  while (work->done.load(std::memory_order_acquire) < work->chunks) std::this_thread::yield();
+}
 
 ffi::Error Bf16RowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
                         ffi::ResultBuffer<ffi::F32> y) {
   auto x_dims = x.dimensions(), w_dims = w.dimensions();
   if (x_dims.size() != 2 || w_dims.size() != 2 || x_dims[1] != w_dims[1])
     return ffi::Error::InvalidArgument("bf16 rows: x must be R x I and w O x I");
-  auto work = std::make_shared<Work>();
-  work->x = x.typed_data();
-  work->w = reinterpret_cast<const uint16_t*>(w.typed_data());
-  work->y = y->typed_data();
-  work->rows = x_dims[0];
-  work->in = w_dims[1];
-  work->out = w_dims[0];
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  int64_t most = std::max<int64_t>(1, work->out * work->in / kMinChunk);
-  work->chunks = std::min(4 * threads, std::min(most, std::max<int64_t>(1, work->out)));
-  work->chunk = (work->out + work->chunks - 1) / work->chunks;
-  work->chunks = work->out ? (work->out + work->chunk - 1) / work->chunk : 0;
-  for (int64_t t = 1; t < std::min(threads, work->chunks); ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  while (work->done.load(std::memory_order_acquire) < work->chunks) std::this_thread::yield();
+  const float* x_data = x.typed_data();
+  auto* w_data = reinterpret_cast<const uint16_t*>(w.typed_data());
+  float* y_data = y->typed_data();
+  int64_t rows = x_dims[0], in = w_dims[1], out = w_dims[0];
+  Split(pool, out, in, 1, [=](int64_t o0, int64_t o1) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows)
+      RowsAny(int(std::min<int64_t>(kMaxRows, rows - r0)), x_data + r0 * in, w_data, y_data + r0 * out, in, out,
+              o0, o1);
+  });
   return ffi::Error::Success();
 }
 
@@ -124,6 +139,105 @@ ffi::Error Bf16TakeImpl(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids,
   return ffi::Error::Success();
 }
 
+#if defined(__AVX512BF16__)
+// Bf16Dots: tiles of 4 rows by 4 outputs. Each of the 16 products keeps 16 lanes of partial
+// sums; a step of VDPBF16PS adds the products of 32 inputs (a lane: two neighbours, exact
+// in float32) into them, and the lanes are added up in a fixed order at the end. Rows and
+// outputs past the end of a tile repeat its first ones and are not stored; inputs past a
+// multiple of 32 are loaded as zeros. The rows are taken 64 at a time (at most 384 KiB of
+// them for 3072 inputs, kept in the core's cache while each output's weights are read once
+// for all of them), and the first row tile asks for the weights of the outputs kAhead
+// further on: with only a few rows, four streams of weights read from memory at 10-14 GB/s
+// without it (gpt2_small's output embedding, 4 rows: 4.2-7.6 ms, 3.4-3.6 with it).
+constexpr int kTile = 4;
+constexpr int64_t kRowGroup = 64;
+// how many outputs ahead the first row tile asks the cache for weights
+constexpr int64_t kAhead = 16;
+
+// the 16 lanes' sums of a[4 r + o], as lane 4 r + o
+inline __m512 Sums(const __m512 a[16]) {
+  __m512 rows[kTile];
+  for (int r = 0; r < kTile; ++r) {
+    const __m512* t = a + kTile * r;
+    __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(t[0], t[1]), _mm512_unpackhi_ps(t[0], t[1]));
+    __m512 t23 = _mm512_add_ps(_mm512_unpacklo_ps(t[2], t[3]), _mm512_unpackhi_ps(t[2], t[3]));
+    // each 128-bit block j: the 4 outputs' sums over that block
+    rows[r] = _mm512_add_ps(_mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(1, 0, 1, 0)),
+                            _mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  __m512 r01 = _mm512_add_ps(_mm512_shuffle_f32x4(rows[0], rows[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(rows[0], rows[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  __m512 r23 = _mm512_add_ps(_mm512_shuffle_f32x4(rows[2], rows[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(rows[2], rows[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(r01, r23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(r01, r23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+inline __m512bh Load(const uint16_t* p, __mmask32 mask) {
+  return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
+}
+
+// y[r, o] for rows [r0, r1) and outputs [o0, o1)
+void Dots(const uint16_t* x, const uint16_t* w, float* y, int64_t in, int64_t out, int64_t r0, int64_t r1,
+          int64_t o0, int64_t o1) {
+  const __mmask32 all = ~__mmask32(0), tail = __mmask32((uint64_t(1) << (in % 32)) - 1);
+  for (int64_t o = o0; o < o1; o += kTile) {
+    const uint16_t* w_o[kTile];
+    for (int j = 0; j < kTile; ++j) w_o[j] = w + (o + j < o1 ? o + j : o) * in;
+    for (int64_t r = r0; r < r1; r += kTile) {
+      const uint16_t* x_r[kTile];
+      for (int k = 0; k < kTile; ++k) x_r[k] = x + (r + k < r1 ? r + k : r) * in;
+      __m512 sums[kTile * kTile];
+      for (auto& s : sums) s = _mm512_setzero_ps();
+      bool first = r == r0;
+      auto step = [&](int64_t i, __mmask32 mask) {
+        if (first)  // an address past the matrix's end is not read: a prefetch never faults
+          for (int j = 0; j < kTile; ++j)
+            _mm_prefetch(reinterpret_cast<const char*>(uintptr_t(w_o[j] + i) + 2 * kAhead * in), _MM_HINT_T0);
+        __m512bh w_i[kTile];
+        for (int j = 0; j < kTile; ++j) w_i[j] = Load(w_o[j] + i, mask);
+        for (int k = 0; k < kTile; ++k) {
+          __m512bh x_i = Load(x_r[k] + i, mask);
+          for (int j = 0; j < kTile; ++j) sums[kTile * k + j] = _mm512_dpbf16_ps(sums[kTile * k + j], x_i, w_i[j]);
+        }
+      };
+      int64_t i = 0;
+      for (; i + 32 <= in; i += 32) step(i, all);
+      if (i < in) step(i, tail);
+      __m512 total = Sums(sums);
+      __mmask8 outputs = __mmask8((1u << std::min<int64_t>(kTile, o1 - o)) - 1);
+      for (int k = 0; k < kTile && r + k < r1; ++k) {
+        __m128 row;
+        switch (k) {  // the block's index must be a constant
+          case 0: row = _mm512_extractf32x4_ps(total, 0); break;
+          case 1: row = _mm512_extractf32x4_ps(total, 1); break;
+          case 2: row = _mm512_extractf32x4_ps(total, 2); break;
+          default: row = _mm512_extractf32x4_ps(total, 3); break;
+        }
+        _mm_mask_storeu_ps(y + (r + k) * out + o, outputs, row);
+      }
+    }
+  }
+}
+
+ffi::Error Bf16DotsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
+                        ffi::ResultBuffer<ffi::F32> y) {
+  auto x_dims = x.dimensions(), w_dims = w.dimensions();
+  if (x_dims.size() != 2 || w_dims.size() != 2 || x_dims[1] != w_dims[1])
+    return ffi::Error::InvalidArgument("bf16 dots: x must be R x I and w O x I");
+  auto* x_data = reinterpret_cast<const uint16_t*>(x.typed_data());
+  auto* w_data = reinterpret_cast<const uint16_t*>(w.typed_data());
+  float* y_data = y->typed_data();
+  int64_t rows = x_dims[0], in = w_dims[1], out = w_dims[0];
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+    int64_t r1 = std::min(rows, r0 + kRowGroup);
+    Split(pool, out, in * (r1 - r0), kTile,
+          [=](int64_t o0, int64_t o1) { Dots(x_data, w_data, y_data, in, out, r0, r1, o0, o1); });
+  }
+  return ffi::Error::Success();
+}
+#endif
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16Take, Bf16TakeImpl,
@@ -138,3 +252,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16Rows, Bf16RowsImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+#if defined(__AVX512BF16__)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16Dots, Bf16DotsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+#endif

@@ -20,7 +20,8 @@ instead of 39; the prepared weights take 3 times their 16-bit size instead of ab
 A bfloat16 product of a few rows now runs as a native kernel where one can be built
 (`bf16_kernels`, `native`): it reads the 16-bit weights at the memory's rate and sums as the
 float32 copies do. Padding stays for the rows of attention's products, and float32 copies for
-float16 and for where the kernel cannot be built.
+float16 and for where the kernel cannot be built. Decoding's products of more rows run as a
+native kernel too where the CPU has AVX512-BF16 and no AMX (`bf16_kernels.dots`).
 """
 
 import math
@@ -43,9 +44,13 @@ def extra(n: int, dtype, rows_each: int = 1) -> int:
 
 
 def native(dtype, rows: int) -> bool:
-    """Whether a product of `rows` rows in `dtype` runs as the native kernel: for fewer than
-    MIN_ROWS rows, where `bf16_kernels.runs`."""
-    return rows < MIN_ROWS and bf16_kernels.runs(dtype)
+    """Whether a product of `rows` rows in `dtype` can run as a native kernel (where
+    `bf16_kernels.runs`): fewer than MIN_ROWS rows as `bf16_kernels.rows_times`, more as
+    `bf16_kernels.dots` where it is built, but not on a CPU with AMX, whose bfloat16 units
+    XLA:CPU's own product may use (not measured against)."""
+    if not bf16_kernels.runs(dtype):
+        return False
+    return rows < MIN_ROWS or (bf16_kernels.has_dots() and "amx_bf16" not in cpu_flags())
 
 
 def widened(dtype, rows: int) -> bool:
@@ -59,17 +64,21 @@ def widened(dtype, rows: int) -> bool:
     return not (dtype == jnp.bfloat16 and "amx_bf16" in cpu_flags())
 
 
-def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array) -> jax.Array:
+def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array, decoding: bool = False) -> jax.Array:
     """x_RxI . kernel_FxI^T, an (out, in) kernel, accumulated in float32, in the form that is fast
     for x's rows: a kernel wider than x (`widened`: float32 copies of 16-bit values) takes x
-    widened to it; a few bfloat16 rows take the native kernel (`native`); else the kernel is
-    taken in x's dtype and x padded as `as_rows` does."""
+    widened to it; bfloat16 rows take a native kernel (`native`): a few always, many where
+    `decoding` (the kernel is decoding's copy: training keeps XLA's products, and their
+    gradients); else the kernel is taken in x's dtype and x padded as `as_rows` does."""
     def product(x_RxI, kernel_FxI):
         return jax.lax.dot_general(x_RxI, kernel_FxI, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     if kernel_FxI.dtype.itemsize > x_RxI.dtype.itemsize:
         return product(x_RxI.astype(kernel_FxI.dtype), kernel_FxI)
-    if native(x_RxI.dtype, x_RxI.shape[0]):
+    rows = x_RxI.shape[0]
+    if native(x_RxI.dtype, rows) and rows < MIN_ROWS:
         return bf16_kernels.rows_times(x_RxI, kernel_FxI)
+    if native(x_RxI.dtype, rows) and decoding:
+        return bf16_kernels.dots(x_RxI, kernel_FxI)
     x_RxI, restore = as_rows(x_RxI, 1)
     return restore(product(x_RxI, kernel_FxI.astype(x_RxI.dtype)))
 

@@ -1,6 +1,7 @@
-"""The native bfloat16 kernels (`flax_lm.bf16_kernels`): their products are float32 sums of the
-exact products, with the plain product's gradient, their rows the table's, and they are built
-once, or not at all without a compiler (decoding then keeps float32 copies)."""
+"""The native bfloat16 kernels (`flax_lm.bf16_kernels`): their products (of a few rows, and of many
+where the CPU has AVX512-BF16) are float32 sums of the exact products, with the plain product's
+gradient, their rows the table's, and they are built once, or not at all without a compiler
+(decoding then keeps float32 copies)."""
 
 import logging
 import subprocess
@@ -13,26 +14,33 @@ import pytest
 from flax_lm import bf16_kernels, few_rows
 
 pytestmark = pytest.mark.skipif(not bf16_kernels.available(), reason="no C++ compiler to build the kernel")
+needs_dots = pytest.mark.skipif(not bf16_kernels.has_dots(), reason="the CPU has no AVX512-BF16")
+PRODUCTS = [bf16_kernels.rows_times, pytest.param(bf16_kernels.dots, marks=needs_dots)]
 
 
+@pytest.mark.parametrize("times", PRODUCTS)
 @pytest.mark.parametrize("rows, out, inputs", [(1, 50257, 768), (2, 97, 37), (3, 5, 3), (4, 2304, 64), (7, 1000, 65),
-                                               (1, 0, 8)])
-def test_products_are_float32_sums_of_exact_products(rows, out, inputs):
-    """Shapes with a remainder after the kernel's 32 lanes, more rows than it takes at once, no outputs."""
+                                               (1, 0, 8), (13, 10, 70), (70, 9, 31), (130, 17, 96)])
+def test_products_are_float32_sums_of_exact_products(times, rows, out, inputs):
+    """Shapes with a remainder after 32 inputs, rows and outputs past a whole number of the kernels'
+    tiles, more rows than they take at once, no outputs."""
     keys = jax.random.split(jax.random.PRNGKey(0))
     x_RxI = jax.random.normal(keys[0], (rows, inputs)).astype(jnp.bfloat16)
     kernel_FxI = jax.random.normal(keys[1], (out, inputs)).astype(jnp.bfloat16)
-    y_RxF = jax.jit(bf16_kernels.rows_times)(x_RxI, kernel_FxI)
+    y_RxF = jax.jit(times)(x_RxI, kernel_FxI)
     assert y_RxF.shape == (rows, out) and y_RxF.dtype == jnp.float32
     exact = np.asarray(x_RxI, np.float64) @ np.asarray(kernel_FxI, np.float64).T
     # float32 sums of `inputs` terms: within a few float32 roundings of each term's size
     bound = 4 * inputs * np.finfo(np.float32).eps * (np.abs(np.asarray(x_RxI, np.float64))
                                                      @ np.abs(np.asarray(kernel_FxI, np.float64)).T)
     assert np.all(np.abs(np.asarray(y_RxF) - exact) <= bound)
-    np.testing.assert_array_equal(y_RxF, jax.jit(bf16_kernels.rows_times)(x_RxI, kernel_FxI))  # the same bits again
+    np.testing.assert_array_equal(y_RxF, jax.jit(times)(x_RxI, kernel_FxI))  # the same bits again
+    # a row's sums do not depend on the rows beside it: a sequence decodes alike in any batch
+    np.testing.assert_array_equal(y_RxF[-1:], jax.jit(times)(x_RxI[-1:], kernel_FxI))
 
 
-def test_its_gradient_is_the_plain_products():
+@pytest.mark.parametrize("times", PRODUCTS)
+def test_its_gradient_is_the_plain_products(times):
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     x_RxI = jax.random.normal(keys[0], (2, 40)).astype(jnp.bfloat16)
     kernel_FxI = jax.random.normal(keys[1], (30, 40)).astype(jnp.bfloat16)
@@ -40,7 +48,7 @@ def test_its_gradient_is_the_plain_products():
 
     def plain(x_RxI, kernel_FxI):
         return jnp.dot(x_RxI, kernel_FxI.T, preferred_element_type=jnp.float32)
-    grads = [jax.vjp(f, x_RxI, kernel_FxI)[1](dy_RxF) for f in (bf16_kernels.rows_times, plain)]
+    grads = [jax.vjp(f, x_RxI, kernel_FxI)[1](dy_RxF) for f in (times, plain)]
     for ours, theirs in zip(*grads):
         assert ours.dtype == theirs.dtype == jnp.bfloat16
         np.testing.assert_allclose(ours.astype(np.float32), theirs.astype(np.float32), rtol=1e-2, atol=1e-2)
@@ -74,7 +82,7 @@ def test_without_a_compiler_decoding_keeps_float32_copies(tmp_path, monkeypatch,
     monkeypatch.setenv("FLAX_LM_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
     with caplog.at_level(logging.WARNING, logger=bf16_kernels.__name__):
-        assert not bf16_kernels.available.__wrapped__()
+        assert bf16_kernels.library.__wrapped__() is None
     assert "could not be built" in caplog.text and list(tmp_path.iterdir()) == []
     monkeypatch.setenv("CXX", "false")  # a compiler that fails: its partial output is removed
     with pytest.raises(subprocess.SubprocessError, match="failed"):
@@ -87,4 +95,4 @@ def test_without_a_compiler_decoding_keeps_float32_copies(tmp_path, monkeypatch,
 
 def test_it_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("FLAX_LM_NATIVE", "0")
-    assert not bf16_kernels.available.__wrapped__()
+    assert bf16_kernels.library.__wrapped__() is None

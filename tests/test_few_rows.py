@@ -47,23 +47,24 @@ def test_extra_makes_four_rows_of_16_bit_products_only(n, dtype, rows_each, coun
     assert few_rows.extra(n, dtype, rows_each) == count
 
 
-def _one_token_step(family: str, dtype: str):
-    """(the jitted one-token decoding step of a tiny `family` model, its prepared variables)."""
+def _one_token_step(family: str, dtype: str, batch: int = 1):
+    """(the jitted one-token decoding step of a tiny `family` model for `batch` sequences, its
+    prepared variables)."""
     model = MODELS[family](dtype)
-    ids_1x5 = jnp.asarray([[5, 17, 33, 2, 60]])
+    ids_Bx5 = jnp.asarray([[5, 17, 33, 2, 60]]) + jnp.arange(batch)[:, None]
     if family == "t5":
         decoder = Seq2SeqDecoder(model)
-        params = model.init(jax.random.PRNGKey(0), ids_1x5, ids_1x5[:, :2])["params"]
-        context = (ids_1x5, jnp.ones((1, 5), bool))
+        params = model.init(jax.random.PRNGKey(0), ids_Bx5, ids_Bx5[:, :2])["params"]
+        context = (ids_Bx5, jnp.ones((batch, 5), bool))
     else:
         decoder, context = CausalDecoder(model), None
-        params = model.init(jax.random.PRNGKey(0), ids_1x5)["params"]
-    prepared = decoder.prepare(params, 1)
+        params = model.init(jax.random.PRNGKey(0), ids_Bx5)["params"]
+    prepared = decoder.prepare(params, batch)
 
     def step(variables):
-        cache = decoder.start(variables, context, 1, 8)
-        return decoder.forward(variables, ids_1x5[:, :1], jnp.ones((1, 8), bool), jnp.zeros((1, 1), jnp.int32),
-                               cache, 0)[0].astype(jnp.float32)
+        cache = decoder.start(variables, context, batch, 8)
+        return decoder.forward(variables, ids_Bx5[:, :1], jnp.ones((batch, 8), bool),
+                               jnp.zeros((batch, 1), jnp.int32), cache, 0)[0].astype(jnp.float32)
     return jax.jit(step), prepared
 
 
@@ -146,11 +147,19 @@ def test_a_float32_step_is_not_padded_or_widened(monkeypatch):
     assert {path[-1] for path in _copies(prepared)} == {"kernel"}
 
 
-@pytest.mark.parametrize("dtype, rows, devices, native", [
-    ("bfloat16", 1, 1, True), ("bfloat16", 3, 1, True), ("bfloat16", 4, 1, False), ("float16", 1, 1, False),
-    ("float32", 1, 1, False), ("bfloat16", 1, 2, False)])
+@pytest.mark.parametrize("dtype, rows, devices, flags, dots, native", [
+    ("bfloat16", 1, 1, NO_AMX, False, True), ("bfloat16", 3, 1, AMX, False, True),
+    ("bfloat16", 4, 1, NO_AMX, False, False), ("bfloat16", 4, 1, NO_AMX, True, True),
+    ("bfloat16", 32, 1, NO_AMX, True, True), ("bfloat16", 32, 1, AMX | NO_AMX, True, False),
+    ("float16", 1, 1, NO_AMX, True, False), ("float32", 32, 1, NO_AMX, True, False),
+    ("bfloat16", 1, 2, NO_AMX, True, False), ("bfloat16", 32, 2, NO_AMX, True, False)])
 @needs_kernel
-def test_few_bfloat16_rows_run_as_the_native_kernel_on_one_device(dtype, rows, devices, native):
+def test_bfloat16_rows_run_as_a_native_kernel_on_one_device(dtype, rows, devices, flags, dots, native,
+                                                            monkeypatch):
+    """A few rows where the kernels are built; more where the many-row product is (AVX512-BF16) and
+    the CPU has no AMX."""
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(bf16_kernels, "has_dots", lambda: dots)
     mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
     with jax.set_mesh(mesh):  # XLA cannot split the kernel's call over the devices of a mesh
         assert few_rows.native(dtype, rows) is native
@@ -184,3 +193,31 @@ def test_a_bfloat16_step_runs_the_native_kernel_on_its_16_bit_weights_and_keeps_
     # every product the widened form makes of one float32 row, the native one makes as a call
     assert calls == len(re.findall(r"dot_general.*?: \(tensor<1x\d+xf32>", step.lower(widened_form).as_text()))
     np.testing.assert_allclose(native, step(widened_form), atol=2e-2, rtol=2e-2)  # summed in another order
+
+
+@pytest.mark.skipif(not bf16_kernels.has_dots(), reason="the CPU has no AVX512-BF16")
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_a_bfloat16_step_of_many_rows_runs_the_dot_kernel_and_keeps_its_logits(family, monkeypatch):
+    monkeypatch.setattr(few_rows, "cpu_flags", lambda: NO_AMX)
+    step, prepared = _one_token_step(family, "bfloat16", batch=5)
+    text = step.lower(prepared).as_text()
+    calls = len(re.findall(rf"custom_call @{bf16_kernels.DOTS_TARGET}", text))
+    assert calls >= 2 * 4 + 1 and f"custom_call @{bf16_kernels.TARGET}" not in text
+    native = step(prepared)
+
+    monkeypatch.setattr(bf16_kernels, "has_dots", lambda: False)
+    step, _ = _one_token_step(family, "bfloat16", batch=5)
+    # every product of rows by a 16-bit weight XLA makes (t5's encoder too), the native form makes as a call
+    matrix_products = r"dot_general.*?: \(tensor<\d+x\d+xbf16>, tensor<\d+x\d+xbf16>"
+    assert calls == len(re.findall(matrix_products, step.lower(prepared).as_text()))
+    np.testing.assert_allclose(native, step(prepared), atol=2e-2, rtol=2e-2)  # summed in another order
+
+
+@pytest.mark.skipif(not bf16_kernels.has_dots(), reason="the CPU has no AVX512-BF16")
+def test_training_keeps_xla_products_for_many_rows():
+    """Only decoding (a call with a cache) takes the dot kernel: a training forward's tied head keeps XLA's product."""
+    model = MODELS["gpt2"]("bfloat16")
+    ids_4x5 = jnp.arange(20).reshape(4, 5)
+    params = model.init(jax.random.PRNGKey(0), ids_4x5)["params"]
+    text = jax.jit(lambda p: model.apply({"params": p}, ids_4x5)).lower(params).as_text()
+    assert bf16_kernels.DOTS_TARGET not in text

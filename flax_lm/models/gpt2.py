@@ -207,7 +207,8 @@ class GPT2LMHeadModel(nn.Module):
         x_BxTxD = x_BxTxD[:, -logits_to_keep:] if logits_to_keep else x_BxTxD
         if return_hidden:
             return x_BxTxD, wte.embedding.astype(dtype)
-        logits_BxTxV = nn.with_logical_constraint(tied_logits(x_BxTxD, wte), ("batch", "act_length", "act_vocab"))
+        logits_BxTxV = nn.with_logical_constraint(tied_logits(x_BxTxD, wte, decoding=cache is not None),
+                                                  ("batch", "act_length", "act_vocab"))
         return logits_BxTxV if cache is None else (logits_BxTxV, cache)
 
 

@@ -89,7 +89,7 @@ def _contract_out_major(x, kernel_FxI, bias, n_in: int, features: tuple[int, ...
     """`contract` with the kernel as an (out, in) matrix: F = prod(features) outputs, I inputs."""
     batch = x.shape[:-n_in]
     # as rows x inputs: XLA:CPU's bfloat16 product of batch 32 x 1 x 768 took a slower path
-    y_RxF = few_rows.rows_times(x.reshape(math.prod(batch), -1), kernel_FxI)
+    y_RxF = few_rows.rows_times(x.reshape(math.prod(batch), -1), kernel_FxI, decoding=True)
     return _plus_bias(y_RxF.reshape(*batch, *features), bias, x.dtype)
 
 
@@ -207,18 +207,20 @@ def _rows_of_bwd(residuals, d_rows):
 rows_of.defvjp(_rows_of_fwd, _rows_of_bwd)
 
 
-def tied_logits(x_BxTxD, embed: nn.Embed):
+def tied_logits(x_BxTxD, embed: nn.Embed, decoding: bool = False):
     """Logits B x T x V against a token embedding (V x D), what `embed.attend` computes, as one
     product that contracts the table's minor dimension: `attend` transposes the table first,
     and at batch 1 XLA:CPU fused that transpose into a copy of the whole table at every
     decoding step (gpt2_small: 154 MB, 11 of 26 ms a token). Accumulated in float32 and cast to the
-    compute dtype, as `contract` does: the values a 16-bit product gives, and XLA:CPU's fast path."""
+    compute dtype, as `contract` does: the values a 16-bit product gives, and XLA:CPU's fast path.
+    `decoding` (a call with a key/value cache) lets many rows take a native kernel (`few_rows`)."""
     x_BxTxD, table_VxD = nn.dtypes.promote_dtype(x_BxTxD, embed.embedding, dtype=embed.dtype)
     copy_VxD = out_major(embed, "embedding", embed.embedding, embed.dtype)  # decoding's copy, if any
     b, t, d = x_BxTxD.shape
     # as rows x D: with more dimensions XLA:CPU copied the table transposed, to (D, V), which its
     # product reads at half the speed (gpt2_small decoding in bf16, batch 32: 13 -> 6 ms a step)
-    logits_RxV = few_rows.rows_times(x_BxTxD.reshape(b * t, d), table_VxD if copy_VxD is None else copy_VxD)
+    logits_RxV = few_rows.rows_times(x_BxTxD.reshape(b * t, d), table_VxD if copy_VxD is None else copy_VxD,
+                                     decoding=decoding)
     return logits_RxV.astype(x_BxTxD.dtype).reshape(b, t, -1)
 
 

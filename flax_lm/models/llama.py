@@ -215,7 +215,7 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             if return_hidden:
                 return x_BxTxD, embed_tokens.embedding.astype(dtype)
-            logits_BxTxV = tied_logits(x_BxTxD, embed_tokens)
+            logits_BxTxV = tied_logits(x_BxTxD, embed_tokens, decoding=cache is not None)
         else:
             head = LMHead(cfg.vocab_size, _normal(cfg), **dtypes(cfg), name="lm_head")
             if return_hidden:
