@@ -9,7 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from flax_lm import few_rows, sharding, splash_attention
+from flax_lm import bf16_kernels, few_rows, sharding, splash_attention
 
 # "auto": "explicit" on CPU, "xla" elsewhere.
 # "xla": jax.nn.dot_product_attention's portable XLA path.
@@ -82,15 +82,17 @@ def dot_product_attention(
         k, v = (jnp.repeat(x, groups, axis=2) for x in (k, v))
         groups = 1
     if explicit:
-        # one-token decoding in 16-bit: more query rows, the padded ones attending as the last does
-        count = few_rows.extra(t, q_BxTxNxH.dtype, groups)
+        # one-token decoding in 16-bit: a native kernel, or more query rows, the padded ones
+        # attending as the last does
+        native = kv_cache_layout and few_rows.attends_natively(q_BxTxNxH.dtype, t)
+        count = 0 if native else few_rows.extra(t, q_BxTxNxH.dtype, groups)
         allowed = few_rows.pad(_allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset), 2,
                                count, "edge")
         if groups > 1:  # the G query heads of a key/value head are G*T query rows of one product
             allowed = jnp.tile(allowed, (1, 1, groups, 1))
         bias = None if bias_BxNxTxS is None else few_rows.pad(bias_BxNxTxS, 2, count, "edge")
         o_BxTxNxH = _explicit(few_rows.pad(q_BxTxNxH, 1, count), k, v, allowed, bias, _scale(q_BxTxNxH, scale),
-                              kv_cache_layout, groups)
+                              kv_cache_layout, groups, native)
         return few_rows.cut(o_BxTxNxH, 1, t)
     if implementation == "reference" or dropout_rate > 0.0:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
@@ -199,31 +201,51 @@ def _queries_ungrouped(x_XxGTxH, b: int, groups: int):
     return x_XxGTxH.reshape(b, x // b, groups, gt // groups, h).transpose(0, 3, 1, 2, 4).reshape(b, gt // groups, -1, h)
 
 
+def _score_terms(allowed_Bx1xTxS, bias_BxNxTxS):
+    """What the scores get added: 0 where allowed and _MASKED elsewhere, plus the bias, if any:
+    (B or 1) x (N or 1) x T x S. The mask is added rather than selected: XLA:CPU then fuses it,
+    with the softmax, into the product; a select was a pass of its own (the scores, softmax and
+    p.v of one gpt2_tiny layer: 5.0 -> 3.6 ms). _MASKED absorbs any score smaller than about 1e22
+    in size: a masked score is _MASKED either way."""
+    mask_Bx1xTxS = jnp.where(allowed_Bx1xTxS, 0.0, _MASKED).astype(jnp.float32)
+    return mask_Bx1xTxS if bias_BxNxTxS is None else mask_Bx1xTxS + bias_BxNxTxS.astype(jnp.float32)
+
+
 def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b):
     s_XxTxS = jnp.einsum("xth,xsh->xts", q_XxTxH, k_XxSxH, preferred_element_type=jnp.float32)
-    # The mask is added as 0 / _MASKED rather than selected: XLA:CPU then fuses it, with the
-    # softmax, into the product; a select was a pass of its own (the scores, softmax and p.v of one
-    # gpt2_tiny layer: 5.0 -> 3.6 ms).
-    # _MASKED absorbs any score smaller than about 1e22 in size: a masked score is _MASKED either way.
-    mask_Bx1xTxS = jnp.where(allowed_Bx1xTxS, 0.0, _MASKED).astype(jnp.float32)
+    terms = _score_terms(allowed_Bx1xTxS, bias_BxNxTxS)
     x, t, s = s_XxTxS.shape
-    if bias_BxNxTxS is None and allowed_Bx1xTxS.shape[0] == 1:
-        return s_XxTxS + mask_Bx1xTxS[0]
-    s_BxNxTxS = s_XxTxS.reshape(b, x // b, t, s)
-    if bias_BxNxTxS is not None:
-        s_BxNxTxS = s_BxNxTxS + bias_BxNxTxS.astype(jnp.float32)
-    return (s_BxNxTxS + mask_Bx1xTxS).reshape(x, t, s)
+    if terms.shape[:2] == (1, 1):
+        return s_XxTxS + terms[0]
+    return (s_XxTxS.reshape(b, x // b, t, s) + terms).reshape(x, t, s)
 
 
 # `scale` (a Python float) multiplies the scores; `bias` (or None) is added to them; k and v
 # are already (B*K) x S x H when `kv_cache_layout`; `groups` = N / K query heads share one
-# key/value head (the mask is given for their G*T query rows).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups):
-    return _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups)[0]
+# key/value head (the mask is given for their G*T query rows); `native`: a few query rows over
+# a decoding cache, run as one native kernel call (`few_rows.attends_natively`), its gradient
+# the XLA form's.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native):
+    if native:
+        return _native(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, groups)
+    return _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native)[0]
 
 
-def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups):
+def _native(q, k_XxSxH, v_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, scale, groups):
+    b = q.shape[0]
+    q_XxTxH = _queries_grouped(q * jnp.asarray(scale, q.dtype), groups)
+    x, t, _ = q_XxTxH.shape
+    terms = _score_terms(allowed_Bx1xTxS, bias_BxNxTxS)
+    if terms.shape[1] == 1:  # the mask alone: one row for all products (A = 1) or one a sequence (A = B)
+        add_AxTxS = terms[:, 0]
+    else:
+        add_AxTxS = jnp.broadcast_to(terms, (b, x // b, t, terms.shape[-1])).reshape(x, t, -1)
+    o_XxTxH = bf16_kernels.attend(q_XxTxH, k_XxSxH, v_XxSxH, add_AxTxS).astype(v_XxSxH.dtype)
+    return _queries_ungrouped(o_XxTxH, b, groups)
+
+
+def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native):
     b = q.shape[0]
     q = q * jnp.asarray(scale, q.dtype)
     q_XxTxH = _queries_grouped(q, groups)
@@ -236,7 +258,7 @@ def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout
     return _queries_ungrouped(o_XxTxH, b, groups), residuals
 
 
-def _explicit_bwd(scale, kv_cache_layout, groups, residuals, do_BxTxNxH):
+def _explicit_bwd(scale, kv_cache_layout, groups, native, residuals, do_BxTxNxH):
     qT_XxHxT, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed, bias = residuals
     b = do_BxTxNxH.shape[0]
     do_XxTxH = _queries_grouped(do_BxTxNxH, groups)

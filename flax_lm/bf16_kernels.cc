@@ -12,6 +12,7 @@
 // the same bits.
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -236,6 +237,98 @@ ffi::Error Bf16DotsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buf
   }
   return ffi::Error::Success();
 }
+
+// Bf16Attend: softmax(q . k^T + add) . v for each of X products, over a decoding cache: q is
+// X x T x H (a few query rows, scaled), k and v X x S x H, add A x T x S (the mask as 0 or a
+// large negative number, and any bias; product x takes row x / (X / A)), y X x T x H. As the
+// XLA form does: scores summed in float32, the probabilities rounded to bfloat16 before they
+// weigh v, and y summed in float32.
+constexpr float kLog2e = 1.44269504088896341f;
+
+// e^x for x <= 0 within 2 float32 roundings (Cephes' expf: e^x = 2^n e^r, |r| <= ln 2 / 2); below
+// -104, 0, as e^x rounds to in float32.
+inline __m512 Exp(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 in two parts, exact first
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 Lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+inline __mmask32 Lanes32(int64_t n) { return n >= 32 ? ~__mmask32(0) : __mmask32((uint64_t(1) << n) - 1); }
+
+inline __m512 Widen16(const uint16_t* p, __mmask16 mask) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+}
+
+// y for the products [x0, x1); `p` holds S floats
+void Attend(const uint16_t* q, const uint16_t* k, const uint16_t* v, const float* add, float* y, int64_t xs,
+            int64_t adds, int64_t rows, int64_t keys, int64_t width, int64_t x0, int64_t x1, float* p) {
+  for (int64_t x = x0; x < x1; ++x) {
+    const uint16_t* k_x = k + x * keys * width;
+    const uint16_t* v_x = v + x * keys * width;
+    for (int64_t t = 0; t < rows; ++t) {
+      const uint16_t* q_t = q + (x * rows + t) * width;
+      const float* add_t = add + ((x / (xs / adds)) * rows + t) * keys;
+      float most = -INFINITY;
+      for (int64_t s = 0; s < keys; ++s) {
+        __m512 sums = _mm512_setzero_ps();
+        for (int64_t h = 0; h < width; h += 32) {
+          __mmask32 mask = Lanes32(width - h);
+          sums = _mm512_dpbf16_ps(sums, Load(q_t + h, mask), Load(k_x + s * width + h, mask));
+        }
+        p[s] = _mm512_reduce_add_ps(sums) + add_t[s];
+        most = std::max(most, p[s]);
+      }
+      __m512 total = _mm512_setzero_ps();
+      for (int64_t s = 0; s < keys; s += 16) {
+        __mmask16 mask = Lanes16(keys - s);
+        __m512 e = Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p + s), _mm512_set1_ps(most)));
+        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(mask, e));
+        _mm512_mask_storeu_ps(p + s, mask, e);
+      }
+      __m512 scale = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
+      for (int64_t s = 0; s < keys; s += 16) {  // the probabilities in bfloat16 (to nearest), widened back
+        __mmask16 mask = Lanes16(keys - s);
+        __m256i bf16 = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, p + s), scale));
+        _mm512_mask_storeu_ps(p + s, mask, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)));
+      }
+      for (int64_t h = 0; h < width; h += 16) {
+        __mmask16 mask = Lanes16(width - h);
+        __m512 sums = _mm512_setzero_ps();
+        for (int64_t s = 0; s < keys; ++s)
+          sums = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), Widen16(v_x + s * width + h, mask), sums);
+        _mm512_mask_storeu_ps(y + (x * rows + t) * width + h, mask, sums);
+      }
+    }
+  }
+}
+
+ffi::Error Bf16AttendImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k,
+                          ffi::Buffer<ffi::BF16> v, ffi::Buffer<ffi::F32> add, ffi::ResultBuffer<ffi::F32> y) {
+  auto q_dims = q.dimensions(), k_dims = k.dimensions(), v_dims = v.dimensions(), add_dims = add.dimensions();
+  if (q_dims.size() != 3 || k_dims.size() != 3 || v_dims.size() != 3 || add_dims.size() != 3)
+    return ffi::Error::InvalidArgument("bf16 attend: q, k, v and add must have 3 dimensions");
+  int64_t xs = q_dims[0], rows = q_dims[1], width = q_dims[2], keys = k_dims[1], adds = add_dims[0];
+  if (k_dims[0] != xs || v_dims[0] != xs || k_dims[2] != width || v_dims[1] != keys || v_dims[2] != width ||
+      add_dims[1] != rows || add_dims[2] != keys || adds < 1 || xs % adds)
+    return ffi::Error::InvalidArgument("bf16 attend: q X x T x H, k and v X x S x H, add A x T x S with A dividing X");
+  auto* q_data = reinterpret_cast<const uint16_t*>(q.typed_data());
+  auto* k_data = reinterpret_cast<const uint16_t*>(k.typed_data());
+  auto* v_data = reinterpret_cast<const uint16_t*>(v.typed_data());
+  const float* add_data = add.typed_data();
+  float* y_data = y->typed_data();
+  Split(pool, xs, 2 * rows * keys * width, 1, [=](int64_t x0, int64_t x1) {
+    std::unique_ptr<float[]> p(new float[keys + 16]);
+    Attend(q_data, k_data, v_data, add_data, y_data, xs, adds, rows, keys, width, x0, x1, p.get());
+  });
+  return ffi::Error::Success();
+}
 #endif
 
 }  // namespace
@@ -259,5 +352,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16Dots, Bf16DotsImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16Attend, Bf16AttendImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 #endif

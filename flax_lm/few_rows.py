@@ -21,7 +21,8 @@ A bfloat16 product of a few rows now runs as a native kernel where one can be bu
 (`bf16_kernels`, `native`): it reads the 16-bit weights at the memory's rate and sums as the
 float32 copies do. Padding stays for the rows of attention's products, and float32 copies for
 float16 and for where the kernel cannot be built. Decoding's products of more rows run as a
-native kernel too where the CPU has AVX512-BF16 and no AMX (`bf16_kernels.dots`).
+native kernel too where the CPU has AVX512-BF16 and no AMX (`bf16_kernels.dots`), and where it
+has AVX512-BF16, so does attention of a few query rows (`attends_natively`).
 """
 
 import math
@@ -50,7 +51,14 @@ def native(dtype, rows: int) -> bool:
     XLA:CPU's own product may use (not measured against)."""
     if not bf16_kernels.runs(dtype):
         return False
-    return rows < MIN_ROWS or (bf16_kernels.has_dots() and "amx_bf16" not in cpu_flags())
+    return rows < MIN_ROWS or (bf16_kernels.has_avx512_bf16() and "amx_bf16" not in cpu_flags())
+
+
+def attends_natively(dtype, rows: int) -> bool:
+    """Whether attention of `rows` query rows over a decoding cache runs as the native kernel
+    (`bf16_kernels.attend`) instead of padded products: for fewer than MIN_ROWS rows in bfloat16,
+    where the kernels for AVX512-BF16 are built."""
+    return rows < MIN_ROWS and bf16_kernels.runs(dtype) and bf16_kernels.has_avx512_bf16()
 
 
 def widened(dtype, rows: int) -> bool:

@@ -14,8 +14,8 @@ import pytest
 from flax_lm import bf16_kernels, few_rows
 
 pytestmark = pytest.mark.skipif(not bf16_kernels.available(), reason="no C++ compiler to build the kernel")
-needs_dots = pytest.mark.skipif(not bf16_kernels.has_dots(), reason="the CPU has no AVX512-BF16")
-PRODUCTS = [bf16_kernels.rows_times, pytest.param(bf16_kernels.dots, marks=needs_dots)]
+needs_avx512_bf16 = pytest.mark.skipif(not bf16_kernels.has_avx512_bf16(), reason="the CPU has no AVX512-BF16")
+PRODUCTS = [bf16_kernels.rows_times, pytest.param(bf16_kernels.dots, marks=needs_avx512_bf16)]
 
 
 @pytest.mark.parametrize("times", PRODUCTS)
@@ -52,6 +52,28 @@ def test_its_gradient_is_the_plain_products(times):
     for ours, theirs in zip(*grads):
         assert ours.dtype == theirs.dtype == jnp.bfloat16
         np.testing.assert_allclose(ours.astype(np.float32), theirs.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+@needs_avx512_bf16
+@pytest.mark.parametrize("x, t, h, s, a", [(12, 1, 64, 96, 1), (64, 1, 64, 40, 8), (8, 3, 40, 17, 8),
+                                           (6, 4, 100, 33, 6)])
+def test_attend_is_softmax_attention_up_to_its_bfloat16_probabilities(x, t, h, s, a):
+    """Head sizes and key counts past whole vectors; one mask for all products, one a sequence (8
+    products each), one each; a query with every key masked attends to all alike, as XLA's form."""
+    keys = jax.random.split(jax.random.PRNGKey(4), 4)
+    q_XxTxH = (0.3 * jax.random.normal(keys[0], (x, t, h))).astype(jnp.bfloat16)
+    k_XxSxH, v_XxSxH = (jax.random.normal(key, (x, s, h)).astype(jnp.bfloat16) for key in keys[1:3])
+    allowed_AxTxS = jax.random.bernoulli(keys[3], 0.7, (a, t, s)).at[:, :, 0].set(True).at[0, 0].set(False)
+    add_AxTxS = jnp.where(allowed_AxTxS, 0.0, -1e30)
+    ours = np.asarray(jax.jit(bf16_kernels.attend)(q_XxTxH, k_XxSxH, v_XxSxH, add_AxTxS))
+    q, k, v = (np.asarray(y, np.float64) for y in (q_XxTxH, k_XxSxH, v_XxSxH))
+    scores = (np.einsum("xth,xsh->xts", q, k).reshape(a, x // a, t, s) + np.asarray(add_AxTxS)[:, None])
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p = (p / p.sum(-1, keepdims=True)).reshape(x, t, s)
+    # each probability rounded to bfloat16 (8 bits) before it weighs v; the sums in float32
+    bound = 2.0 ** -8 * np.einsum("xts,xsh->xth", p, np.abs(v)) + 1e-5
+    assert np.all(np.abs(ours - np.einsum("xts,xsh->xth", p, v)) <= bound)
+    np.testing.assert_allclose(ours[0, 0], v[0].mean(0), rtol=2.0 ** -8)  # every key masked: uniform
 
 
 @pytest.mark.parametrize("shape", [(3,), (2, 5), (0,)])

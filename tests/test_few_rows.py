@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from flax_lm import bf16_kernels, few_rows
+from flax_lm import attention, bf16_kernels, few_rows
 from flax_lm.generation import CausalDecoder, Seq2SeqDecoder
 from flax_lm.models import gpt2, llama, t5
 from flax_lm.models.layers import OUT_MAJOR, WIDENED
@@ -159,7 +159,7 @@ def test_bfloat16_rows_run_as_a_native_kernel_on_one_device(dtype, rows, devices
     """A few rows where the kernels are built; more where the many-row product is (AVX512-BF16) and
     the CPU has no AMX."""
     monkeypatch.setattr(few_rows, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(bf16_kernels, "has_dots", lambda: dots)
+    monkeypatch.setattr(bf16_kernels, "has_avx512_bf16", lambda: dots)
     mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
     with jax.set_mesh(mesh):  # XLA cannot split the kernel's call over the devices of a mesh
         assert few_rows.native(dtype, rows) is native
@@ -195,7 +195,7 @@ def test_a_bfloat16_step_runs_the_native_kernel_on_its_16_bit_weights_and_keeps_
     np.testing.assert_allclose(native, step(widened_form), atol=2e-2, rtol=2e-2)  # summed in another order
 
 
-@pytest.mark.skipif(not bf16_kernels.has_dots(), reason="the CPU has no AVX512-BF16")
+@pytest.mark.skipif(not bf16_kernels.has_avx512_bf16(), reason="the CPU has no AVX512-BF16")
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_a_bfloat16_step_of_many_rows_runs_the_dot_kernel_and_keeps_its_logits(family, monkeypatch):
     monkeypatch.setattr(few_rows, "cpu_flags", lambda: NO_AMX)
@@ -205,7 +205,7 @@ def test_a_bfloat16_step_of_many_rows_runs_the_dot_kernel_and_keeps_its_logits(f
     assert calls >= 2 * 4 + 1 and f"custom_call @{bf16_kernels.TARGET}" not in text
     native = step(prepared)
 
-    monkeypatch.setattr(bf16_kernels, "has_dots", lambda: False)
+    monkeypatch.setattr(bf16_kernels, "has_avx512_bf16", lambda: False)
     step, _ = _one_token_step(family, "bfloat16", batch=5)
     # every product of rows by a 16-bit weight XLA makes (t5's encoder too), the native form makes as a call
     matrix_products = r"dot_general.*?: \(tensor<\d+x\d+xbf16>, tensor<\d+x\d+xbf16>"
@@ -213,7 +213,7 @@ def test_a_bfloat16_step_of_many_rows_runs_the_dot_kernel_and_keeps_its_logits(f
     np.testing.assert_allclose(native, step(prepared), atol=2e-2, rtol=2e-2)  # summed in another order
 
 
-@pytest.mark.skipif(not bf16_kernels.has_dots(), reason="the CPU has no AVX512-BF16")
+@pytest.mark.skipif(not bf16_kernels.has_avx512_bf16(), reason="the CPU has no AVX512-BF16")
 def test_training_keeps_xla_products_for_many_rows():
     """Only decoding (a call with a cache) takes the dot kernel: a training forward's tied head keeps XLA's product."""
     model = MODELS["gpt2"]("bfloat16")
@@ -221,3 +221,41 @@ def test_training_keeps_xla_products_for_many_rows():
     params = model.init(jax.random.PRNGKey(0), ids_4x5)["params"]
     text = jax.jit(lambda p: model.apply({"params": p}, ids_4x5)).lower(params).as_text()
     assert bf16_kernels.DOTS_TARGET not in text
+
+
+needs_avx512_bf16 = pytest.mark.skipif(not bf16_kernels.has_avx512_bf16(), reason="the CPU has no AVX512-BF16")
+
+
+@needs_avx512_bf16
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_a_bfloat16_steps_attention_runs_as_the_native_kernel_and_keeps_its_logits(family, batch, monkeypatch):
+    """Over gpt2's heads, llama's grouped keys, t5's bias and its cross-attention."""
+    step, prepared = _one_token_step(family, "bfloat16", batch)
+    text = step.lower(prepared).as_text()
+    assert len(re.findall(rf"custom_call @{bf16_kernels.ATTEND_TARGET}", text)) == (4 if family == "t5" else 2)
+    native = step(prepared)
+
+    monkeypatch.setattr(few_rows, "attends_natively", lambda *args: False)
+    step, _ = _one_token_step(family, "bfloat16", batch)
+    assert bf16_kernels.ATTEND_TARGET not in step.lower(prepared).as_text()
+    np.testing.assert_allclose(native, step(prepared), atol=2e-2, rtol=2e-2)  # summed in another order
+
+
+@needs_avx512_bf16
+def test_native_attentions_gradient_is_the_xla_forms(monkeypatch):
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    q_BxTxNxH = jax.random.normal(keys[0], (2, 1, 4, 16)).astype(jnp.bfloat16)
+    k, v = (jax.random.normal(key, (2 * 4, 9, 16)).astype(jnp.bfloat16) for key in keys[1:])  # a cache's layout
+
+    def attend(q, k, v):
+        o = attention.dot_product_attention(q, k, v, causal=True, query_offset=6, kv_cache_layout=True,
+                                            implementation="explicit")
+        return jnp.sum(o.astype(jnp.float32) * jnp.arange(16.0))
+    native = jax.value_and_grad(attend, argnums=(0, 1, 2))(q_BxTxNxH, k, v)
+    assert bf16_kernels.ATTEND_TARGET in jax.jit(attend).lower(q_BxTxNxH, k, v).as_text()
+    monkeypatch.setattr(few_rows, "attends_natively", lambda *args: False)
+    xla = jax.value_and_grad(attend, argnums=(0, 1, 2))(q_BxTxNxH, k, v)
+    np.testing.assert_allclose(native[0], xla[0], rtol=1e-2)
+    for ours, theirs in zip(native[1], xla[1]):
+        np.testing.assert_allclose(ours.astype(np.float32), theirs.astype(np.float32), rtol=1e-2, atol=1e-2)
