@@ -233,6 +233,7 @@ def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, gr
 
 
 def _native(q, k_XxSxH, v_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, scale, groups):
+    """`_explicit`'s output as one `bf16_kernels.attend` call over a cache's (B*K) x S x H keys and values."""
     b = q.shape[0]
     q_XxTxH = _queries_grouped(q * jnp.asarray(scale, q.dtype), groups)
     x, t, _ = q_XxTxH.shape

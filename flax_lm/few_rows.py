@@ -76,7 +76,7 @@ def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array, decoding: bool = False) 
     """x_RxI . kernel_FxI^T, an (out, in) kernel, accumulated in float32, in the form that is fast
     for x's rows: a kernel wider than x (`widened`: float32 copies of 16-bit values) takes x
     widened to it; bfloat16 rows take a native kernel (`native`): a few always, many where
-    `decoding` (the kernel is decoding's copy: training keeps XLA's products, and their
+    `decoding` (a call over a key/value cache: training keeps XLA's products, and their
     gradients); else the kernel is taken in x's dtype and x padded as `as_rows` does."""
     def product(x_RxI, kernel_FxI):
         return jax.lax.dot_general(x_RxI, kernel_FxI, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
