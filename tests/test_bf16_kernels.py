@@ -1,7 +1,8 @@
 """The native bfloat16 kernels (`flax_lm.bf16_kernels`): their products (of a few rows, and of many
 where the CPU has AVX512-BF16) are float32 sums of the exact products, with the plain product's
-gradient, their rows the table's, and they are built once, or not at all without a compiler
-(decoding then keeps float32 copies)."""
+gradient, their attention (AVX512-BF16 too) is softmax attention up to bfloat16 probabilities,
+their rows the table's, and they are built once, or not at all without a compiler (decoding then
+keeps float32 copies)."""
 
 import logging
 import subprocess

@@ -1,7 +1,8 @@
-"""One-token decoding in 16-bit on CPU (`flax_lm.few_rows`) runs its bfloat16 products as the
+"""Decoding in 16-bit on CPU (`flax_lm.few_rows`) runs its bfloat16 products of a few rows as the
 native kernel (`native`), pads them to four rows (bfloat16 on a CPU with AMX where there is no
-kernel) or multiplies float32 copies of the 16-bit weights (`widened`), and computes the same
-logits as the plain 16-bit product."""
+kernel) or multiplies float32 copies of the 16-bit weights (`widened`); where the CPU has
+AVX512-BF16 it runs products of more rows and a step's attention as native kernels too; and it
+computes the same logits as the plain 16-bit product."""
 
 import re
 
