@@ -4,7 +4,8 @@
 //   (O x I), in float32;
 // - Bf16Take: rows of a bfloat16 table, copied as they are;
 // - Bf16Dots, only where the compiler targets AVX512-BF16: y = x . w^T for bfloat16 rows x
-//   (R x I, any R) and w (O x I), in float32, by the CPU's bfloat16 dot-product instruction.
+//   (R x I, any R) and w (O x I), in float32, by the CPU's bfloat16 dot-product instruction;
+// - Bf16Attend, there too: a decoding step's softmax attention of a few query rows.
 //
 // Bf16Rows: each weight is read once for all R rows and widened to float32 in registers (a
 // bfloat16 value is the high half of a float32: exact). Each row keeps kLanes partial sums,
@@ -12,8 +13,8 @@
 // the same bits.
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -174,14 +175,20 @@ inline __m512 Sums(const __m512 a[16]) {
                        _mm512_shuffle_f32x4(r01, r23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+// the first n (at most 16 or 32) lanes
+inline __mmask16 Lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+inline __mmask32 Lanes32(int64_t n) { return n >= 32 ? ~__mmask32(0) : __mmask32((uint64_t(1) << n) - 1); }
+
 inline __m512bh Load(const uint16_t* p, __mmask32 mask) {
   return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
 }
 
+// 16 bfloat16 values as float32 (the high halves: exact)
+inline __m512 Widen(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
+
 // y[r, o] for rows [r0, r1) and outputs [o0, o1)
 void Dots(const uint16_t* x, const uint16_t* w, float* y, int64_t in, int64_t out, int64_t r0, int64_t r1,
           int64_t o0, int64_t o1) {
-  const __mmask32 all = ~__mmask32(0), tail = __mmask32((uint64_t(1) << (in % 32)) - 1);
   for (int64_t o = o0; o < o1; o += kTile) {
     const uint16_t* w_o[kTile];
     for (int j = 0; j < kTile; ++j) w_o[j] = w + (o + j < o1 ? o + j : o) * in;
@@ -203,8 +210,8 @@ void Dots(const uint16_t* x, const uint16_t* w, float* y, int64_t in, int64_t ou
         }
       };
       int64_t i = 0;
-      for (; i + 32 <= in; i += 32) step(i, all);
-      if (i < in) step(i, tail);
+      for (; i + 32 <= in; i += 32) step(i, Lanes32(32));
+      if (i < in) step(i, Lanes32(in - i));
       __m512 total = Sums(sums);
       __mmask8 outputs = __mmask8((1u << std::min<int64_t>(kTile, o1 - o)) - 1);
       for (int k = 0; k < kTile && r + k < r1; ++k) {
@@ -259,13 +266,6 @@ inline __m512 Exp(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-inline __mmask16 Lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
-inline __mmask32 Lanes32(int64_t n) { return n >= 32 ? ~__mmask32(0) : __mmask32((uint64_t(1) << n) - 1); }
-
-inline __m512 Widen16(const uint16_t* p, __mmask16 mask) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
-}
-
 // y for the products [x0, x1); `p` holds S floats
 void Attend(const uint16_t* q, const uint16_t* k, const uint16_t* v, const float* add, float* y, int64_t xs,
             int64_t adds, int64_t rows, int64_t keys, int64_t width, int64_t x0, int64_t x1, float* p) {
@@ -296,13 +296,15 @@ void Attend(const uint16_t* q, const uint16_t* k, const uint16_t* v, const float
       for (int64_t s = 0; s < keys; s += 16) {  // the probabilities in bfloat16 (to nearest), widened back
         __mmask16 mask = Lanes16(keys - s);
         __m256i bf16 = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, p + s), scale));
-        _mm512_mask_storeu_ps(p + s, mask, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)));
+        _mm512_mask_storeu_ps(p + s, mask, Widen(bf16));
       }
       for (int64_t h = 0; h < width; h += 16) {
         __mmask16 mask = Lanes16(width - h);
         __m512 sums = _mm512_setzero_ps();
-        for (int64_t s = 0; s < keys; ++s)
-          sums = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), Widen16(v_x + s * width + h, mask), sums);
+        for (int64_t s = 0; s < keys; ++s) {
+          __m512 v_s = Widen(_mm256_maskz_loadu_epi16(mask, v_x + s * width + h));
+          sums = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), v_s, sums);
+        }
         _mm512_mask_storeu_ps(y + (x * rows + t) * width + h, mask, sums);
       }
     }

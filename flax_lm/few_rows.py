@@ -85,7 +85,7 @@ def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array, decoding: bool = False) 
     rows = x_RxI.shape[0]
     if native(x_RxI.dtype, rows) and rows < MIN_ROWS:
         return bf16_kernels.rows_times(x_RxI, kernel_FxI)
-    if native(x_RxI.dtype, rows) and decoding:
+    if decoding and native(x_RxI.dtype, rows):
         return bf16_kernels.dots(x_RxI, kernel_FxI)
     x_RxI, restore = as_rows(x_RxI, 1)
     return restore(product(x_RxI, kernel_FxI.astype(x_RxI.dtype)))
