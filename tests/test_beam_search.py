@@ -165,21 +165,22 @@ class CountingDecoder(CausalDecoder):
 
 
 # prompts whose search ends early: every beam ended (early_stopping=True), or no running beam
-# can beat the finished ones (the heuristic of early_stopping=False)
-@pytest.mark.parametrize("case,prompts", [("early-1end", [1, 3]), ("heuristic-3ends", [2, 4, 5])])
-def test_stops_after_as_many_steps_as_transformers(models, case, prompts):
-    """The loop ends when transformers' does (here before max_new_tokens), not later."""
+# can beat the finished ones (the heuristic of early_stopping=False); or runs to max_new_tokens
+@pytest.mark.parametrize("case,prompts", [("early-1end", [1, 3]), ("heuristic-3ends", [2, 4, 5]),
+                                          ("no-end", [0, 1])])
+def test_runs_as_many_model_passes_as_transformers(models, case, prompts):
+    """The loop ends when transformers' does, not later, and the last step's tokens go
+    through no pass: one pass is the prefill, then one a step but the last."""
     model, params, hf = models["ending"]
-    config = GenerationConfig(max_new_tokens=N, **END_CASES[case])
+    config = GenerationConfig(max_new_tokens=N, **END_CASES.get(case, dict(num_beams=2)))
     prompts = [PROMPTS[i] for i in prompts]
     decoder = CountingDecoder(model)
-    generate(decoder, params, prompts, config)
+    assert generate(decoder, params, prompts, config) == _transformers_new_tokens(hf, prompts, config)
     hf_calls = []
     hook = hf.register_forward_hook(lambda *_: hf_calls.append(1))
     try:
         _transformers_new_tokens(hf, prompts, config)
     finally:
         hook.remove()
-    # HF's first pass is the prefill; ours makes one more, for the step after the last choice
-    assert decoder.calls == len(hf_calls) + 1
-    assert len(hf_calls) < N
+    assert decoder.calls == len(hf_calls)
+    assert (len(hf_calls) == N) == (case == "no-end")

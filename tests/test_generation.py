@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_beam_search import CountingDecoder  # noqa: E402
 from test_cli import flax_lm  # noqa: E402
 
 from flax_lm import config as config_lib  # noqa: E402
@@ -201,14 +202,24 @@ def _hf_generate(hf, prompts, pad=0, **kwargs):
 @pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["one", "batch"])
 @pytest.mark.parametrize("eos", [None, "frequent"])
 def test_greedy_equals_transformers_generate(models, prompts, eos):
+    """The same tokens, from as many passes through the model: the prompt's, then one for each
+    new token but the last (the loop stops when every row has ended)."""
     hf, model, params = models
-    decoder = CausalDecoder(model)
+    decoder = CountingDecoder(model)
     if eos == "frequent":  # a token greedy decoding actually makes, so that rows finish early
         eos = generate(decoder, params, prompts, GenerationConfig(max_new_tokens=12))[0][3]
+        decoder.calls = 0
     ours = generate(decoder, params, prompts, GenerationConfig(
         max_new_tokens=12, eos_token_ids=() if eos is None else (eos,)))
-    ref = _hf_generate(hf, prompts, max_new_tokens=12, do_sample=False, eos_token_id=eos)
+    hf_calls = []
+    hook = hf.register_forward_hook(lambda *_: hf_calls.append(1))
+    try:
+        ref = _hf_generate(hf, prompts, max_new_tokens=12, do_sample=False, eos_token_id=eos)
+    finally:
+        hook.remove()
     assert ours == ref
+    assert decoder.calls == len(hf_calls)
+    assert (len(hf_calls) < 12) == all(len(row) < 12 for row in ours)
     if eos is not None:
         assert any(len(row) < 12 for row in ours)
 

@@ -79,9 +79,10 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
         worst_finished_BxW = jnp.where(is_finished_BxW, finished_scores_BxW.min(axis=1, keepdims=True), EXCLUDED)
         return (best_running_Bx1 > worst_finished_BxW).any(axis=1)
 
-    def step(i, cache, state, phase_mask_BWxS):
-        (logits_BWxV, running_BxWxN, running_scores_BxW, finished_BxWxN, finished_scores_BxW, is_finished_BxW,
-         improvable_B, _) = state
+    def select(i, logits_BWxV, beams):
+        """The beam each running one continues (B x W) and the beams (those that run on, the
+        finished hypotheses) after choosing token i from `logits_BWxV`."""
+        running_BxWxN, running_scores_BxW, finished_BxWxN, finished_scores_BxW, is_finished_BxW, improvable_B, _ = beams
         # The K best continuations of each prompt over all its beams.
         totals_BxWxV = log_probs(i, logits_BWxV, running_BxWxN).reshape(B, W, V) + running_scores_BxW[:, :, None]
         top_scores_BxK, top_flat_BxK = jax.lax.top_k(totals_BxWxV.reshape(B, W * V), K)
@@ -114,27 +115,31 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
 
         improvable_B = improvable_B & may_improve(i, running_scores_BxW, finished_scores_BxW, is_finished_BxW)
         more = improvable_B.any() & ~(is_finished_BxW.all() & stop_when_full) & ~ends_BxK.all()
+        return source_beam_BxW, (running_BxWxN, running_scores_BxW, finished_BxWxN, finished_scores_BxW,
+                                 is_finished_BxW, improvable_B, more)
 
-        # The cache follows the beams; then their new tokens go through the model (after the
-        # last step too, as in sampling: one pass wasted keeps the loop a single while_loop).
+    def step(i, cache, state, phase_mask_BWxS):
+        """Token i of every beam through the model, then token i + 1 chosen."""
+        source_beam_BxW, beams = state
         cache = reorder_cache(cache, (first_row_B[:, None] + source_beam_BxW).reshape(B * W))
-        token_BWx1 = running_BxWxN[:, :, i].reshape(B * W, 1)
+        token_BWx1 = beams[0][:, :, i].reshape(B * W, 1)
         position_BWx1 = (prompt_mask_BWxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
         logits_BWx1xV, cache = decoder.forward(prepared, token_BWx1, phase_mask_BWxS, position_BWx1, cache, P + i)
-        return i + 1, cache, (logits_BWx1xV[:, 0], running_BxWxN, running_scores_BxW, finished_BxWxN,
-                              finished_scores_BxW, is_finished_BxW, improvable_B, more)
+        return i + 1, cache, select(i + 1, logits_BWx1xV[:, 0], beams)
 
     def body_for(length):
         return lambda carry: step(*carry, mask_BWxS[:, :length])
 
-    def more(carry):  # the state's last entry
-        return carry[2][-1]
+    def more(carry):  # the beams' last entry
+        return carry[2][1][-1]
 
     # Only beam 0 starts live, so that the first step does not pick the same token W times.
     running_scores_BxW = jnp.zeros((B, W), jnp.float32).at[:, 1:].set(EXCLUDED)
     tokens_BxWxN = jnp.full((B, W, N), config.pad_token_id, jnp.int32)
-    state = (logits_BWx1xV[:, 0], tokens_BxWxN, running_scores_BxW, tokens_BxWxN,
-             jnp.full((B, W), EXCLUDED, jnp.float32), jnp.zeros((B, W), bool), jnp.ones(B, bool), jnp.asarray(True))
-    _, _, (_, _, _, finished_BxWxN, *_) = growing.while_loop(decoder, more, body_for, (0, cache, state), phases, P)
+    beams = (tokens_BxWxN, running_scores_BxW, tokens_BxWxN, jnp.full((B, W), EXCLUDED, jnp.float32),
+             jnp.zeros((B, W), bool), jnp.ones(B, bool), jnp.asarray(True))
+    # As in sampling (and transformers), the last tokens chosen go through no model pass.
+    carry = (0, cache, select(0, logits_BWx1xV[:, 0], beams))
+    _, _, (_, (_, _, finished_BxWxN, *_)) = growing.while_loop(decoder, more, body_for, carry, phases, P, steps=N - 1)
     # finished hypotheses are kept best first
     return finished_BxWxN[:, :R].reshape(B * R, N)

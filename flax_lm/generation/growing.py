@@ -45,16 +45,16 @@ def lengths(prompt_len: int, new: int, cache_share: float) -> list[int]:
     return out
 
 
-def while_loop(decoder, running, body_for, carry, lengths: list[int], prompt_len: int):
-    """`lax.while_loop` over `carry` = (i, cache, state) in phases of the cache `lengths`:
-    phase j runs the steps i whose new token's slot (prompt_len + i) fits in lengths[j] slots,
-    with the body `body_for(lengths[j])` returns, on `carry`'s cache grown by `decoder.grow`
-    to lengths[j] slots. `running(carry)` may end the loop earlier (the later phases then run
-    no step)."""
+def while_loop(decoder, running, body_for, carry, lengths: list[int], prompt_len: int, steps: int):
+    """`lax.while_loop` over `carry` = (i, cache, state) for the steps i < `steps`, in phases
+    of the cache `lengths`: phase j runs the steps whose new token's slot (prompt_len + i) fits
+    in lengths[j] slots, with the body `body_for(lengths[j])` returns, on `carry`'s cache grown
+    by `decoder.grow` to lengths[j] slots. `running(carry)` may end the loop earlier (the later
+    phases then run no step)."""
     for j, length in enumerate(lengths):
         i, cache, state = carry
         if j:
             cache = decoder.grow(cache, length)
-        steps = length - prompt_len
-        carry = jax.lax.while_loop(lambda c: (c[0] < steps) & running(c), body_for(length), (i, cache, state))
+        end = min(length - prompt_len, steps)
+        carry = jax.lax.while_loop(lambda c: (c[0] < end) & running(c), body_for(length), (i, cache, state))
     return carry

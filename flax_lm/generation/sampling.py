@@ -1,10 +1,10 @@
 """Greedy decoding and sampling, the whole loop in one jitted function (a `lax.while_loop` for
 each phase of `growing`).
 
-The prompt is prefilled in one pass; then each iteration picks a token for every row,
-writes it, and runs that token through the model against the cache. Rows that produced an
-end token are finished: they receive the padding id from then on, and the loop stops as soon
-as all rows are finished or `max_new_tokens` are made.
+The prompt is prefilled in one pass, which gives every row its first token; then each
+iteration runs the last tokens through the model against the cache and picks the next ones.
+Rows that produced an end token are finished: they receive the padding id from then on, and
+the loop stops as soon as all rows are finished or `max_new_tokens` are made.
 """
 
 import functools
@@ -47,19 +47,22 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
                                      minimum_p=config.min_p)
         return jax.random.categorical(jax.random.fold_in(key, i), scores_BxV, axis=-1).astype(jnp.int32)
 
+    def pick(i, logits_BxV, out_BxN, seen_BxV, finished_B):
+        """Token i of every row (B) after `logits_BxV`, and the state with it."""
+        token_B = jnp.where(finished_B, config.pad_token_id, choose(i, logits_BxV, seen_BxV))
+        if streamer is not None:
+            io_callback(streamer, None, token_B, ordered=True)
+        out_BxN = out_BxN.at[:, i].set(token_B)
+        seen_BxV = seen_BxV.at[jnp.arange(B), token_B].set(True)
+        return token_B, out_BxN, seen_BxV, finished_B | jnp.isin(token_B, eos_E)
+
     def body_for(length):
-        def body(carry):
-            i, cache, (logits_BxV, out_BxN, seen_BxV, finished_B) = carry
-            token_B = jnp.where(finished_B, config.pad_token_id, choose(i, logits_BxV, seen_BxV))
-            if streamer is not None:
-                io_callback(streamer, None, token_B, ordered=True)
-            out_BxN = out_BxN.at[:, i].set(token_B)
-            seen_BxV = seen_BxV.at[jnp.arange(B), token_B].set(True)
-            finished_B = finished_B | jnp.isin(token_B, eos_E)
+        def body(carry):  # step i: token i through the model, then token i + 1
+            i, cache, (token_B, *state) = carry
             position_Bx1 = (prompt_mask_BxP.sum(axis=1) + i)[:, None].astype(jnp.int32)
             logits_Bx1xV, cache = decoder.forward(prepared, token_B[:, None], mask_BxS[:, :length], position_Bx1,
                                                   cache, P + i)
-            return i + 1, cache, (logits_Bx1xV[:, 0], out_BxN, seen_BxV, finished_B)
+            return i + 1, cache, pick(i + 1, logits_Bx1xV[:, 0], *state)
         return body
 
     def running(carry):
@@ -67,6 +70,8 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
         return ~finished_B.all()
 
     out_BxN = jnp.full((B, N), config.pad_token_id, jnp.int32)
-    carry = (0, cache, (logits_Bx1xV[:, 0], out_BxN, seen_BxV, jnp.zeros(B, bool)))
-    _, _, (_, out_BxN, _, _) = growing.while_loop(decoder, running, body_for, carry, phases, P)
+    carry = (0, cache, pick(0, logits_Bx1xV[:, 0], out_BxN, seen_BxV, jnp.zeros(B, bool)))
+    # As in transformers, a token goes through the model only if another is to follow it:
+    # one pass for the prompt, then one for each token but the last.
+    _, _, (_, out_BxN, _, _) = growing.while_loop(decoder, running, body_for, carry, phases, P, steps=N - 1)
     return out_BxN
