@@ -224,6 +224,19 @@ def test_greedy_equals_transformers_generate(models, prompts, eos):
         assert any(len(row) < 12 for row in ours)
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_the_last_new_token_needs_no_room_in_the_context(models, beams):
+    """A prompt as long as the context (48) gets one new token, one of 46 three (of five asked
+    for): transformers' tokens, and the number it can make."""
+    hf, model, params = models
+    for length, made in ((48, 1), (46, 3)):
+        prompt = [[(7 * i) % 96 for i in range(length)]]
+        ours = generate(CausalDecoder(model), params, prompt, GenerationConfig(max_new_tokens=5, num_beams=beams))
+        assert [len(row) for row in ours] == [made]
+        assert ours == _hf_generate(hf, prompt, max_new_tokens=made, do_sample=False, num_beams=beams,
+                                    eos_token_id=None)
+
+
 def test_cache_phases_double_up_to_the_full_length_where_the_cache_outweighs_the_weights(monkeypatch):
     assert growing.lengths(32, 480, cache_share=2.4) == [128, 256, 512]
     assert growing.lengths(32, 480, cache_share=0.6) == [512]  # reading the weights dominates a step
@@ -235,7 +248,8 @@ def test_cache_phases_double_up_to_the_full_length_where_the_cache_outweighs_the
     assert growing.lengths(7, 24, cache_share=1.0) == [8, 16, 31]  # the first holds one new token
 
 
-@pytest.mark.parametrize("batch, phases", [(8, [512]), (16, [128, 256, 512])])
+# 32 + 480 tokens: the last one needs no slot
+@pytest.mark.parametrize("batch, phases", [(8, [511]), (16, [128, 256, 511])])
 def test_gpt2_small_decodes_in_phases_from_batch_16_at_512_tokens(batch, phases):
     model = build_model(config_lib.load("gpt2_small", ["--config.model.dtype=bfloat16"]).model)  # shapes only
     decoder = CausalDecoder(model)
@@ -245,7 +259,7 @@ def test_gpt2_small_decodes_in_phases_from_batch_16_at_512_tokens(batch, phases)
 
 
 def test_a_growing_cache_generates_what_transformers_does(models, phased_cache):
-    """Greedy decoding and beam search in three phases (caches of 8, 16 and 31 slots; the first
+    """Greedy decoding and beam search in three phases (caches of 8, 15 and 30 slots; the first
     makes one token): the tokens of one static cache, which are transformers'."""
     hf, model, params = models
     decoder = CausalDecoder(model)
@@ -266,7 +280,7 @@ def test_sampling_with_a_growing_cache_makes_the_tokens_of_a_static_one(models, 
     decoder = CausalDecoder(model)
     config = GenerationConfig(max_new_tokens=24, temperature=0.9, top_k=20, seed=3)
     static = generate(decoder, params, PROMPTS, config)
-    request.getfixturevalue("phased_cache")  # from here on: phases of 8, 16 and 31 slots
+    request.getfixturevalue("phased_cache")  # from here on: phases of 8, 15 and 30 slots
     assert generate(decoder, params, PROMPTS, config) == static
 
 
@@ -367,7 +381,7 @@ def test_sharded_decoding_equals_one_device(models, phased, request):
     ([[1, 2], []], GenerationConfig(), "a prompt is empty"),
     ([[1, 2], [95, 96]], GenerationConfig(), "a prompt has a token id outside the model's vocabulary (0 to 95)"),
     ([[-1]], GenerationConfig(), "outside the model's vocabulary"),
-    ([list(range(48))], GenerationConfig(), "no room to generate"),
+    ([list(range(49))], GenerationConfig(), "no room to generate"),
     ([[1]], GenerationConfig(top_p=0.0), "top_p must be in (0, 1]"),
     ([[1]], GenerationConfig(num_beams=0), "num_beams must be at least 1"),
 ])

@@ -48,7 +48,7 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     # Row b * W + j is beam j of prompt b, as transformers expands its inputs.
     prompt_BWxP = jnp.repeat(prompt_BxP, W, axis=0)
     prompt_mask_BWxP = jnp.repeat(prompt_mask_BxP, W, axis=0)
-    mask_BWxS = jnp.concatenate([prompt_mask_BWxP.astype(bool), jnp.ones((B * W, N), bool)], axis=1)
+    mask_BWxS = jnp.concatenate([prompt_mask_BWxP.astype(bool), jnp.ones((B * W, N - 1), bool)], axis=1)
     context_BW = jax.tree.map(lambda x: jnp.repeat(x, W, axis=0), context)
     phases = growing.phases(decoder, prepared, B * W, P, N)
     logits_BWx1xV, cache = decoder.forward(prepared, prompt_BWxP, mask_BWxS[:, :phases[0]],
@@ -140,6 +140,6 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
              jnp.zeros((B, W), bool), jnp.ones(B, bool), jnp.asarray(True))
     # As in sampling (and transformers), the last tokens chosen go through no model pass.
     carry = (0, cache, select(0, logits_BWx1xV[:, 0], beams))
-    _, _, (_, (_, _, finished_BxWxN, *_)) = growing.while_loop(decoder, more, body_for, carry, phases, P, steps=N - 1)
+    _, _, (_, (_, _, finished_BxWxN, *_)) = growing.while_loop(decoder, more, body_for, carry, phases, P)
     # finished hypotheses are kept best first
     return finished_BxWxN[:, :R].reshape(B * R, N)

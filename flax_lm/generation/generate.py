@@ -20,10 +20,11 @@ def generate(decoder, params, prompts: list[list[int]], config: GenerationConfig
     reads each prompt with its encoder (right-padded, as `transformers` tokenizers pad T5) and
     its decoder starts from `config.decoder_start_token_id`.
 
-    A prompt that leaves no room in the model's context is a UserError; otherwise
-    max_new_tokens is cut to the room there is. `streamer(tokens_B)` sees each step's tokens
-    on the host (greedy and sampling only). `params` may be the decoder's `prepared(params)`,
-    made once for many calls.
+    A prompt longer than the model's context is a UserError; otherwise max_new_tokens is cut to
+    what the context holds: the prompt and every new token but the last, which goes through no
+    pass of the model (a prompt as long as the context still gets one token, as in
+    transformers). `streamer(tokens_B)` sees each step's tokens on the host (greedy and sampling
+    only). `params` may be the decoder's `prepared(params)`, made once for many calls.
     """
     config = config.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -45,7 +46,7 @@ def generate(decoder, params, prompts: list[list[int]], config: GenerationConfig
         context = tuple(jnp.asarray(a) for a in _padded(rows, config.pad_token_id, left=False, width=width))
         rows = [[config.decoder_start_token_id]] * len(rows)
     P = max(len(p) for p in rows)
-    room = decoder.max_len - P
+    room = decoder.max_len - P + 1
     if room < 1:
         raise UserError(f"the prompt has {P} tokens and the model's context is {decoder.max_len}: "
                         f"no room to generate; shorten the prompt")

@@ -27,16 +27,17 @@ WORTH = 1.0
 
 def phases(decoder, prepared, rows: int, prompt_len: int, new: int) -> list[int]:
     """`lengths` for `decoder` making `new` tokens after `prompt_len` for `rows` sequences with
-    the weights `prepared` (`decoder.prepare`)."""
+    the weights `prepared` (`decoder.prepare`). The cache holds all of them but the last: no
+    token after it needs its keys and values."""
     def nbytes(tree):
         return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
-    cache = jax.eval_shape(lambda: decoder.init_cache(rows, prompt_len + new))
-    return lengths(prompt_len, new, nbytes(cache) / nbytes(prepared["params"]))
+    cache = jax.eval_shape(lambda: decoder.init_cache(rows, prompt_len + new - 1))
+    return lengths(prompt_len, new - 1, nbytes(cache) / nbytes(prepared["params"]))
 
 
 def lengths(prompt_len: int, new: int, cache_share: float) -> list[int]:
-    """The cache lengths of the phases of a loop that makes `new` tokens after `prompt_len`,
-    ascending: prompt_len + new last, and where `cache_share` (the bytes of that cache over
+    """The cache lengths of the phases of a loop that writes `new` tokens into the cache after
+    `prompt_len`, ascending: prompt_len + new last, and where `cache_share` (the bytes of that cache over
     those of the weights) is at least WORTH, each one before it half the next (rounded up)
     while that holds at least SMALLEST slots, the prompt and one new token."""
     out = [prompt_len + new]
@@ -45,16 +46,16 @@ def lengths(prompt_len: int, new: int, cache_share: float) -> list[int]:
     return out
 
 
-def while_loop(decoder, running, body_for, carry, lengths: list[int], prompt_len: int, steps: int):
-    """`lax.while_loop` over `carry` = (i, cache, state) for the steps i < `steps`, in phases
-    of the cache `lengths`: phase j runs the steps whose new token's slot (prompt_len + i) fits
-    in lengths[j] slots, with the body `body_for(lengths[j])` returns, on `carry`'s cache grown
-    by `decoder.grow` to lengths[j] slots. `running(carry)` may end the loop earlier (the later
-    phases then run no step)."""
+def while_loop(decoder, running, body_for, carry, lengths: list[int], prompt_len: int):
+    """`lax.while_loop` over `carry` = (i, cache, state) in phases of the cache `lengths`:
+    phase j runs the steps i whose token's slot (prompt_len + i) fits in lengths[j] slots,
+    with the body `body_for(lengths[j])` returns, on `carry`'s cache grown by `decoder.grow`
+    to lengths[j] slots. `running(carry)` may end the loop earlier (the later phases then run
+    no step)."""
     for j, length in enumerate(lengths):
         i, cache, state = carry
         if j:
             cache = decoder.grow(cache, length)
-        end = min(length - prompt_len, steps)
-        carry = jax.lax.while_loop(lambda c: (c[0] < end) & running(c), body_for(length), (i, cache, state))
+        steps = length - prompt_len
+        carry = jax.lax.while_loop(lambda c: (c[0] < steps) & running(c), body_for(length), (i, cache, state))
     return carry

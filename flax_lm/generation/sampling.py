@@ -29,7 +29,7 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
     B, P = prompt_BxP.shape
     prepared = decoder.prepare(params, B)
     N = config.max_new_tokens
-    mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
+    mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
     positions_BxP = left_pad_positions(prompt_mask_BxP)
     phases = growing.phases(decoder, prepared, B, P, N)
     cache = decoder.start(prepared, context, B, phases[0])
@@ -73,5 +73,5 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
     carry = (0, cache, pick(0, logits_Bx1xV[:, 0], out_BxN, seen_BxV, jnp.zeros(B, bool)))
     # As in transformers, a token goes through the model only if another is to follow it:
     # one pass for the prompt, then one for each token but the last.
-    _, _, (_, out_BxN, _, _) = growing.while_loop(decoder, running, body_for, carry, phases, P, steps=N - 1)
+    _, _, (_, out_BxN, _, _) = growing.while_loop(decoder, running, body_for, carry, phases, P)
     return out_BxN
