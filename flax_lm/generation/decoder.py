@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct, traverse_util
 
-from flax_lm import few_rows, sharding
+from flax_lm import few_rows, huge_pages, sharding
 from flax_lm.models import family_module, t5
 from flax_lm.models.layers import DTYPES, OUT_MAJOR, WIDENED, grown_cache
 
@@ -72,8 +72,15 @@ class _Decoder:
         results, at the speed of the rows they were prepared for). Each call otherwise prepares
         them again: for gpt2_small on CPU that is 120-250 ms a call (splitting the stacked layers
         and transposing 85M weights), as much as 6 to 13 one-token steps at batch 1. The caller
-        then holds the prepared copy."""
-        return Prepared(_prepare(self, params, rows))
+        then holds the prepared copy. On CPU, the weights each step reads whole (the
+        out-major or widened copies and the embedding tables) are also moved onto huge pages
+        (`huge_pages`): about 1 s more for gpt2_small, once, for steps 5-8% faster."""
+        variables = _prepare(self, params, rows)
+        streamed = [variables.get(OUT_MAJOR), variables.get(WIDENED),
+                    [x for path, x in traverse_util.flatten_dict(variables["params"]).items()
+                     if path[-1] == "embedding"]]
+        huge_pages.collapse(streamed)
+        return Prepared(variables)
 
 
 @struct.dataclass
