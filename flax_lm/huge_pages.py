@@ -4,7 +4,7 @@ At batch 1 a decoding step reads every weight once, as fast as memory delivers i
 in bfloat16: 247 MB a step). Read through 4 KiB pages, that stream misses the TLB at every
 page and the cores' prefetchers stop at every page's end. On the 2-core AMD EPYC, 248 MB read
 from 2 MiB pages came 6-37% faster than from 4 KiB pages (six in-process paired runs, median
-14%), and gpt2_small's bfloat16 `generate` calls 5-8% faster (bench/RESULTS.md).
+14%), and gpt2_small's bfloat16 `generate` calls at batch 1 2-7% faster (bench/RESULTS.md).
 
 Linux gives huge pages to memory that asks for them (transparent huge pages, "madvise" mode
 by default); XLA's buffers do not ask, and they are written before anything could. So

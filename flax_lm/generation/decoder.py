@@ -74,7 +74,7 @@ class _Decoder:
         and transposing 85M weights), as much as 6 to 13 one-token steps at batch 1. The caller
         then holds the prepared copy. On CPU, the weights each step reads whole (the
         out-major or widened copies and the embedding tables) are also moved onto huge pages
-        (`huge_pages`): about 1 s more for gpt2_small, once, for steps 5-8% faster."""
+        (`huge_pages`): about 1 s more for gpt2_small, once, for calls 2-7% faster at batch 1."""
         variables = _prepare(self, params, rows)
         streamed = [variables.get(OUT_MAJOR), variables.get(WIDENED),
                     [x for path, x in traverse_util.flatten_dict(variables["params"]).items()
