@@ -72,7 +72,7 @@ class _Decoder:
         results, at the speed of the rows they were prepared for). Each call otherwise prepares
         them again: for gpt2_small on CPU that is 120-250 ms a call (splitting the stacked layers
         and transposing 85M weights), as much as 6 to 13 one-token steps at batch 1. The caller
-        then holds the prepared copy. On CPU, the weights each step reads whole (the
+        then holds the prepared copy. On CPU under Linux, the weights each step reads whole (the
         out-major or widened copies and the embedding tables) are also moved onto huge pages
         (`huge_pages`): about 1 s more for gpt2_small, once, for calls 2-7% faster at batch 1."""
         variables = _prepare(self, params, rows)

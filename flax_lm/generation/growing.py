@@ -37,9 +37,9 @@ def phases(decoder, prepared, rows: int, prompt_len: int, new: int) -> list[int]
 
 def lengths(prompt_len: int, new: int, cache_share: float) -> list[int]:
     """The cache lengths of the phases of a loop that writes `new` tokens into the cache after
-    `prompt_len`, ascending: prompt_len + new last, and where `cache_share` (the bytes of that cache over
-    those of the weights) is at least WORTH, each one before it half the next (rounded up)
-    while that holds at least SMALLEST slots, the prompt and one new token."""
+    `prompt_len`, ascending: prompt_len + new last, and where `cache_share` (the bytes of that
+    cache over those of the weights) is at least WORTH, each one before it half the next
+    (rounded up) while that holds at least SMALLEST slots, the prompt and one new token."""
     out = [prompt_len + new]
     while cache_share >= WORTH and (half := -(-out[0] // 2)) >= max(SMALLEST, prompt_len + 1):
         out.insert(0, half)
