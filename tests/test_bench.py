@@ -7,6 +7,7 @@ import platform
 import re
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import jax
@@ -143,34 +144,52 @@ def test_a_ratio_measured_while_other_jobs_shared_the_cores_says_so():
     assert harness.speedup(r, "speedup_vs_torch_eager") == "**1.50x**"
 
 
-def _gpu_script(tmp_path, *steps):
-    """bench/gpu.sh with a stand-in python3 that echoes each step's command and platforms, so nothing
-    here needs a GPU -> (exit status, the steps it ran, its output folder)."""
-    fake, out = tmp_path / "bin", tmp_path / "out"
+def _gpu_script(tmp_path, *steps, env=()):
+    """bench/gpu.sh with a stand-in python3 that echoes each step's command and platforms (and
+    sleeps $FAKE_SLEEP s), so nothing here needs a GPU -> (exit status, the steps it ran, the
+    files it sent back in $OUT, unpacked)."""
+    fake, out, unpacked = tmp_path / "bin", tmp_path / "out", tmp_path / "unpacked"
     fake.mkdir(exist_ok=True)
-    (fake / "python3").write_text('#!/bin/bash\necho "ran: $* on platforms=$JAX_PLATFORMS"\n')
+    (fake / "python3").write_text('#!/bin/bash\necho "ran: $* on platforms=$JAX_PLATFORMS"\nsleep ${FAKE_SLEEP:-0}\n')
     (fake / "python3").chmod(0o755)
     script = Path(__file__).parent.parent / "bench" / "gpu.sh"
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(out)}
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(out), "RUN_DIR": str(tmp_path / "run"),
+           **dict(env)}
     done = subprocess.run(["bash", str(script), *steps], env=env, capture_output=True, text=True,
                           cwd=script.parent.parent)
-    return done.returncode, [line.split(":")[0][3:] for line in done.stdout.splitlines() if line.startswith("== ")], out
+    unpacked.mkdir(exist_ok=True)
+    if (out / "results.tgz").exists():
+        with tarfile.open(out / "results.tgz") as tar:
+            tar.extractall(unpacked, filter="data")
+    ran = [line.split(":")[0][3:] for line in done.stdout.splitlines() if line.startswith("== ")]
+    return done.returncode, ran, out, unpacked
 
 
 def test_gpu_script_runs_only_the_steps_named_so_they_can_be_split_over_calls(tmp_path):
-    # a lent GPU machine runs one command for at most 10 minutes, and the whole script takes about 15
-    assert _gpu_script(tmp_path, "checks", "generate_b256")[:2] == (0, ["checks", "generate_b256"])
-    rc, ran, _ = _gpu_script(tmp_path)
-    assert rc == 0 and ran[0] == "checks" and len(ran) == 7
-    rc, ran, _ = _gpu_script(tmp_path, "generate_b2")
+    # a lent GPU machine runs one command for at most 10 minutes, and the whole script takes about 20;
+    # the steps run in the script's order, the training target first
+    assert _gpu_script(tmp_path, "generate_b256", "checks")[:2] == (0, ["checks", "generate_b256"])
+    rc, ran, _, _ = _gpu_script(tmp_path)
+    assert rc == 0 and ran[0] == "gpt2_small_train" and len(ran) == 7
+    rc, ran, _, _ = _gpu_script(tmp_path, "generate_b2")
     assert rc == 2 and ran == []
 
 
-def test_gpu_script_runs_the_gpu_checks_on_the_gpu(tmp_path):
-    """The suite's conftest picks the CPU where JAX_PLATFORMS is unset (here it is cpu, as there)."""
-    rc, ran, out = _gpu_script(tmp_path, "checks")
-    assert rc == 0 and ran == ["checks"]
-    assert "tests/test_gpu.py on platforms=cuda" in (out / "checks.log").read_text()
+def test_gpu_script_runs_the_gpu_checks_on_the_gpu_and_sends_back_one_packed_file(tmp_path):
+    """The suite's conftest picks the CPU where JAX_PLATFORMS is unset (here it is cpu, as there);
+    a lent machine sends back at most 8 files, so the logs and results come packed."""
+    rc, ran, out, unpacked = _gpu_script(tmp_path, "checks", "generate_b1")
+    assert rc == 0 and ran == ["checks", "generate_b1"]
+    assert [p.name for p in out.iterdir()] == ["results.tgz"]
+    assert "tests/test_gpu.py on platforms=cuda" in (unpacked / "checks.log").read_text()
+    assert "--dtype bfloat16" in (unpacked / "generate_b1.log").read_text()
+    assert {"summary.log", "RESULTS.md", "gpu.txt"} <= {p.name for p in unpacked.iterdir()}
+
+
+def test_a_gpu_step_that_runs_too_long_is_stopped_and_the_next_one_runs(tmp_path):
+    rc, ran, _, unpacked = _gpu_script(tmp_path, "checks", "generate_b1", env={"STEP_TIMEOUT": "1", "FAKE_SLEEP": "5"})
+    assert rc == 1 and ran == ["checks", "generate_b1"]
+    assert (unpacked / "summary.log").read_text().count("TIMED OUT after 1 s") == 2
 
 
 @pytest.mark.parametrize("guess", [None, 8, 72, 80, 200, 4096])
