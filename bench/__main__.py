@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("benchmark", choices=BENCHMARKS)
     parser.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's options (BENCHMARK --help)")
     args = parser.parse_args(argv[:1])
-    if program and args.benchmark in TRAINING:  # huge pages on a CPU, as `flax-lm train` has them
-        host_memory.restart_with_huge_pages()
+    if program and args.benchmark in TRAINING:  # host memory on a CPU as `flax-lm train` has it
+        host_memory.restart_for_cpu_training()
     module = importlib.import_module(BENCHMARKS[args.benchmark][0])
     return module.main(argv[1:], prog=f"python -m bench {args.benchmark}")
 

@@ -67,12 +67,12 @@ def parser(prog: str, doc: str, *, config: str, batch: int | None, seq_len: int 
 
 
 def parse(arg_parser: argparse.ArgumentParser, argv: list[str] | None,
-          huge_pages: bool = False) -> tuple[argparse.Namespace, list[str]]:
+          training: bool = False) -> tuple[argparse.Namespace, list[str]]:
     """(options, the --config.key=value overrides among argv); anything else exits 2 with usage.
-    With `huge_pages`, run as a program (argv None) on a CPU, it first starts the program again
-    with huge pages for both sides, as `flax-lm train` has them (`host_memory`)."""
-    if argv is None and huge_pages:
-        host_memory.restart_with_huge_pages()
+    With `training`, run as a program (argv None) on a CPU, it first starts the program again
+    with the host memory settings of `flax-lm train` for both sides (`host_memory`)."""
+    if argv is None and training:
+        host_memory.restart_for_cpu_training()
     args, extra = arg_parser.parse_known_args(argv)
     unknown = [a for a in extra if not a.startswith("--config.")]
     if unknown:

@@ -251,7 +251,7 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "genera
 
 def entry_point() -> None:
     if sys.argv[1:2] == ["train"]:  # on a CPU; it replaces this process, so only here
-        host_memory.restart_with_huge_pages()
+        host_memory.restart_for_cpu_training()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())
 
