@@ -49,6 +49,27 @@ def test_scanned_layers_compute_the_same_function():
         GPT2LMHeadModel(CFG).apply({"params": params}, ids), atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+@pytest.mark.parametrize("platform, loops", [("cpu", 0), ("tpu", 2)])
+def test_scanned_layers_run_unrolled_on_a_cpu_with_their_stacked_parameters(family, platform, loops, monkeypatch):
+    """On a CPU the scan's loop is unrolled (its bookkeeping cost bert_base's train step 14%);
+    elsewhere the forward and backward passes stay one loop each."""
+    from flax_lm import sharding
+    from flax_lm.models import bert
+    monkeypatch.setattr(sharding, "target_platform", lambda: platform)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(**{**CFG.__dict__, "scan_layers": True}))
+    else:
+        model = bert.BertForMaskedLM(bert.BertConfig(vocab_size=97, max_len=24, d_model=32, n_layers=3, n_heads=4,
+                                                     d_ff=48, scan_layers=True))
+    ids = np.zeros((2, 8), np.int32)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])
+    layers = params["h"] if family == "gpt2" else params["bert"]["layers"]
+    assert {x.shape[0] for x in jax.tree.leaves(layers)} == {3}  # stacked
+    grad = jax.jit(jax.grad(lambda p: jnp.mean(model.apply({"params": p}, ids) ** 2)))
+    assert grad.lower(params).as_text().count("stablehlo.while") == loops
+
+
 @pytest.mark.parametrize("policy", ["full", "dots", "save_block_outputs"])
 def test_remat_policies_keep_the_gradients(policy):
     params = nn.unbox(_init(CFG))
