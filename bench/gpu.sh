@@ -48,7 +48,7 @@ step() {  # step NAME COMMAND...: runs it for at most STEP_TIMEOUT s, its output
   local name=$1 rc; shift
   if (( ${#SELECTED[@]} )) && [[ " ${SELECTED[*]} " != *" $name "* ]]; then return; fi
   echo "== $name: $*" | tee -a "$RUN_DIR/summary.log"
-  timeout "$STEP_TIMEOUT" "$@" > "$RUN_DIR/$name.log" 2>&1
+  timeout --kill-after=20 "$STEP_TIMEOUT" "$@" > "$RUN_DIR/$name.log" 2>&1
   rc=$?
   if (( rc == 124 )); then status=1; echo "   TIMED OUT after ${STEP_TIMEOUT} s (see $name.log)" | tee -a "$RUN_DIR/summary.log"
   elif (( rc )); then status=1; echo "   FAILED (see $name.log)" | tee -a "$RUN_DIR/summary.log"; fi

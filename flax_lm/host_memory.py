@@ -16,8 +16,8 @@ and goes back to it. Only the main thread's heap holds a block over 64 MB (anoth
 back to the kernel's), so XLA:CPU runs each single-device computation on the thread that calls it
 (`jax_cpu_enable_async_dispatch` off): bert_base then makes no page fault a step, before or after a
 pause (3.4-3.5 s back to back, 3.7-4.1 s after 5 s), and `flax-lm train` of gpt2_tiny makes 5% more
-tokens a second. The process keeps
-its peak memory for its life, as a training process needs it again at every step.
+tokens a second. The process keeps its peak memory for its life, as a training process needs it
+again at every step.
 
 glibc reads its tunables only when a process starts, so `flax-lm train` and the training
 benchmarks start themselves again with them set. Decoding is left without: with huge pages,
