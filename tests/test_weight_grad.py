@@ -62,6 +62,19 @@ def test_weight_grad_dot_contracts_a_transposed_copy_on_cpu():
     assert dots == [("1", "0")]
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the column of ones is XLA:CPU's form")
+@pytest.mark.parametrize("dtype,padded", [(jnp.bfloat16, True), (jnp.float32, False)])
+def test_bias_gradient_takes_a_column_of_ones_in_bf16_only_on_cpu(dtype, padded):
+    """bf16 pads x with a column of ones (one dot gives both gradients); float32 multiplies a row
+    of ones by dy instead, and x is never copied padded."""
+    x, dy = jnp.ones((256, 24), dtype), jnp.ones((256, 40), dtype)
+    hlo = jax.jit(weight_grad, static_argnums=(2, 3)).lower(x, dy, 1, True).compile().as_text()
+    assert bool(re.search(r"\[(256,25|25,256)\]", hlo)) == padded
+    dw, db = jax.jit(weight_grad, static_argnums=(2, 3))(x, dy, 1, True)
+    np.testing.assert_array_equal(dw, np.full((24, 40), 256.0))
+    np.testing.assert_array_equal(db, np.full((40,), 256.0))
+
+
 def test_bf16_projection_bias_gradient_is_summed_in_float32():
     """With bf16 compute and float32 parameters, the bias gradient is never rounded to bf16."""
     from flax_lm.models.layers import Projection
