@@ -91,8 +91,9 @@ def dot_product_attention(
         if groups > 1:  # the G query heads of a key/value head are G*T query rows of one product
             allowed = jnp.tile(allowed, (1, 1, groups, 1))
         bias = None if bias_BxNxTxS is None else few_rows.pad(bias_BxNxTxS, 2, count, "edge")
+        blocks = _query_blocks(t, s, causal, kv_mask_BxS, bias, count, kv_cache_layout, query_offset)
         o_BxTxNxH = _explicit(few_rows.pad(q_BxTxNxH, 1, count), k, v, allowed, bias, _scale(q_BxTxNxH, scale),
-                              kv_cache_layout, groups, native)
+                              kv_cache_layout, groups, native, blocks)
         return few_rows.cut(o_BxTxNxH, 1, t)
     if implementation == "reference" or dropout_rate > 0.0:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
@@ -220,16 +221,35 @@ def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b):
     return (s_XxTxS.reshape(b, x // b, t, s) + terms).reshape(x, t, s)
 
 
+def _query_blocks(t, s, causal, kv_mask_BxS, bias, padded_rows, kv_cache_layout, query_offset) -> tuple:
+    """Causal self-attention's queries in 4 blocks, each attending to the keys up to its last row
+    (rows, first row, last row + 1, keys): ((0, T/4, T/4), (T/4, T/2, T/2), ...). The keys after
+    a block's last row are masked for all its rows, so their products and softmax were work whose
+    result is zero: 4 blocks skip 3/8 of it. A gpt2_tiny layer's attention forward and backward
+    (B=32, T=128, 6 heads of 32) 19.5-20.9 -> 13.9-14.2 ms, 2 or 8 blocks 14.7-18.2; the float32
+    train step 6.4-6.9% faster, bf16 4%; gpt2_small's shapes at T=512 91-94 -> 74-78 ms.
+    () (one block) where a row could see no key at all (a key mask: it would spread its weight
+    over the keys its block has, not all S), with a bias, for decoding (a cache, an offset, padded
+    query rows) and below 32 rows a block."""
+    offset_free = isinstance(query_offset, int) and query_offset == 0
+    if not (causal and t == s and t % 4 == 0 and t >= 128 and offset_free) or kv_cache_layout:
+        return ()
+    if kv_mask_BxS is not None or bias is not None or padded_rows:
+        return ()
+    rows = t // 4
+    return tuple((i * rows, (i + 1) * rows, (i + 1) * rows) for i in range(4))
+
+
 # `scale` (a Python float) multiplies the scores; `bias` (or None) is added to them; k and v
 # are already (B*K) x S x H when `kv_cache_layout`; `groups` = N / K query heads share one
 # key/value head (the mask is given for their G*T query rows); `native`: a few query rows over
 # a decoding cache, run as one native kernel call (`few_rows.attends_natively`), its gradient
-# the XLA form's.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native):
+# the XLA form's; `blocks` (`_query_blocks`) splits the query rows, () keeps them whole.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native, blocks):
     if native:
         return _native(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, groups)
-    return _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native)[0]
+    return _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native, blocks)[0]
 
 
 def _native(q, k_XxSxH, v_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, scale, groups):
@@ -246,36 +266,62 @@ def _native(q, k_XxSxH, v_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, scale, groups):
     return _queries_ungrouped(o_XxTxH, b, groups)
 
 
-def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native):
+def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native, blocks):
     b = q.shape[0]
     q = q * jnp.asarray(scale, q.dtype)
     q_XxTxH = _queries_grouped(q, groups)
     k_XxSxH, v_XxSxH = (k, v) if kv_cache_layout else (heads_first(k), heads_first(v))
-    p_XxTxS = jax.nn.softmax(_masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b), axis=-1)
-    o_XxTxH = jnp.einsum("xts,xsh->xth", p_XxTxS.astype(v.dtype), v_XxSxH, preferred_element_type=jnp.float32)
-    o_XxTxH = o_XxTxH.astype(v.dtype)
-    residuals = (_queries_grouped_transposed(q, groups), k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed_Bx1xTxS,
+    ps, outs = [], []
+    for r0, r1, ke in _blocks(blocks, q_XxTxH.shape[1], k_XxSxH.shape[1]):
+        bias = None if bias_BxNxTxS is None else bias_BxNxTxS[:, :, r0:r1, :ke]
+        p = jax.nn.softmax(_masked_scores(q_XxTxH[:, r0:r1], k_XxSxH[:, :ke], allowed_Bx1xTxS[:, :, r0:r1, :ke],
+                                          bias, b), axis=-1)
+        o = jnp.einsum("xts,xsh->xth", p.astype(v.dtype), v_XxSxH[:, :ke], preferred_element_type=jnp.float32)
+        ps.append(p)
+        outs.append(o.astype(v.dtype))
+    o_XxTxH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    residuals = (_queries_grouped_transposed(q, groups), k_XxSxH, v_XxSxH, tuple(ps), o_XxTxH, allowed_Bx1xTxS,
                  bias_BxNxTxS)
     return _queries_ungrouped(o_XxTxH, b, groups), residuals
 
 
-def _explicit_bwd(scale, kv_cache_layout, groups, native, residuals, do_BxTxNxH):
-    qT_XxHxT, k_XxSxH, v_XxSxH, p_XxTxS, o_XxTxH, allowed, bias = residuals
+def _blocks(blocks, t, s):
+    """`blocks`, or the one block of all T query rows over all S keys."""
+    return blocks or ((0, t, s),)
+
+
+def _explicit_bwd(scale, kv_cache_layout, groups, native, blocks, residuals, do_BxTxNxH):
+    qT_XxHxT, k_XxSxH, v_XxSxH, ps, o_XxTxH, allowed, bias = residuals
     b = do_BxTxNxH.shape[0]
     do_XxTxH = _queries_grouped(do_BxTxNxH, groups)
+    doT_XxHxT = _queries_grouped_transposed(do_BxTxNxH, groups)
     f32 = {"preferred_element_type": jnp.float32}  # bf16 inputs, f32 accumulation
-    # dk and dv contract the query rows: computed transposed, (do^T . p)^T and (q^T . ds)^T
-    dvT = jnp.einsum("xht,xts->xhs", _queries_grouped_transposed(do_BxTxNxH, groups),
-                     p_XxTxS.astype(do_XxTxH.dtype), **f32).astype(do_XxTxH.dtype)
-    dp_XxTxS = jnp.einsum("xth,xsh->xts", do_XxTxH, v_XxSxH, **f32)
-    delta_XxTx1 = jnp.sum(do_XxTxH.astype(jnp.float32) * o_XxTxH.astype(jnp.float32), axis=-1, keepdims=True)
-    ds_f32_XxTxS = p_XxTxS * (dp_XxTxS - delta_XxTx1)
-    ds_XxTxS = ds_f32_XxTxS.astype(qT_XxHxT.dtype)
-    dq = (jnp.einsum("xts,xsh->xth", ds_XxTxS, k_XxSxH, **f32) * scale).astype(qT_XxHxT.dtype)
-    dkT = jnp.einsum("xht,xts->xhs", qT_XxHxT, ds_XxTxS, **f32).astype(k_XxSxH.dtype)  # q carries the scale
+    s = k_XxSxH.shape[1]
+    dqs, dkTs, dvTs = [], [], []
+    for (r0, r1, ke), p_XxTxS in zip(_blocks(blocks, o_XxTxH.shape[1], s), ps):
+        do = do_XxTxH[:, r0:r1]
+        # dk and dv contract the query rows: computed transposed, (do^T . p)^T and (q^T . ds)^T
+        dvTs.append(jnp.einsum("xht,xts->xhs", doT_XxHxT[:, :, r0:r1], p_XxTxS.astype(do.dtype), **f32))
+        dp_XxTxS = jnp.einsum("xth,xsh->xts", do, v_XxSxH[:, :ke], **f32)
+        o = o_XxTxH[:, r0:r1]
+        delta_XxTx1 = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
+        ds_f32_XxTxS = p_XxTxS * (dp_XxTxS - delta_XxTx1)
+        ds_XxTxS = ds_f32_XxTxS.astype(qT_XxHxT.dtype)
+        dqs.append(jnp.einsum("xts,xsh->xth", ds_XxTxS, k_XxSxH[:, :ke], **f32) * scale)
+        dkTs.append(jnp.einsum("xht,xts->xhs", qT_XxHxT[:, :, r0:r1], ds_XxTxS, **f32))  # q carries the scale
+    dq = (dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=1)).astype(qT_XxHxT.dtype)
+    dkT, dvT = (_summed_over_blocks(parts, s).astype(k_XxSxH.dtype) for parts in (dkTs, dvTs))
     zeros = jax.tree.map(jnp.zeros_like, allowed)
     dk, dv = (_keys_from_transposed(x, b, kv_cache_layout) for x in (dkT, dvT))
+    # a bias keeps the rows in one block (`_query_blocks`): its ds is the whole scores'
     return _queries_ungrouped(dq, b, groups), dk, dv, zeros, _bias_grad(ds_f32_XxTxS, allowed, bias, b)
+
+
+def _summed_over_blocks(parts_XxHxK, s):
+    """The blocks' key-side gradients (X x H x their keys), each padded to all S keys, summed."""
+    if len(parts_XxHxK) == 1:
+        return parts_XxHxK[0]
+    return sum(jnp.pad(x, ((0, 0), (0, 0), (0, s - x.shape[2]))) for x in parts_XxHxK)
 
 
 def _bias_grad(ds_XxTxS, allowed_Bx1xTxS, bias_BxNxTxS, b):
