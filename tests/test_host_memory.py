@@ -43,8 +43,8 @@ def test_with_the_tunables_a_reallocated_block_is_kept():
 
 
 # A restarted program whose jitted computation holds a 256 MiB temporary (exp(x), gathered
-# from): the page faults of its last three calls of six (the heap settles in the first three),
-# and whether XLA:CPU dispatches asynchronously.
+# from): the page faults of each of its last five calls of eight (the heap settles in the first
+# three), and whether XLA:CPU dispatches asynchronously.
 _STEP_FAULTS = """
 import resource
 from flax_lm import host_memory
@@ -52,20 +52,24 @@ host_memory.restart_for_cpu_training()
 import jax, jax.numpy as jnp
 x = jnp.linspace(0.0, 1.0, 1 << 26)
 f = jax.jit(lambda x: jnp.exp(x)[::-1][:-1].sum())
-for i in range(6):
-    if i == 3:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
+for i in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, jax.config.values["jax_cpu_enable_async_dispatch"])
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults[3:], jax.config.values["jax_cpu_enable_async_dispatch"])
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
 def test_a_restarted_program_keeps_its_computations_temporaries():
     """XLA:CPU runs the computation on the main thread, whose heap keeps the block it frees (a
-    worker thread's heap gives a block over 64 MB back, and each call faulted in 640 pages)."""
-    faults, dispatches_asynchronously = _run(_STEP_FAULTS, {"JAX_PLATFORMS": "cpu"}).split()
-    assert int(faults) < 10 and dispatches_asynchronously == "False"
+    worker thread's heap gives a block over 64 MB back, and each call faulted in 640 pages). A
+    call may still find its block taken back by the kernel now and then (once, in the full
+    suite, a call made 128 faults: the block's 2 MiB pages), so most calls, not all, make none."""
+    *faults, dispatches_asynchronously = _run(_STEP_FAULTS, {"JAX_PLATFORMS": "cpu"}).split()
+    assert dispatches_asynchronously == "False"
+    assert sorted(map(int, faults))[2] < 10, faults
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
