@@ -228,14 +228,13 @@ def _query_blocks(t, s, causal, kv_mask_BxS, bias, padded_rows, kv_cache_layout,
     result is zero: 4 blocks skip 3/8 of it. A gpt2_tiny layer's attention forward and backward
     (B=32, T=128, 6 heads of 32) 19.5-20.9 -> 13.9-14.2 ms, 2 or 8 blocks 14.7-18.2; the float32
     train step 6.4-6.9% faster, bf16 4%; gpt2_small's shapes at T=512 91-94 -> 74-78 ms.
-    () (one block) where a row could see no key at all (a key mask: it would spread its weight
-    over the keys its block has, not all S), with a bias, for decoding (a cache, an offset, padded
-    query rows) and below 32 rows a block."""
+    One block of all rows over all keys, ((0, None, None),), where a row could see no key at all (a
+    key mask: it would spread its weight over the keys its block has, not all S), with a bias, for
+    decoding (a cache, an offset, padded query rows) and below 32 rows a block."""
     offset_free = isinstance(query_offset, int) and query_offset == 0
-    if not (causal and t == s and t % 4 == 0 and t >= 128 and offset_free) or kv_cache_layout:
-        return ()
-    if kv_mask_BxS is not None or bias is not None or padded_rows:
-        return ()
+    splits = causal and t == s and t % 4 == 0 and t >= 128 and offset_free and not kv_cache_layout
+    if not splits or kv_mask_BxS is not None or bias is not None or padded_rows:
+        return ((0, None, None),)
     rows = t // 4
     return tuple((i * rows, (i + 1) * rows, (i + 1) * rows) for i in range(4))
 
@@ -244,7 +243,7 @@ def _query_blocks(t, s, causal, kv_mask_BxS, bias, padded_rows, kv_cache_layout,
 # are already (B*K) x S x H when `kv_cache_layout`; `groups` = N / K query heads share one
 # key/value head (the mask is given for their G*T query rows); `native`: a few query rows over
 # a decoding cache, run as one native kernel call (`few_rows.attends_natively`), its gradient
-# the XLA form's; `blocks` (`_query_blocks`) splits the query rows, () keeps them whole.
+# the XLA form's; `blocks` (`_query_blocks`): the query rows' blocks and the keys each sees.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
 def _explicit(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout, groups, native, blocks):
     if native:
@@ -272,22 +271,16 @@ def _explicit_fwd(q, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale, kv_cache_layout
     q_XxTxH = _queries_grouped(q, groups)
     k_XxSxH, v_XxSxH = (k, v) if kv_cache_layout else (heads_first(k), heads_first(v))
     ps, outs = [], []
-    for r0, r1, ke in _blocks(blocks, q_XxTxH.shape[1], k_XxSxH.shape[1]):
-        bias = None if bias_BxNxTxS is None else bias_BxNxTxS[:, :, r0:r1, :ke]
+    for r0, r1, ke in blocks:  # a bias keeps the rows in one block (`_query_blocks`), so it is whole
         p = jax.nn.softmax(_masked_scores(q_XxTxH[:, r0:r1], k_XxSxH[:, :ke], allowed_Bx1xTxS[:, :, r0:r1, :ke],
-                                          bias, b), axis=-1)
+                                          bias_BxNxTxS, b), axis=-1)
         o = jnp.einsum("xts,xsh->xth", p.astype(v.dtype), v_XxSxH[:, :ke], preferred_element_type=jnp.float32)
         ps.append(p)
         outs.append(o.astype(v.dtype))
-    o_XxTxH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    o_XxTxH = jnp.concatenate(outs, axis=1)  # one block: no concatenation
     residuals = (_queries_grouped_transposed(q, groups), k_XxSxH, v_XxSxH, tuple(ps), o_XxTxH, allowed_Bx1xTxS,
                  bias_BxNxTxS)
     return _queries_ungrouped(o_XxTxH, b, groups), residuals
-
-
-def _blocks(blocks, t, s):
-    """`blocks`, or the one block of all T query rows over all S keys."""
-    return blocks or ((0, t, s),)
 
 
 def _explicit_bwd(scale, kv_cache_layout, groups, native, blocks, residuals, do_BxTxNxH):
@@ -298,7 +291,7 @@ def _explicit_bwd(scale, kv_cache_layout, groups, native, blocks, residuals, do_
     f32 = {"preferred_element_type": jnp.float32}  # bf16 inputs, f32 accumulation
     s = k_XxSxH.shape[1]
     dqs, dkTs, dvTs = [], [], []
-    for (r0, r1, ke), p_XxTxS in zip(_blocks(blocks, o_XxTxH.shape[1], s), ps):
+    for (r0, r1, ke), p_XxTxS in zip(blocks, ps):
         do = do_XxTxH[:, r0:r1]
         # dk and dv contract the query rows: computed transposed, (do^T . p)^T and (q^T . ds)^T
         dvTs.append(jnp.einsum("xht,xts->xhs", doT_XxHxT[:, :, r0:r1], p_XxTxS.astype(do.dtype), **f32))
@@ -309,7 +302,7 @@ def _explicit_bwd(scale, kv_cache_layout, groups, native, blocks, residuals, do_
         ds_XxTxS = ds_f32_XxTxS.astype(qT_XxHxT.dtype)
         dqs.append(jnp.einsum("xts,xsh->xth", ds_XxTxS, k_XxSxH[:, :ke], **f32) * scale)
         dkTs.append(jnp.einsum("xht,xts->xhs", qT_XxHxT[:, :, r0:r1], ds_XxTxS, **f32))  # q carries the scale
-    dq = (dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=1)).astype(qT_XxHxT.dtype)
+    dq = jnp.concatenate(dqs, axis=1).astype(qT_XxHxT.dtype)
     dkT, dvT = (_summed_over_blocks(parts, s).astype(k_XxSxH.dtype) for parts in (dkTs, dvTs))
     zeros = jax.tree.map(jnp.zeros_like, allowed)
     dk, dv = (_keys_from_transposed(x, b, kv_cache_layout) for x in (dkT, dvT))
@@ -319,9 +312,8 @@ def _explicit_bwd(scale, kv_cache_layout, groups, native, blocks, residuals, do_
 
 def _summed_over_blocks(parts_XxHxK, s):
     """The blocks' key-side gradients (X x H x their keys), each padded to all S keys, summed."""
-    if len(parts_XxHxK) == 1:
-        return parts_XxHxK[0]
-    return sum(jnp.pad(x, ((0, 0), (0, 0), (0, s - x.shape[2]))) for x in parts_XxHxK)
+    padded = [x if x.shape[2] == s else jnp.pad(x, ((0, 0), (0, 0), (0, s - x.shape[2]))) for x in parts_XxHxK]
+    return functools.reduce(jnp.add, padded)
 
 
 def _bias_grad(ds_XxTxS, allowed_Bx1xTxS, bias_BxNxTxS, b):

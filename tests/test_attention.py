@@ -183,4 +183,4 @@ def test_query_blocks_keep_the_rows_whole_where_a_block_would_change_them(case):
     args.update({"no causal": {"causal": False}, "key mask": {"kv_mask_BxS": jnp.ones((1, 128), bool)},
                  "bias": {"bias": jnp.zeros((1, 1, 128, 128))}, "offset": {"query_offset": 3},
                  "cross": {"s": 256}, "short": {"t": 64, "s": 64}, "cache layout": {"kv_cache_layout": True}}[case])
-    assert attention._query_blocks(**args) == ()
+    assert attention._query_blocks(**args) == ((0, None, None),)
