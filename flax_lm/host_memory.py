@@ -50,10 +50,13 @@ def cpu_training_environment(environ) -> dict | None:
     """`environ` with TUNABLES added to GLIBC_TUNABLES, or None where they are set already, or
     JAX will not compute on the CPU (XLA's temporaries live on the device), or the system is not
     Linux."""
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if not sys.platform.startswith("linux") or _has_tunables(environ) or not computes_on_cpu(environ):
+    if not _glibc_on_cpu(environ) or _has_tunables(environ):
         return None
-    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, *TUNABLES)))}
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (environ.get("GLIBC_TUNABLES", ""), *TUNABLES)))}
+
+
+def _glibc_on_cpu(environ) -> bool:
+    return sys.platform.startswith("linux") and computes_on_cpu(environ)
 
 
 def _has_tunables(environ) -> bool:
@@ -72,6 +75,6 @@ def restart_for_cpu_training() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
-    if sys.platform.startswith("linux") and _has_tunables(os.environ) and computes_on_cpu(os.environ):
+    if _glibc_on_cpu(os.environ) and _has_tunables(os.environ):
         import jax  # here, not above: the first process only starts the second
         jax.config.update("jax_cpu_enable_async_dispatch", False)
