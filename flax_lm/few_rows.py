@@ -77,7 +77,7 @@ def rows_times(x_RxI: jax.Array, kernel_FxI: jax.Array, decoding: bool = False) 
     """x_RxI . kernel_FxI^T, an (out, in) kernel, accumulated in float32, in the form that is fast
     for x's rows: a kernel wider than x (`widened`: float32 copies of 16-bit values) takes x
     widened to it; bfloat16 rows take a native kernel (`native`): a few always, many where
-    `decoding` (a call over a key/value cache: training keeps XLA's products, and their
+    `decoding` (a call over a key/value cache: training keeps XLA's products, with `_product`'s
     gradients); else the kernel is taken in x's dtype and x padded as `as_rows` does."""
     if kernel_FxI.dtype.itemsize > x_RxI.dtype.itemsize:
         return _product(x_RxI.astype(kernel_FxI.dtype), kernel_FxI)
