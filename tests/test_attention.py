@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_lm.attention import dot_product_attention, heads_first
+from flax_lm.attention import _query_blocks, dot_product_attention, heads_first
 
 
 def _qkv(seed=0, b=2, t=7, n=3, h=8):
@@ -159,8 +159,7 @@ def test_grouped_keys_and_values_equal_repeated_ones_in_values_and_gradients(imp
 def test_causal_query_blocks_give_the_reference_values_and_gradients(segments, dtype, atol):
     """At 128 rows or more causal self-attention runs its queries in 4 blocks, each over the
     keys up to its last row: the values and gradients of all the rows at once."""
-    from flax_lm import attention
-    assert len(attention._query_blocks(128, 128, True, None, None, 0, False, 0)) == 4
+    assert len(_query_blocks(128, 128, True, None, None, 0, False, 0)) == 4
     q, k, v = _qkv(seed=3, b=2, t=128, n=2, h=16)
     ids = jnp.asarray([[1] * 50 + [2] * 78, [1] * 128], jnp.int32) if segments else None
 
@@ -177,10 +176,9 @@ def test_causal_query_blocks_give_the_reference_values_and_gradients(segments, d
 
 @pytest.mark.parametrize("case", ["no causal", "key mask", "bias", "offset", "cross", "short", "cache layout"])
 def test_query_blocks_keep_the_rows_whole_where_a_block_would_change_them(case):
-    from flax_lm import attention
     args = dict(t=128, s=128, causal=True, kv_mask_BxS=None, bias=None, padded_rows=0, kv_cache_layout=False,
                 query_offset=0)
     args.update({"no causal": {"causal": False}, "key mask": {"kv_mask_BxS": jnp.ones((1, 128), bool)},
                  "bias": {"bias": jnp.zeros((1, 1, 128, 128))}, "offset": {"query_offset": 3},
                  "cross": {"s": 256}, "short": {"t": 64, "s": 64}, "cache layout": {"kv_cache_layout": True}}[case])
-    assert attention._query_blocks(**args) == ((0, None, None),)
+    assert _query_blocks(**args) == ((0, None, None),)
