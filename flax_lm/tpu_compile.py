@@ -35,7 +35,7 @@ EXAMPLE_TOPOLOGIES = "v5e:2x2, v5e:4x4, v5p:2x2x1, v5p:4x4x4, v6e:2x2"
 def topology_devices(name: str, num_slices: int = 1) -> list:
     """The devices of a TPU topology such as v5e:4x4 (num_slices of them for multi-slice)."""
     if importlib.util.find_spec("libtpu") is None:
-        raise UserError("compiling for a TPU topology needs libtpu: pip install \"jax[tpu]\"")
+        raise UserError("compiling for a TPU topology needs libtpu: pip install 'flax_lm[tpu]'")
     # Compiling touches no chip, so several processes may hold libtpu at once (a test and its subprocess).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:

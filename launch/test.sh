@@ -4,6 +4,7 @@
 # already satisfied and pip does not pull CUDA packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash launch/base_install_check.sh
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
 # libtpu, for compiling to TPU topologies on this machine (tests/test_tpu_compile.py); pinned to the

@@ -200,7 +200,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     try:
         import pyarrow.parquet
     except ImportError:
-        raise UserError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+        raise UserError(f"{path}: reading Parquet needs pyarrow: pip install 'flax_lm[parquet]'") from None
     try:
         table = pyarrow.parquet.read_table(path)
     except (OSError, pyarrow.ArrowException) as e:

@@ -72,7 +72,7 @@ def _tfds():
         import tensorflow_datasets
     except ImportError:
         raise UserError("tfds: sources need tensorflow-datasets and tensorflow: "
-                        "pip install tensorflow-datasets tensorflow-cpu") from None
+                        "pip install 'flax_lm[tfds]'") from None
     return tensorflow_datasets
 
 
