@@ -16,7 +16,6 @@ import argparse
 import importlib
 import sys
 
-from flax_lm import host_memory
 
 BENCHMARKS = {  # name: (module, what it measures)
     "gpt2-train": ("bench.gpt2_train", "training throughput, GPT-2 vs transformers.GPT2LMHeadModel"),
@@ -25,20 +24,17 @@ BENCHMARKS = {  # name: (module, what it measures)
     "input": ("bench.input_pipeline", "input pipeline throughput: read, tokenize, pack + batch"),
     "max-batch": ("bench.max_batch", "the largest GPT-2 training batch that fits, flax_lm by remat policy vs PyTorch"),
 }
-TRAINING = ("gpt2-train", "bert-mlm")
 
 
 def main(argv: list[str] | None = None):
     """Runs the benchmark named by argv[0] with the rest of argv; returns its result."""
-    program, argv = argv is None, sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.strip().splitlines()[0],
         epilog="benchmarks: " + "; ".join(f"{name}: {what}" for name, (_, what) in BENCHMARKS.items()))
     parser.add_argument("benchmark", choices=BENCHMARKS)
     parser.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's options (BENCHMARK --help)")
     args = parser.parse_args(argv[:1])
-    if program and args.benchmark in TRAINING:  # host memory on a CPU as `flax-lm train` has it
-        host_memory.restart_for_cpu_training()
     module = importlib.import_module(BENCHMARKS[args.benchmark][0])
     return module.main(argv[1:], prog=f"python -m bench {args.benchmark}")
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.bert_mlm") 
     parser = harness.parser(prog, __doc__, config="bert_base", batch=8, seq_len=128, steps=3, warmup=2, rounds=3,
                             seq_help="tokens per sequence")
     parser.add_argument("--predictions", type=int, default=20, help="masked positions a sequence (default: 20)")
-    args, overrides = harness.parse(parser, argv, training=True)
+    args, overrides = harness.parse(parser, argv)
     device = harness.torch_setup()
     # dropout off on both sides (the two libraries' dropout masks differ anyway), MLM only
     cfg = config_lib.load(args.config, overrides + [

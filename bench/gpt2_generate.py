@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.gpt2_genera
     decoder = CausalDecoder(model)
 
     def prepare():
-        return jax.block_until_ready(decoder.prepared(params, args.batch))
+        return jax.block_until_ready(decoder.prepared(params))
     prepare()  # compiled before it is timed
     prepare_times = harness.time_calls(prepare, 3)
     prepared = prepare()

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.gpt2_train"
     """Runs the benchmark with command-line `argv`; returns the result (also printed as JSON)."""
     parser = harness.parser(prog, __doc__, config="gpt2_tiny", batch=None, seq_len=None, steps=10, warmup=3,
                             rounds=3)
-    args, overrides = harness.parse(parser, argv, training=True)
+    args, overrides = harness.parse(parser, argv)
     device = harness.torch_setup()
     overrides += [f"--config.model.dtype={args.dtype}", "--config.model.dropout=0.0",
                   "--config.model.attention_dropout=0.0", "--config.train.grad_accum_steps=1"]

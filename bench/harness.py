@@ -23,7 +23,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flax_lm import hardware, host_memory, optim, state_init  # noqa: E402
+from flax_lm import hardware, optim, state_init  # noqa: E402
 from flax_lm import mesh as mesh_lib  # noqa: E402
 from flax_lm.interop import gpt2 as interop  # noqa: E402
 from flax_lm.models import build_model, head_name  # noqa: E402
@@ -66,13 +66,8 @@ def parser(prog: str, doc: str, *, config: str, batch: int | None, seq_len: int 
     return p
 
 
-def parse(arg_parser: argparse.ArgumentParser, argv: list[str] | None,
-          training: bool = False) -> tuple[argparse.Namespace, list[str]]:
-    """(options, the --config.key=value overrides among argv); anything else exits 2 with usage.
-    With `training`, run as a program (argv None) on a CPU, it first starts the program again
-    with the host memory settings of `flax-lm train` for both sides (`host_memory`)."""
-    if argv is None and training:
-        host_memory.restart_for_cpu_training()
+def parse(arg_parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(options, the --config.key=value overrides among argv); anything else exits 2 with usage."""
     args, extra = arg_parser.parse_known_args(argv)
     unknown = [a for a in extra if not a.startswith("--config.")]
     if unknown:

@@ -5,7 +5,6 @@ import os
 import sys
 from pathlib import Path
 
-from flax_lm import host_memory
 from flax_lm.errors import UserError
 
 
@@ -250,8 +249,6 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "genera
 
 
 def entry_point() -> None:
-    if sys.argv[1:2] == ["train"]:  # on a CPU; it replaces this process, so only here
-        host_memory.restart_for_cpu_training()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())
 

@@ -1,8 +1,5 @@
 """What the hardware can do: peak dense bf16 FLOP/s per device kind, for model FLOPs utilisation
-(MFU), and the host CPU's features."""
-
-import functools
-from pathlib import Path
+(MFU)."""
 
 import jax
 
@@ -29,13 +26,3 @@ def peak_flops_per_device(override: float = 0.0) -> float | None:
         return override
     kind = jax.devices()[0].device_kind
     return PEAK_BF16_FLOPS.get(kind)
-
-
-@functools.cache
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The host CPU's feature flags from `cpuinfo` (none where there is no such file, e.g. on macOS)."""
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-    except OSError:
-        return frozenset()
-    return next((frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), frozenset())

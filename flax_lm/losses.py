@@ -16,8 +16,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from flax_lm import sharding
-from flax_lm.weight_grad import weight_grad
 
 
 def linear_cross_entropy(hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT, chunk_len: int = 0,
@@ -84,7 +82,6 @@ def _chunked(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT)
 
 def _chunked_fwd(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT):
     vocab = weight_VxD.shape[0]
-    on_cpu = sharding.target_platform() == "cpu"
 
     def body(carry, chunk):
         total, dweight = carry
@@ -98,15 +95,12 @@ def _chunked_fwd(chunk_len, eps, hidden_BxTxD, weight_VxD, targets_BxT, weights_
         dlogits_cxBxV = dlogits_cxBxV.astype(hidden_BxTxD.dtype)
         dh_cxBxD = jnp.einsum("cbv,vd->cbd", dlogits_cxBxV, weight_VxD.astype(hidden_BxTxD.dtype),
                               preferred_element_type=jnp.float32).astype(hidden_BxTxD.dtype)
-        # on CPU accumulated as D x V, so that weight_grad copies the narrow h, not the logits
-        dweight = dweight + (weight_grad(h_cxBxD, dlogits_cxBxV, 2) if on_cpu
-                             else weight_grad(dlogits_cxBxV, h_cxBxD, 2))
+        dweight = dweight + jnp.einsum("cbv,cbd->vd", dlogits_cxBxV, h_cxBxD, preferred_element_type=jnp.float32)
         return (total, dweight), dh_cxBxD
 
     chunks = (_split(hidden_BxTxD, chunk_len), _split(targets_BxT, chunk_len), _split(weights_BxT, chunk_len))
-    init = (jnp.float32(0), jnp.zeros(weight_VxD.shape[::-1] if on_cpu else weight_VxD.shape, jnp.float32))
-    (total, dweight), dh = jax.lax.scan(body, init, chunks)
-    dweight_VxD = dweight.T if on_cpu else dweight
+    init = (jnp.float32(0), jnp.zeros(weight_VxD.shape, jnp.float32))
+    (total, dweight_VxD), dh = jax.lax.scan(body, init, chunks)
     return total, (_merge(dh, hidden_BxTxD), dweight_VxD.astype(weight_VxD.dtype), targets_BxT, weights_BxT)
 
 

@@ -156,11 +156,11 @@ def generate_ids(run: Run, params, ids: list[list[int]], streamer=None, **overri
         return generate(for_model(run.model), params, ids, config, streamer)
 
 
-def decoding_weights(run: Run, params, rows: int):
-    """`params` prepared once for decoding `rows` sequences at a time, to pass to many
-    `generate_ids` calls in their place (see `CausalDecoder.prepared`)."""
+def decoding_weights(run: Run, params):
+    """`params` prepared once for decoding, to pass to many `generate_ids` calls in their place
+    (see `CausalDecoder.prepared`)."""
     with sharding.activate(run.mesh):
-        return for_model(run.model).prepared(params, rows)
+        return for_model(run.model).prepared(params)
 
 
 def special_ids(cfg, tokenizer) -> tuple[int, int]:

@@ -12,7 +12,7 @@ def generated_outputs(run, params, dataset, count: int) -> list[str]:
     size; the last batch is filled up with copies of its last source (and their outputs dropped),
     so every batch has one shape and the decoding loop compiles once."""
     batch = run.cfg.train.batch_size
-    params = decoding_weights(run, params, batch * run.cfg.sample.num_beams)
+    params = decoding_weights(run, params)
     outputs = []
     for start in range(0, count, batch):
         rows = np.minimum(np.arange(start, start + batch), count - 1)

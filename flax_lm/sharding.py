@@ -78,14 +78,6 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def target_platform() -> str:
-    """The platform the traced program is for: the ambient mesh's (a TPU topology's when compiling
-    ahead of time on another machine), else the default backend's."""
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else mesh.abstract_device
-    return jax.default_backend() if device is None else device.platform
-
-
 @contextlib.contextmanager
 def activate(mesh: jax.sharding.Mesh):
     """Makes `mesh` and the logical-axis rules ambient, for tracing and running steps."""

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
-from flax_lm import sharding
+from flax_lm import backends, sharding
 
 # 512 x 512 blocks amortize the kernel's per-block overhead and fill the MXU (MaxText's
 # default) while the f32 score tile (1 MiB) stays well inside VMEM; shorter sequences take
@@ -24,18 +24,26 @@ from flax_lm import sharding
 BLOCK_SIZES = (512, 256, 128)
 
 
-def supports(t: int, s: int, causal: bool, segment_ids_BxT, query_offset, bias_BxNxTxS) -> bool:
-    """Whether the kernel computes this attention (T queries, S keys); else the caller falls back."""
+def unsupported(t: int, s: int, causal: bool, segment_ids_BxT, query_offset, bias_BxNxTxS) -> str | None:
+    """None where the kernel computes this attention (T queries, S keys), else what it does not
+    take, for the caller's one-line fallback."""
     aligned = isinstance(query_offset, int) and query_offset == 0  # a KV cache's offset is traced
-    return (bias_BxNxTxS is None and (aligned or not causal) and t % BLOCK_SIZES[-1] == 0
-            and s % BLOCK_SIZES[-1] == 0 and (segment_ids_BxT is None or t == s))
+    if bias_BxNxTxS is not None:
+        return "an attention bias"
+    if causal and not aligned:
+        return "queries offset into a decoding cache"
+    if t % BLOCK_SIZES[-1] or s % BLOCK_SIZES[-1]:
+        return f"{t} queries x {s} keys (not multiples of {BLOCK_SIZES[-1]})"
+    if segment_ids_BxT is not None and t != s:
+        return "segment ids with queries and keys of different lengths"
+    return None
 
 
 def splash_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, *, causal: bool, kv_mask_BxS=None,
                      segment_ids_BxT=None, scale: float) -> jax.Array:
     """softmax(scale * q k^T) v with `dot_product_attention`'s masks; B x T x N x H in q's dtype.
 
-    `supports` must hold. Under `jax.set_mesh` the batch is split over the mesh axes of the
+    `unsupported` must be None. Under `jax.set_mesh` the batch is split over the mesh axes of the
     logical "batch" axis and the heads over those of "act_heads", where they divide evenly.
     """
     q_BxTxNxH = q_BxTxNxH * jnp.asarray(scale, q_BxTxNxH.dtype)
@@ -48,7 +56,7 @@ def splash_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, *, causal: bool, kv_mask_B
     if kv_mask_BxS is not None:
         masks["kv_mask_BxS"] = kv_mask_BxS.astype(bool)
     mesh = jax.sharding.get_abstract_mesh()  # the one jax.set_mesh made ambient, if any
-    local = functools.partial(_local_attention, causal=causal, interpret=sharding.target_platform() != "tpu")
+    local = functools.partial(_local_attention, causal=causal, interpret=not backends.current().compiles_pallas)
     if mesh.empty or mesh.size == 1:
         return local(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, masks)
     batch = _mesh_axes("batch", q_BxTxNxH.shape[0], mesh)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_lm.attention import _query_blocks, dot_product_attention, heads_first
+from flax_lm.attention import dot_product_attention
+from flax_lm.explicit_attention import heads_first
 
 
 def _qkv(seed=0, b=2, t=7, n=3, h=8):
@@ -156,10 +157,8 @@ def test_grouped_keys_and_values_equal_repeated_ones_in_values_and_gradients(imp
 
 @pytest.mark.parametrize("segments", [False, True])
 @pytest.mark.parametrize("dtype,atol", [(jnp.float32, 2e-5), (jnp.bfloat16, 0.05)])
-def test_causal_query_blocks_give_the_reference_values_and_gradients(segments, dtype, atol):
-    """At 128 rows or more causal self-attention runs its queries in 4 blocks, each over the
-    keys up to its last row: the values and gradients of all the rows at once."""
-    assert len(_query_blocks(128, 128, True, None, None, 0, False, 0)) == 4
+def test_causal_self_attention_with_packed_documents_gives_the_reference_values_and_gradients(segments, dtype,
+                                                                                             atol):
     q, k, v = _qkv(seed=3, b=2, t=128, n=2, h=16)
     ids = jnp.asarray([[1] * 50 + [2] * 78, [1] * 128], jnp.int32) if segments else None
 
@@ -169,16 +168,3 @@ def test_causal_query_blocks_give_the_reference_values_and_gradients(segments, d
         return jnp.sum(out * jnp.cos(out)), out
 
     _assert_same_values_and_gradients(loss, (1, 2, 3), ("reference", q, k, v), ("explicit", q, k, v), atol)
-    # four products of 32 query rows, over 32, 64, 96 and 128 keys
-    hlo = jax.jit(lambda q, k, v: loss("explicit", q, k, v)[0]).lower(q, k, v).as_text()
-    assert all(f"4x32x{keys}x" in hlo for keys in (32, 64, 96, 128))
-
-
-@pytest.mark.parametrize("case", ["no causal", "key mask", "bias", "offset", "cross", "short", "cache layout"])
-def test_query_blocks_keep_the_rows_whole_where_a_block_would_change_them(case):
-    args = dict(t=128, s=128, causal=True, kv_mask_BxS=None, bias=None, padded_rows=0, kv_cache_layout=False,
-                query_offset=0)
-    args.update({"no causal": {"causal": False}, "key mask": {"kv_mask_BxS": jnp.ones((1, 128), bool)},
-                 "bias": {"bias": jnp.zeros((1, 1, 128, 128))}, "offset": {"query_offset": 3},
-                 "cross": {"s": 256}, "short": {"t": 64, "s": 64}, "cache layout": {"kv_cache_layout": True}}[case])
-    assert _query_blocks(**args) == ((0, None, None),)

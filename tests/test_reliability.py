@@ -20,7 +20,7 @@ from conftest import tiny_config
 
 from bench import soak
 from flax_lm import config as config_lib
-from flax_lm import optim, sharding, train
+from flax_lm import backends, optim, train
 from flax_lm import run as run_lib
 from flax_lm.checkpointing import UNREADABLE, Checkpointer
 from flax_lm.data import length_buckets
@@ -28,7 +28,7 @@ from flax_lm.errors import UserError
 from flax_lm.models import build_model
 from flax_lm.state_init import create_state, state_shardings
 from flax_lm.tasks import get_task
-from flax_lm.train_step import make_train_step, update_if_finite
+from flax_lm.train_step import make_train_step
 
 
 def _final(cfg, workdir):
@@ -170,7 +170,7 @@ def _poisoned_loader(bad_call: int):
 @pytest.mark.parametrize("platform", ["cpu", "gpu"])  # a lax.cond on CPU, a select elsewhere
 @pytest.mark.parametrize("policy", ["skip", "stop"])
 def test_a_nonfinite_step_changes_no_parameter(policy, platform, shakespeare, monkeypatch):
-    monkeypatch.setattr(sharding, "target_platform", lambda: platform)
+    monkeypatch.setattr(backends, "platform", lambda: platform)
     cfg = tiny_config(train=dict(nonfinite_policy=policy))
     cfg.parallel.update(data=1)
     model = build_model(cfg.model)
@@ -202,8 +202,7 @@ def test_the_kept_or_updated_state_is_the_same_on_every_platform(finite, monkeyp
 
     outs = {}
     for platform in ("cpu", "gpu"):
-        monkeypatch.setattr(sharding, "target_platform", lambda: platform)
-        step = jax.jit(lambda p, s: update_if_finite(jnp.asarray(finite), update, p, s))
+        step = jax.jit(lambda p, s: backends.for_platform(platform).update_if_finite(jnp.asarray(finite), update, p, s))
         outs[platform] = step(params, tx.init(params))
     jax.tree.map(np.testing.assert_array_equal, outs["cpu"], outs["gpu"])
     expected = update(params, tx.init(params)) if finite else (params, tx.init(params))

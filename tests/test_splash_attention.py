@@ -3,6 +3,7 @@ reference forward and backward; what it cannot do falls back; under a mesh it ru
 in a shard_map; and the real train step compiles for a TPU topology with the Mosaic kernel in it."""
 
 import importlib.util
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from flax_lm import config, splash_attention
+from flax_lm import attention, config, splash_attention
 from flax_lm import mesh as mesh_lib
 from flax_lm.attention import dot_product_attention
 
@@ -87,9 +88,9 @@ def test_cross_attention_to_more_keys_than_queries():
 def test_what_the_kernel_cannot_do_falls_back_to_the_same_function():
     q, k, v = _qkv(2, 128, 2, 32)
     bias = jax.random.normal(jax.random.PRNGKey(3), (1, 2, 128, 128))  # T5's relative positions
-    assert not splash_attention.supports(128, 128, False, None, 0, bias)
+    assert splash_attention.unsupported(128, 128, False, None, 0, bias) == "an attention bias"
     _assert_matches_reference(q, k, v, causal=False, bias_BxNxTxS=bias, scale=1.0)
-    assert not splash_attention.supports(96, 96, True, None, 0, None)  # off the 128-key grid
+    assert "not multiples of 128" in splash_attention.unsupported(96, 96, True, None, 0, None)
     _assert_matches_reference(*(x[:, :96] for x in (q, k, v)), causal=True)
 
 
@@ -111,26 +112,17 @@ def test_under_a_mesh_each_device_runs_the_kernel_on_its_batch_rows_and_heads():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="TPU topologies need libtpu")
-def test_the_train_step_compiles_for_tpu_with_the_mosaic_kernel(monkeypatch):
+def test_on_tpu_auto_attention_is_the_splash_kernel_and_the_train_step_compiles_with_it(caplog):
+    """The default (`model.attention=auto`) is splash on a TPU topology, with packed documents'
+    segment ids, and the kernel takes the call (no fallback is reported)."""
     from flax_lm import tpu_compile
-    lowered = []
-
-    class Recording:  # the jitted step, keeping what it lowers to
-        def __init__(self, step):
-            self.step = step
-
-        def lower(self, *args):
-            lowered.append(self.step.lower(*args))
-            return lowered[-1]
-
-    jit_train_step = tpu_compile.jit_train_step
-    monkeypatch.setattr(tpu_compile, "jit_train_step", lambda *a, **kw: Recording(jit_train_step(*a, **kw)))
-    cfg = config.load("gpt2_tiny", ["--config.model.attention=splash", "--config.parallel.data=2",
-                                    "--config.parallel.tensor=2", "--config.data.packing=segments"])  # T = 128
-    # packed documents: the compiled batch carries segment ids, which the kernel masks by
-    assert {"segment_ids", "positions"} <= set(tpu_compile.batch_spec(cfg, mesh_lib.make_mesh(cfg, jax.devices()[:4])))
-    report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices("v5e:2x2"))
+    devices = tpu_compile.topology_devices("v5e:2x2")
+    with jax.set_mesh(jax.sharding.Mesh(np.asarray(devices).reshape(4), ("data",))):
+        assert attention.resolve("auto", dtype=jnp.bfloat16, head_dim=64) == "splash"
+    cfg = config.load("gpt2_tiny", ["--config.parallel.data=2", "--config.parallel.tensor=2",
+                                    "--config.data.packing=segments"])  # T = 128
+    assert cfg.model.attention == "auto"
+    with caplog.at_level(logging.WARNING, logger="flax_lm"):
+        report = tpu_compile.compile_train_step(cfg, devices)
     assert report["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2} and report["fits"] is True
-    text = lowered[0].as_text()
-    # the forward, dq and dk/dv kernels, inside the per-device (manual) computation of the shard_map
-    assert text.count("tpu_custom_call") >= 3 and "manual_computation" in text
+    assert not [r for r in caplog.records if "attention:" in r.getMessage()]

@@ -96,7 +96,7 @@ def test_weights_prepared_once_generate_what_transformers_does(models):
     model, params = ours["scanned"]
     decoder = Seq2SeqDecoder(model)
     config = GenerationConfig(max_new_tokens=N, eos_token_ids=ENDS, pad_token_id=0, **CASES["beams"])
-    prepared = decoder.prepared(params, len(SOURCES) * config.num_beams)
+    prepared = decoder.prepared(params)
     assert generate(decoder, prepared, SOURCES, config) == _transformers_new_tokens(hf, SOURCES, config)
 
 

@@ -37,7 +37,7 @@ def beam_search(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Arr
     `context` is the decoder's conditioning, one row per prompt (see `decoder.start`)."""
     B, P = prompt_BxP.shape
     W, N, R = config.num_beams, config.max_new_tokens, config.num_return_sequences
-    prepared = decoder.prepare(params, B * W)
+    prepared = decoder.prepare(params)
     K = max(2, 1 + len(config.eos_token_ids)) * W
     eos_E = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
     # transformers divides by a Python float (length ** penalty in double precision, then

@@ -1,6 +1,6 @@
 """A model as the decoding loops see it: prefill and one-token steps against a key/value cache.
 
-Every loop calls `prepare(params, rows)` once (the model's variables as decoding applies them),
+Every loop calls `prepare(params)` once (the model's variables as decoding applies them),
 then `start(prepared, context, batch, length)` for the cache, then `forward(prepared, ids_BxT,
 mask_BxS, positions_BxT, cache, index)`: the T tokens go into cache slots index..index+T-1,
 attend to the slots `mask_BxS` allows up to their own, and the last one comes back as logits
@@ -13,7 +13,7 @@ encoder-decoder. A new model family plugs in here and every strategy (greedy, sa
 search) works with it.
 
 A caller that decodes many batches with the same weights prepares them once
-(`decoder.prepared(params, rows)`) and passes the result where the parameters go.
+(`decoder.prepared(params)`) and passes the result where the parameters go.
 """
 
 import dataclasses
@@ -21,17 +21,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import struct, traverse_util
+from flax import struct
 
-from flax_lm import few_rows, huge_pages, sharding
+from flax_lm import sharding
 from flax_lm.models import family_module, t5
-from flax_lm.models.layers import DTYPES, OUT_MAJOR, WIDENED, grown_cache
+from flax_lm.models.layers import DTYPES, grown_cache
 
 
 class _Decoder:
     """What every decoder shares. A model with scanned layers decodes through its unrolled twin:
-    a scan over the layers slices every layer's weights out of the stacked arrays at each
-    one-token step, which made decoding gpt2_small on CPU 1.6x slower (40 vs 25 ms a token)."""
+    a scan over the layers would slice every layer's weights out of the stacked arrays at each
+    one-token step."""
 
     encoder_decoder = False
 
@@ -51,36 +51,19 @@ class _Decoder:
     def __eq__(self, other):
         return type(other) is type(self) and other.model == self.model
 
-    def prepare(self, params, rows: int):
-        """The variables `forward` applies the model with, decoding `rows` sequences at a time
-        (batch x beams): a scanned model's layers split into its unrolled twin's, every kernel
-        and embedding table in the compute dtype, and on CPU the projection kernels also as
-        (out, in) matrices (`layers.OUT_MAJOR`; a second copy of them for the loop's duration),
-        or, where `few_rows.widened`, those and the token embedding tables in float32
-        (`layers.WIDENED`). `params` already `Prepared` are taken as they are."""
+    def prepare(self, params):
+        """The variables `forward` applies the model with: a scanned model's layers split into its
+        unrolled twin's, every kernel and embedding table in the compute dtype. `params` already
+        `Prepared` are taken as they are."""
         if isinstance(params, Prepared):
             return params.variables
-        variables = {"params": self._unstacked(params)}
-        if sharding.target_platform() == "cpu":
-            variables[OUT_MAJOR] = self._one_token(variables, mutable=[OUT_MAJOR])[1][OUT_MAJOR]
-        dtype = DTYPES[self.model.cfg.dtype]
-        return _weights_in(variables, dtype, few_rows.widened(dtype, rows))
+        return _weights_in({"params": self._unstacked(params)}, DTYPES[self.model.cfg.dtype])
 
-    def prepared(self, params, rows: int) -> "Prepared":
-        """`params` made ready once for decoding `rows` sequences at a time, to pass to any number
-        of `generate` calls in their place (calls with another number of rows get the same
-        results, at the speed of the rows they were prepared for). Each call otherwise prepares
-        them again: for gpt2_small on CPU that is 120-250 ms a call (splitting the stacked layers
-        and transposing 85M weights), as much as 6 to 13 one-token steps at batch 1. The caller
-        then holds the prepared copy. On CPU under Linux, the weights each step reads whole (the
-        out-major or widened copies and the embedding tables) are also moved onto huge pages
-        (`huge_pages`): about 1 s more for gpt2_small, once, for calls 2-7% faster at batch 1."""
-        variables = _prepare(self, params, rows)
-        streamed = [variables.get(OUT_MAJOR), variables.get(WIDENED),
-                    [x for path, x in traverse_util.flatten_dict(variables["params"]).items()
-                     if path[-1] == "embedding"]]
-        huge_pages.collapse(streamed)
-        return Prepared(variables)
+    def prepared(self, params) -> "Prepared":
+        """`params` made ready once for decoding, to pass to any number of `generate` calls in their
+        place: each call otherwise prepares them again (splitting stacked layers and casting every
+        weight), as much as several one-token steps at batch 1. The caller then holds the copy."""
+        return Prepared(_prepare(self, params))
 
 
 @struct.dataclass
@@ -90,9 +73,9 @@ class Prepared:
     variables: dict
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _prepare(decoder, params, rows: int):
-    return decoder.prepare(params, rows)
+@functools.partial(jax.jit, static_argnums=0)
+def _prepare(decoder, params):
+    return decoder.prepare(params)
 
 
 class CausalDecoder(_Decoder):
@@ -123,10 +106,6 @@ class CausalDecoder(_Decoder):
             params[f"{self.family.LAYERS}_{i}"] = jax.tree.map(lambda x: x[i], stacked)
         return params
 
-    def _one_token(self, variables, **kwargs):
-        """The model applied to one token (what `prepare` fills `OUT_MAJOR` by)."""
-        return self.unrolled.apply(variables, jnp.zeros((1, 1), jnp.int32), **kwargs)
-
     def forward(self, prepared, ids_BxT, mask_BxS, positions_BxT, cache, index):
         return self.unrolled.apply(prepared, ids_BxT, attention_mask_BxT=mask_BxS,
                                    position_ids_BxT=positions_BxT, cache=cache, cache_index=index, logits_to_keep=1)
@@ -144,12 +123,6 @@ class Seq2SeqDecoder(_Decoder):
 
     def _unstacked(self, params):
         return t5.unstack_params(params, self.model.cfg) if self.unrolled is not self.model else params
-
-    def _one_token(self, variables, **kwargs):
-        """The decoder applied to one token over a one-position source."""
-        encoded_1x1xD = jnp.zeros((1, 1, self.model.cfg.d_model), DTYPES[self.model.cfg.dtype])
-        return self.unrolled.apply(variables, jnp.zeros((1, 1), jnp.int32), encoded_BxSxD=encoded_1x1xD,
-                                   method="decode", **kwargs)
 
     def init_cache(self, batch: int, length: int):
         """The decoder's empty self-attention cache (`start` adds the encoder's part)."""
@@ -180,24 +153,13 @@ def for_model(model):
     return Seq2SeqDecoder(model) if isinstance(model, t5.T5ForConditionalGeneration) else CausalDecoder(model)
 
 
-def _weights_in(variables, dtype, widened: bool):
+def _weights_in(variables, dtype):
     """`variables` with every kernel and embedding table in `dtype`, cast once per decoding loop.
-    The model casts them at each use, which in a bfloat16 model read every float32 weight
-    and wrote its bfloat16 copy at every step; the values it computes are the same.
-    The `OUT_MAJOR` copies become `WIDENED` ones, those values in float32, where `widened`
-    (`few_rows.widened`); else only their kernels are kept (the tables are the parameters' own)."""
+    The model casts them at each use, which in a bfloat16 model read every float32 weight and
+    wrote its bfloat16 copy at every step; the values it computes are the same."""
     def cast(path, x):
         return x.astype(dtype) if sharding.param_names(path)[-1] in ("kernel", "embedding") else x
-    cast_all = {"params": jax.tree_util.tree_map_with_path(cast, variables["params"])}
-    if OUT_MAJOR in variables:
-        copies = traverse_util.flatten_dict(variables[OUT_MAJOR])
-        if widened:
-            cast_all[WIDENED] = traverse_util.unflatten_dict(
-                {path: x.astype(dtype).astype(jnp.float32) for path, x in copies.items()})
-        else:
-            cast_all[OUT_MAJOR] = traverse_util.unflatten_dict(
-                {path: x.astype(dtype) for path, x in copies.items() if path[-1] == "kernel"})
-    return cast_all
+    return {"params": jax.tree_util.tree_map_with_path(cast, variables["params"])}
 
 
 def reorder_cache(cache, rows_B: jax.Array):

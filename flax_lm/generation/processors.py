@@ -8,11 +8,6 @@ Shapes: B rows (sequences or beams), V vocabulary.
 import jax
 import jax.numpy as jnp
 
-from flax_lm import sharding
-
-# Rows of scores greedy decoding reduces at once on CPU (see `greedy`).
-_GREEDY_ROWS = 16
-
 
 def repetition_penalty(scores_BxV: jax.Array, seen_BxV: jax.Array, penalty: float) -> jax.Array:
     """CTRL's penalty on every token the sequence holds (`seen_BxV`): a positive score is
@@ -25,22 +20,8 @@ def repetition_penalty(scores_BxV: jax.Array, seen_BxV: jax.Array, penalty: floa
 
 def greedy(scores_BxV: jax.Array) -> jax.Array:
     """The best token of each row (B,), int32: the first of tied ones and the first NaN, as
-    `jnp.argmax`. Elsewhere than on CPU `argmax` itself, a plain reduction there."""
-    if sharding.target_platform() != "cpu":
-        return jnp.argmax(scores_BxV, axis=-1).astype(jnp.int32)
-    # XLA:CPU's argmax is a scalar loop over index and value pairs, and top_k a sort. Two plain
-    # reductions, the maximum and then the first index holding it, are faster, but only on
-    # blocks of rows that stay in cache: over 256 rows of 50257 scores XLA:CPU wrote two 51 MB
-    # temporaries. On a Zen 4 CPU, 32 rows: argmax 4.1 ms, top_k 2.3, by blocks 1.2; 256 rows:
-    # 28.9, 20.0 and 9.2 (bench/RESULTS.md).
-    return jax.lax.map(_first_best, scores_BxV, batch_size=_GREEDY_ROWS)
-
-
-def _first_best(scores_V: jax.Array) -> jax.Array:
-    """One row's greedy token (`lax.map` runs it on blocks of rows at once)."""
-    best = jnp.max(scores_V)   # NaN where the row has one
-    holds_best_V = (scores_V == best) | jnp.isnan(scores_V)
-    return jnp.min(jnp.where(holds_best_V, jnp.arange(scores_V.shape[0], dtype=jnp.int32), scores_V.shape[0]))
+    `jnp.argmax`."""
+    return jnp.argmax(scores_BxV, axis=-1).astype(jnp.int32)
 
 
 def seen_tokens(ids_BxT: jax.Array, mask_BxT: jax.Array, vocab_size: int) -> jax.Array:

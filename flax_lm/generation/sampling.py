@@ -27,7 +27,7 @@ def sample(decoder, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, c
     `context` is the decoder's conditioning, one row per prompt (see `decoder.start`).
     """
     B, P = prompt_BxP.shape
-    prepared = decoder.prepare(params, B)
+    prepared = decoder.prepare(params)
     N = config.max_new_tokens
     mask_BxS = jnp.concatenate([prompt_mask_BxP.astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
     positions_BxP = left_pad_positions(prompt_mask_BxP)

@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from flax_lm import backends
 from flax_lm.attention import dot_product_attention
-from flax_lm.models.layers import (DTYPES, Projection, dtypes, from_run_config, gelu, scan_unroll, split_qkv,
+from flax_lm.models.layers import (DTYPES, Projection, dtypes, from_run_config, gelu, split_qkv,
                                   tied_logits)
 from flax_lm.models.remat import POLICIES
 
@@ -163,7 +164,7 @@ class Encoder(nn.Module):
         if cfg.scan_layers:
             x_BxTxD, _ = nn.scan(
                 layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast, length=cfg.n_layers, unroll=scan_unroll(cfg.n_layers),
+                in_axes=nn.broadcast, length=cfg.n_layers, unroll=backends.current().scan_unroll(cfg.n_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, deterministic, name="layers")(x_BxTxD, kv_mask_BxT)
         else:

@@ -16,7 +16,6 @@ from jax.ad_checkpoint import checkpoint_name
 from flax_lm.attention import dot_product_attention
 from flax_lm.models.layers import (
     DTYPES,
-    Embed,
     Projection,
     dtypes,
     empty_cache,
@@ -189,7 +188,7 @@ class GPT2LMHeadModel(nn.Module):
             start = 0 if cache is None else cache_index
             position_ids_BxT = jnp.broadcast_to(start + jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
         kv_mask_BxS = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
-        wte = Embed(
+        wte = nn.Embed(
             cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
             embedding_init=_embedding_init(cfg.initializer_range, ("vocab", "embed")), name="wte")
         wpe = nn.Embed(
@@ -207,7 +206,7 @@ class GPT2LMHeadModel(nn.Module):
         x_BxTxD = x_BxTxD[:, -logits_to_keep:] if logits_to_keep else x_BxTxD
         if return_hidden:
             return x_BxTxD, wte.embedding.astype(dtype)
-        logits_BxTxV = nn.with_logical_constraint(tied_logits(x_BxTxD, wte, decoding=cache is not None),
+        logits_BxTxV = nn.with_logical_constraint(tied_logits(x_BxTxD, wte),
                                                   ("batch", "act_length", "act_vocab"))
         return logits_BxTxV if cache is None else (logits_BxTxV, cache)
 

@@ -9,10 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_lm import bf16_kernels, few_rows, sharding
-from flax_lm.attention import heads_first
+from flax_lm import backends
+from flax_lm.explicit_attention import heads_first
 from flax_lm.models.remat import POLICIES
-from flax_lm.weight_grad import weight_grad
 
 # config dtype names -> JAX dtypes, for every family's compute and parameter dtypes
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -30,34 +29,12 @@ def from_run_config(cls, model_cfg, **resolved):
     return cls(**{**{k: v for k, v in model_cfg.items() if k in fields}, **resolved})
 
 
-# A variable collection of projection kernels as (out, in) matrices, which decoding on CPU
-# fills once per loop (`generation.decoder`): XLA:CPU's small-batch products read that layout
-# faster: gpt2_small's decoding step 24.0 -> 21.7 ms at batch 1 and 91 -> 74 ms at batch 32.
-OUT_MAJOR = "out_major"
-# The same copies in float32, holding 16-bit values exactly, where decoding a few rows multiplies
-# in float32 (`few_rows.widened`), with the token embeddings' tables (`Embed`).
-WIDENED = "widened"
-
-
-def out_major(module: nn.Module, name: str, matrix_FxI, dtype):
-    """`module`'s copy of `matrix_FxI` (its variable `name` as an (out, in) matrix) for a product
-    in `dtype`: the `WIDENED` copy, else the `OUT_MAJOR` copy in `dtype`, else None. Where
-    `OUT_MAJOR` is being filled, `matrix_FxI` is stored there first."""
-    if module.is_mutable_collection(OUT_MAJOR) and not module.is_initializing():
-        module.put_variable(OUT_MAJOR, name, matrix_FxI)
-    if module.has_variable(WIDENED, name):
-        return module.get_variable(WIDENED, name)
-    return module.get_variable(OUT_MAJOR, name).astype(dtype) if module.has_variable(OUT_MAJOR, name) else None
-
-
 class Projection(nn.Module):
     """A dense layer over the last `len(in_axes)` input dimensions, to any output shape.
 
     The kernel is created in its final shape `in_shape + features` with logical axis
     names `in_axes + out_axes` (flax's DenseGeneral initialises a flattened kernel,
     which logical sharding constraints reject). `bias_axes` None means no bias.
-    Applied with `OUT_MAJOR` mutable, it stores its kernel there as an (out, in) matrix;
-    applied with one there, it reads that instead.
     """
 
     features: tuple[int, ...]
@@ -79,18 +56,7 @@ class Projection(nn.Module):
         if self.bias_axes is not None:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
                               tuple(self.features), self.param_dtype)
-        kernel_FxI = out_major(self, "kernel", kernel.reshape(math.prod(in_shape), -1).T, self.dtype)
-        if kernel_FxI is not None:
-            return _contract_out_major(x.astype(self.dtype), kernel_FxI, bias, n_in, tuple(self.features))
         return contract(x.astype(self.dtype), kernel.astype(self.dtype), bias, n_in)
-
-
-def _contract_out_major(x, kernel_FxI, bias, n_in: int, features: tuple[int, ...]):
-    """`contract` with the kernel as an (out, in) matrix: F = prod(features) outputs, I inputs."""
-    batch = x.shape[:-n_in]
-    # as rows x inputs: XLA:CPU's bfloat16 product of batch 32 x 1 x 768 took a slower path
-    y_RxF = few_rows.rows_times(x.reshape(math.prod(batch), -1), kernel_FxI, decoding=True)
-    return _plus_bias(y_RxF.reshape(*batch, *features), bias, x.dtype)
 
 
 def _plus_bias(y_f32, bias, dtype):
@@ -106,18 +72,16 @@ def contract(x, kernel, bias, n_in: int):
     in float32 (the bias added before the cast, its gradient in the bias's dtype); `bias` None
     adds nothing.
 
-    Float32 accumulation is more accurate for bf16 and is the form XLA:CPU runs on
-    AMX/bf16 units (a bf16-output dot takes a 5x slower path there). The backward pass
-    is written out so that its dots also take bf16 inputs: autodiff would feed them
-    the float32 cotangent and fall back to float32 matmuls.
+    Float32 accumulation is more accurate for bf16. The backward pass is written out so that
+    its dots also take bf16 inputs (float32 accumulation): autodiff would feed them the float32
+    cotangent and multiply in float32.
     """
     return _contract(x, kernel, bias, n_in)
 
 
 def _contract(x, kernel, bias, n_in):
-    x, restore = few_rows.as_rows(x, n_in)
     axes = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return _plus_bias(restore(jnp.tensordot(x, kernel, axes=axes, preferred_element_type=jnp.float32)), bias, x.dtype)
+    return _plus_bias(jnp.tensordot(x, kernel, axes=axes, preferred_element_type=jnp.float32), bias, x.dtype)
 
 
 def _contract_fwd(x, kernel, bias, n_in):
@@ -131,11 +95,10 @@ def _contract_bwd(n_in, residuals, dy):
     f32 = {"preferred_element_type": jnp.float32}
     dx = jnp.tensordot(dy, kernel, axes=(tuple(range(n_batch, dy.ndim)), tuple(range(n_in, kernel.ndim))),
                        **f32).astype(x.dtype)
-    grads = weight_grad(x, dy, n_batch, with_bias=bias is not None)
-    if bias is None:
-        return dx, grads.astype(kernel.dtype), None
-    dkernel, dbias = grads
-    return dx, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
+    batch_axes = tuple(range(n_batch))
+    dkernel = jnp.tensordot(x, dy, axes=(batch_axes, batch_axes), **f32).astype(kernel.dtype)
+    # the bias's gradient summed in float32: over B x T rows a 16-bit sum loses the small terms
+    return dx, dkernel, None if bias is None else jnp.sum(dy, axis=batch_axes, dtype=jnp.float32).astype(bias.dtype)
 
 
 contract.defvjp(_contract_fwd, _contract_bwd)
@@ -170,58 +133,35 @@ def _gelu_bwd(approximate, x, dy):
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
-class Embed(nn.Embed):
-    """`nn.Embed` whose lookups read only the rows they take: XLA:CPU gathers from a 16-bit
-    table by converting all of it to float32 first, once a decoding loop (gpt2_small: 38 ms a
-    `generate` call). A table already in the compute dtype is looked up by `rows_of`, and
-    decoding's `WIDENED` copy is taken where there is one. The rows are the same values."""
-
-    def __call__(self, inputs):
-        table_VxD = out_major(self, "embedding", self.embedding, self.dtype)
-        if table_VxD is None:
-            if self.embedding.dtype != self.dtype:
-                return super().__call__(inputs)
-            table_VxD = self.embedding
-        return rows_of(table_VxD, inputs).astype(self.dtype)
+def tied_logits(x_BxTxD, embed: nn.Embed):
+    """Logits B x T x V against a token embedding (V x D), what `embed.attend` computes, as one
+    product that contracts the table's minor dimension, accumulated in float32 and cast to the
+    compute dtype, as `contract` does; its backward products take the compute dtype too."""
+    x_BxTxD, table_VxD = nn.dtypes.promote_dtype(x_BxTxD, embed.embedding, dtype=embed.dtype)
+    return _times_table(x_BxTxD, table_VxD).astype(x_BxTxD.dtype)
 
 
 @jax.custom_vjp
-def rows_of(table_VxD, ids):
-    """table_VxD's rows `ids` (`jnp.take` on axis 0), taken by the native kernel where it runs
-    (`bf16_kernels.take`), else moved as 16-bit integers on CPU (`_moved`), with `jnp.take`'s
-    gradient (the bits of a bitcast have none)."""
-    if bf16_kernels.runs(table_VxD.dtype):
-        return bf16_kernels.take(table_VxD, ids)
-    return _moved(lambda table_VxD: jnp.take(table_VxD, ids, axis=0), table_VxD)
+def _times_table(x_BxTxD, table_VxD):
+    """x . table^T accumulated in float32 (B x T x V), differentiated with products of x's dtype:
+    autodiff fed them the float32 cotangent, and multiplied float32 copies of the 16-bit operands
+    (bert_base's tied MLM head in bf16: a float32 copy of its 30522 x 768 table a step)."""
+    return jnp.einsum("btd,vd->btv", x_BxTxD, table_VxD, preferred_element_type=jnp.float32)
 
 
-def _rows_of_fwd(table_VxD, ids):
-    return rows_of(table_VxD, ids), (table_VxD, ids)
+def _times_table_fwd(x_BxTxD, table_VxD):
+    return _times_table(x_BxTxD, table_VxD), (x_BxTxD, table_VxD)
 
 
-def _rows_of_bwd(residuals, d_rows):
-    table_VxD, ids = residuals
-    return jax.vjp(lambda table_VxD: jnp.take(table_VxD, ids, axis=0), table_VxD)[1](d_rows)[0], None
+def _times_table_bwd(residuals, dy_BxTxV):
+    x_BxTxD, table_VxD = residuals
+    dy_BxTxV = dy_BxTxV.astype(x_BxTxD.dtype)
+    f32 = {"preferred_element_type": jnp.float32}
+    dx = jnp.einsum("btv,vd->btd", dy_BxTxV, table_VxD, **f32).astype(x_BxTxD.dtype)
+    return dx, jnp.einsum("btv,btd->vd", dy_BxTxV, x_BxTxD, **f32).astype(table_VxD.dtype)
 
 
-rows_of.defvjp(_rows_of_fwd, _rows_of_bwd)
-
-
-def tied_logits(x_BxTxD, embed: nn.Embed, decoding: bool = False):
-    """Logits B x T x V against a token embedding (V x D), what `embed.attend` computes, as one
-    product that contracts the table's minor dimension: `attend` transposes the table first,
-    and at batch 1 XLA:CPU fused that transpose into a copy of the whole table at every
-    decoding step (gpt2_small: 154 MB, 11 of 26 ms a token). Accumulated in float32 and cast to the
-    compute dtype, as `contract` does: the values a 16-bit product gives, and XLA:CPU's fast path.
-    `decoding` (a call with a key/value cache) lets many rows take a native kernel (`few_rows`)."""
-    x_BxTxD, table_VxD = nn.dtypes.promote_dtype(x_BxTxD, embed.embedding, dtype=embed.dtype)
-    copy_VxD = out_major(embed, "embedding", embed.embedding, embed.dtype)  # decoding's copy, if any
-    b, t, d = x_BxTxD.shape
-    # as rows x D: with more dimensions XLA:CPU copied the table transposed, to (D, V), which its
-    # product reads at half the speed (gpt2_small decoding in bf16, batch 32: 13 -> 6 ms a step)
-    logits_RxV = few_rows.rows_times(x_BxTxD.reshape(b * t, d), table_VxD if copy_VxD is None else copy_VxD,
-                                     decoding=decoding)
-    return logits_RxV.astype(x_BxTxD.dtype).reshape(b, t, -1)
+_times_table.defvjp(_times_table_fwd, _times_table_bwd)
 
 
 def empty_cache(batch: int, n_kv_heads: int, length: int, head_dim: int, dtype, n_layers: int,
@@ -247,32 +187,14 @@ def write_cache(layer_cache: dict, k_BxTxKxH, v_BxTxKxH, cache_index) -> dict:
     copied by XLA:CPU at batch 1, where the product drops the batch dimension.
     """
     start = (0, cache_index, 0)
-    return {name: _updated(layer_cache[name], heads_first(new).astype(layer_cache[name].dtype), start)
+    return {name: jax.lax.dynamic_update_slice(layer_cache[name], heads_first(new).astype(layer_cache[name].dtype),
+                                               start)
             for name, new in (("k", k_BxTxKxH), ("v", v_BxTxKxH))}
 
 
 def grown_cache(cache, length: int):
     """An unstacked cache (`empty_cache`) with `length` slots: its own, then empty ones."""
-    def pad(x_XxSxH):
-        return jnp.pad(x_XxSxH, ((0, 0), (0, length - x_XxSxH.shape[1]), (0, 0)))
-    return jax.tree.map(lambda x: _moved(pad, x), cache)
-
-
-def _updated(cache, new, start):
-    """`cache` with `new` written at `start` (in place: at batch 32, a float32 round trip of
-    the whole cache was 7.5 of gpt2_small's 60 ms decoding step; see `_moved`)."""
-    return _moved(lambda cache, new: jax.lax.dynamic_update_slice(cache, new, start), cache, new)
-
-
-def _moved(move, *arrays):
-    """move(*arrays), a function that only moves values, on CPU with 16-bit float arrays taken
-    as 16-bit integers: XLA:CPU moves bfloat16 values (an update, a pad) by converting all of
-    the array to float32 and back, and integers as they are."""
-    dtype = arrays[0].dtype
-    if dtype not in (jnp.bfloat16, jnp.float16) or sharding.target_platform() != "cpu":
-        return move(*arrays)
-    bits = move(*(jax.lax.bitcast_convert_type(x, jnp.uint16) for x in arrays))
-    return jax.lax.bitcast_convert_type(bits, dtype)
+    return jax.tree.map(lambda x_XxSxH: jnp.pad(x_XxSxH, ((0, 0), (0, length - x_XxSxH.shape[1]), (0, 0))), cache)
 
 
 def split_qkv(qkv_BxTx3xNxH):
@@ -315,21 +237,7 @@ class LMHead(nn.Module):
                                 (x_BxTxD.shape[-1], self.vocab_size), self.param_dtype)
         if return_hidden:
             return x_BxTxD, kernel_DxV.T.astype(self.dtype)
-        kernel_VxD = out_major(self, "kernel", kernel_DxV.T, self.dtype)
-        if kernel_VxD is not None:
-            return _contract_out_major(x_BxTxD.astype(self.dtype), kernel_VxD, None, 1, (self.vocab_size,))
         return contract(x_BxTxD.astype(self.dtype), kernel_DxV.astype(self.dtype), None, 1)
-
-
-def scan_unroll(n_layers: int) -> int:
-    """The layers a scan over `n_layers` runs in one loop iteration: all of them on a CPU, else 1.
-
-    XLA:CPU runs a scanned loop's bookkeeping (each layer's weights cast and sliced out of the
-    stacks, its residuals and gradients written into theirs) as passes of their own: bert_base's
-    bf16 train step at batch 8 took 2.16-2.25 s scanned and 1.82-1.92 s unrolled (fp32 3.44-4.03
-    against 3.28-3.39 s). Unrolled inside the scan, the parameters keep their stacked layout, so a
-    checkpoint moves between a CPU and an accelerator as it is."""
-    return n_layers if sharding.target_platform() == "cpu" else 1
 
 
 def run_blocks(block: type[nn.Module], block_args: tuple, n_layers: int, x_BxTxD, broadcast_args: tuple, cache,
@@ -351,7 +259,7 @@ def run_blocks(block: type[nn.Module], block_args: tuple, n_layers: int, x_BxTxD
         return nn.scan(
             block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * len(broadcast_args) + (0,) * (1 + len(layer_inputs)), length=n_layers,
-            unroll=scan_unroll(n_layers), metadata_params={nn.PARTITION_NAME: "layers"},
+            unroll=backends.current().scan_unroll(n_layers), metadata_params={nn.PARTITION_NAME: "layers"},
         )(*block_args, name=name)(x_BxTxD, *broadcast_args, cache, *layer_inputs)
     layer_caches = [None] * n_layers if cache is None else list(cache)
     for i in range(n_layers):

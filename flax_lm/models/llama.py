@@ -18,7 +18,6 @@ from jax.ad_checkpoint import checkpoint_name
 from flax_lm.attention import dot_product_attention
 from flax_lm.models.layers import (
     DTYPES,
-    Embed,
     LMHead,
     Projection,
     RMSNorm,
@@ -200,7 +199,7 @@ class LlamaForCausalLM(nn.Module):
             start = 0 if cache is None else cache_index
             position_ids_BxT = jnp.broadcast_to(start + jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
         kv_mask_BxS = None if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
-        embed_tokens = Embed(
+        embed_tokens = nn.Embed(
             cfg.vocab_size, cfg.d_model, **dtypes(cfg),
             embedding_init=nn.with_logical_partitioning(_normal(cfg), ("vocab", "embed")), name="embed_tokens")
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(embed_tokens(input_ids_BxT))
@@ -215,7 +214,7 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             if return_hidden:
                 return x_BxTxD, embed_tokens.embedding.astype(dtype)
-            logits_BxTxV = tied_logits(x_BxTxD, embed_tokens, decoding=cache is not None)
+            logits_BxTxV = tied_logits(x_BxTxD, embed_tokens)
         else:
             head = LMHead(cfg.vocab_size, _normal(cfg), **dtypes(cfg), name="lm_head")
             if return_hidden:

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flax_lm.attention import dot_product_attention, heads_first
+from flax_lm.attention import dot_product_attention
+from flax_lm.explicit_attention import heads_first
 from flax_lm.models.layers import (
     DTYPES,
-    Embed,
     LMHead,
     Projection,
     RMSNorm,
@@ -276,7 +276,7 @@ class T5ForConditionalGeneration(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.shared = Embed(
+        self.shared = nn.Embed(
             cfg.vocab_size, cfg.d_model,
             embedding_init=nn.with_logical_partitioning(_normal(cfg.initializer_range), ("vocab", "embed")),
             **dtypes(cfg))
@@ -328,17 +328,17 @@ class T5ForConditionalGeneration(nn.Module):
             x_BxTxD, self_mask, encoded_BxSxD=encoded_BxSxD, cross_mask_BxS=cross_mask_BxS, cache=cache,
             cross_cache=cross_cache, cache_index=cache_index, deterministic=deterministic)
         x_BxTxD = x_BxTxD[:, -logits_to_keep:] if logits_to_keep else x_BxTxD
-        out = self._output(x_BxTxD, return_hidden, decoding=cache is not None)
+        out = self._output(x_BxTxD, return_hidden)
         return out if cache is None else (out, cache)
 
-    def _output(self, x_BxTxD, return_hidden: bool, decoding: bool):
+    def _output(self, x_BxTxD, return_hidden: bool):
         dtype = DTYPES[self.cfg.dtype]
         if self.cfg.tie_word_embeddings:
             # T5 rescales before the tied projection (mesh-tensorflow); v1.1's own head does not.
             x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.d_model ** -0.5, x_BxTxD.dtype)
             if return_hidden:
                 return x_BxTxD, self.shared.embedding.astype(dtype)
-            logits_BxTxV = tied_logits(x_BxTxD, self.shared, decoding=decoding)
+            logits_BxTxV = tied_logits(x_BxTxD, self.shared)
         else:
             out = self.lm_head(x_BxTxD, return_hidden)
             if return_hidden:

@@ -1,7 +1,5 @@
-"""Projections' hand-written backward pass: the gradients autodiff gives, and on XLA:CPU the
-transposed copy that keeps the weight gradient off the slow dot path."""
-
-import re
+"""Projections' and the tied head's hand-written backward passes: the gradients autodiff gives,
+with products of the compute dtype."""
 
 import jax
 import jax.extend
@@ -11,7 +9,6 @@ import pytest
 from flax import linen as nn
 
 from flax_lm.models.layers import contract, tied_logits
-from flax_lm.weight_grad import weight_grad
 
 
 def _plain(x, kernel, bias, n_in):
@@ -39,42 +36,6 @@ def test_contract_value_and_gradients_equal_autodiff(in_shape, out_shape, with_b
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_weight_grad_in_bfloat16_accumulates_in_float32(with_bias):
-    x = jax.random.normal(jax.random.PRNGKey(1), (512, 24)).astype(jnp.bfloat16)
-    dy = jax.random.normal(jax.random.PRNGKey(2), (512, 40)).astype(jnp.bfloat16)
-    got = jax.jit(weight_grad, static_argnums=(2, 3))(x, dy, 1, with_bias)
-    x32, dy32 = np.asarray(x, np.float32), np.asarray(dy, np.float32)
-    want = (x32.T @ dy32, dy32.sum(0)) if with_bias else x32.T @ dy32
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        assert g.dtype == jnp.float32
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-3)
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the transposed copy is XLA:CPU's form")
-def test_weight_grad_dot_contracts_a_transposed_copy_on_cpu():
-    """If XLA folds the copy back (as it does a bare transpose), the bf16 dot contracts the
-    leading axis of both operands again and runs 4x slower; this catches that."""
-    x = jnp.zeros((256, 24), jnp.bfloat16)
-    dy = jnp.zeros((256, 40), jnp.bfloat16)
-    hlo = jax.jit(weight_grad, static_argnums=(2, 3)).lower(x, dy, 1, True).compile().as_text()
-    dots = re.findall(r" dot\(.*?lhs_contracting_dims=\{(\d+)\}, rhs_contracting_dims=\{(\d+)\}", hlo)
-    assert dots == [("1", "0")]
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the column of ones is XLA:CPU's form")
-@pytest.mark.parametrize("dtype,padded", [(jnp.bfloat16, True), (jnp.float32, False)])
-def test_bias_gradient_takes_a_column_of_ones_in_bf16_only_on_cpu(dtype, padded):
-    """bf16 pads x with a column of ones (one dot gives both gradients); float32 multiplies a row
-    of ones by dy instead, and x is never copied padded."""
-    x, dy = jnp.ones((256, 24), dtype), jnp.ones((256, 40), dtype)
-    hlo = jax.jit(weight_grad, static_argnums=(2, 3)).lower(x, dy, 1, True).compile().as_text()
-    assert bool(re.search(r"\[(256,25|25,256)\]", hlo)) == padded
-    dw, db = jax.jit(weight_grad, static_argnums=(2, 3))(x, dy, 1, True)
-    np.testing.assert_array_equal(dw, np.full((24, 40), 256.0))
-    np.testing.assert_array_equal(db, np.full((40,), 256.0))
 
 
 def test_bf16_projection_bias_gradient_is_summed_in_float32():
