@@ -45,18 +45,18 @@ def architecture(source: str) -> dict:
     return {k: values[k] for k in ARCHITECTURE_KEYS if k in values}
 
 
-def load_params(source: str, model_cfg, family: str, head: str, fresh: dict) -> dict:
+def load_params(source: str, model_cfg, family: str, head: str, fresh: dict, load_workdir) -> dict:
     """Host (numpy) parameters of `source` in the layout of `model_cfg` with `head`; tensors the
-    source does not have for this head come from `fresh` (host parameters of the same model)."""
+    source does not have for this head come from `fresh` (host parameters of the same model).
+    `load_workdir(source)` gives (run config, model, TrainState) of a workdir source: the run
+    layer's `load_run`, which this lower layer does not import."""
     module = families.module_for(family)
     if is_workdir(source):
-        from flax_lm.run import load_run  # run.py imports this module
-        run, state = load_run(source)
-        run.checkpointer.close()
-        if run.cfg.model.family != family:
-            raise UserError(f"train.init_from: {source} holds a {run.cfg.model.family} model, not {family}")
-        state_dict = module.params_to_hf(jax.tree.map(np.asarray, jax.device_get(state.params)), run.model.cfg,
-                                         head_name(run.cfg))
+        cfg, model, state = load_workdir(source)
+        if cfg.model.family != family:
+            raise UserError(f"train.init_from: {source} holds a {cfg.model.family} model, not {family}")
+        state_dict = module.params_to_hf(jax.tree.map(np.asarray, jax.device_get(state.params)), model.cfg,
+                                         head_name(cfg))
     else:
         state_dict = hf_files.load_state_dict(hf_files.resolve_source(source))
     try:

@@ -91,7 +91,7 @@ def restore_or_init(run: Run, step: int | None = None, warn=print):
     if step is None and run.cfg.train.init_from:
         fresh = state_init.host_params(run.model, run.cfg.train.seed, run.cfg.model.max_len)
         params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family,
-                                       head_name(run.cfg), fresh)
+                                       head_name(run.cfg), fresh, _source_run)
         return state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings,
                                             run.cfg.train.seed), None
     if step is None:
@@ -99,6 +99,13 @@ def restore_or_init(run: Run, step: int | None = None, warn=print):
                                         run.shardings)
         return state, None
     return run.checkpointer.restore(step, target)
+
+
+def _source_run(workdir: str):
+    """(config, model, TrainState) of a workdir that a new run starts from (`train.init_from`)."""
+    source, state = load_run(workdir)
+    source.checkpointer.close()
+    return source.cfg, source.model, state
 
 
 def load_run(workdir: str | Path, step: int | None = None, splits: tuple[str, ...] = ()):
