@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+from flax_lm.backends import startup
 from flax_lm.errors import UserError
 
 
@@ -249,6 +250,7 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "genera
 
 
 def entry_point() -> None:
+    startup.choose_platforms()  # before JAX starts a backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())
 

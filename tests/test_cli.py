@@ -1,10 +1,15 @@
 """The command line as a user runs it: happy path and one-line errors."""
 
+import glob
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+
+from flax_lm.backends import startup
 
 TINY = ["--config", "gpt2_tiny", "--config.model.d_model=32", "--config.model.n_layers=1",
         "--config.model.n_heads=2", "--config.model.vocab_size=300", "--config.model.max_len=16",
@@ -12,10 +17,10 @@ TINY = ["--config", "gpt2_tiny", "--config.model.d_model=32", "--config.model.n_
         "--config.optim.warmup_steps=1", "--config.sample.max_new_tokens=8"]
 
 
-def flax_lm(*args, timeout=300):
-    # the environment conftest set: 8 CPU devices
+def flax_lm(*args, timeout=300, env=None):
+    # by default the environment conftest set: 8 CPU devices
     return subprocess.run([sys.executable, "-m", "flax_lm.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_train_resume_evaluate_generate(tmp_path):
@@ -57,6 +62,20 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="the warnings are libtpu's (pip install jax[tpu])")
+@pytest.mark.skipif(any(glob.glob(p) for p in startup.ACCELERATOR_DEVICE_FILES),
+                    reason="this machine has accelerators: JAX's own choice of platform stands")
+def test_a_cpu_user_with_libtpu_installed_sees_only_the_error(tmp_path):
+    """As a user runs it, with no JAX_PLATFORMS: JAX starts (the mesh checks the batch against the
+    devices) and libtpu, installed, must not print its TPU warnings."""
+    user_env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    result = flax_lm("train", *TINY, "--config.train.batch_size=12", "--workdir", str(tmp_path / "w"), env=user_env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "flax-lm train: error: train.batch_size / train.grad_accum_steps = 12 sequences must be divisible by the 8 "
+        "data-parallel devices (parallel.data=8 x parallel.fsdp=1)"], result.stderr
 
 
 @pytest.mark.parametrize("command", [["train", *TINY], ["generate", "--prompt", "def "]])
