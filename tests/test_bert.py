@@ -6,11 +6,12 @@ import json
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from flax_lm.interop import bert as interop
 from flax_lm.models import bert
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install flax_lm[torch])")
+transformers = pytest.importorskip("transformers")
 
 CFG = bert.BertConfig(vocab_size=99, max_len=24, d_model=32, n_layers=2, n_heads=4, d_ff=37, num_labels=3,
                       dropout=0.0, layer_norm_epsilon=1e-12)

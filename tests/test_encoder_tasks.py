@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import transformers
 from conftest import SHARED_DATA
 from test_cli import flax_lm
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install flax_lm[torch])")
+transformers = pytest.importorskip("transformers")
 
 BERT = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.n_heads=2",
         "--config.model.d_ff=64", "--config.model.vocab_size=400", "--config.train.batch_size=8",

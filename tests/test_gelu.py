@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from jax._src.ad_checkpoint import saved_residuals
 
 from flax_lm.models.layers import gelu
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install flax_lm[torch])")
 
 
 def _as_users_compile(f, x):
