@@ -9,7 +9,9 @@ import contextlib
 
 import flax.linen as nn
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from flax_lm.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -80,6 +82,17 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 @contextlib.contextmanager
 def activate(mesh: jax.sharding.Mesh):
-    """Makes `mesh` and the logical-axis rules ambient, for tracing and running steps."""
+    """Makes `mesh` and the logical-axis rules ambient, for tracing and running steps.
+
+    Every step runs under this, so a mesh a caller passes is checked here. Only meshes whose axes
+    are all AxisType.Auto are taken (flax_lm.mesh.make_mesh makes those): the models place
+    activations with `nn.with_logical_constraint` and leave the rest to the compiler, which an
+    explicit-sharding mesh (AxisType.Explicit, `jax.make_mesh`'s default) does not allow, so one
+    is refused with a UserError that says how to make an Auto one."""
+    explicit = [name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind != AxisType.Auto]
+    if explicit:
+        raise UserError(f"mesh axes {explicit} are not AxisType.Auto: flax_lm shards by logical-axis rules on an "
+                        f"Auto mesh; make it with flax_lm.mesh.make_mesh, or jax.make_mesh(..., "
+                        f"axis_types=(jax.sharding.AxisType.Auto,) * {len(mesh.axis_names)})")
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
         yield

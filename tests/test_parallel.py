@@ -280,3 +280,17 @@ def test_impossible_layouts_are_one_line_each(tmp_path):
         _, stderr = proc.communicate(timeout=120)
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
+
+
+def test_an_explicit_sharding_mesh_is_refused_in_one_line():
+    """jax.make_mesh makes AxisType.Explicit axes by default; the steps take Auto ones only."""
+    from jax.sharding import AxisType
+
+    from flax_lm import sharding
+    explicit = jax.make_mesh((8, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Explicit,) * 3)
+    with pytest.raises(UserError, match=r"mesh axes \['data', 'fsdp', 'tensor'\] are not AxisType.Auto"):
+        with sharding.activate(explicit):
+            pass
+    auto = jax.make_mesh((8, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    with sharding.activate(auto):
+        assert jax.sharding.get_abstract_mesh().axis_names == sharding.MESH_AXES
