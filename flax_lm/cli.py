@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    "libtpu's GENERATION:SHAPE (v5e:2x4, v5p:2x2x1)")
     p.add_argument("--num-slices", type=int, default=1, help="slices of that topology (multi-slice)")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--no-model-step", action="store_true", help="memory and fit only: skip the modelled step (a "
+                   "second compile, with the layers unrolled, when the program has loops)")
 
     p = _configured(sub, "prepare", "tokenize a config's pre-training text once into a token store, "
                                     "read with --config.data.source=tokens:OUT")
@@ -226,7 +228,8 @@ def _compile(args, overrides) -> int:
     cfg = config.load(args.config, overrides)
     if args.num_slices < 1:
         raise UserError(f"--num-slices must be at least 1; got {args.num_slices}")
-    report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices(args.topology, args.num_slices))
+    report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices(args.topology, args.num_slices),
+                                            model_step=not args.no_model_step)
     topology = args.topology + (f" x {args.num_slices} slices" if args.num_slices > 1 else "")
     print(tpu_compile.format_report(args.config, topology, report))
     if args.json:
