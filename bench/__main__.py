@@ -5,6 +5,7 @@
     python -m bench generate --config gpt2_small --batch 1
     python -m bench input --batch 32 --seq-len 1024
     python -m bench max-batch --config gpt2_small --seq-len 1024 --dtype bfloat16
+    python -m bench tpu --case gpt2-124m-v5e-4-data
 
 The model benchmarks share --config/--model, --batch, --seq-len, --dtype, --steps, --warmup,
 --rounds, --torch-compile, --peak-flops, --json PATH and --no-record (and take --config.key=value
@@ -22,6 +23,7 @@ BENCHMARKS = {  # name: (module, what it measures)
     "bert-mlm": ("bench.bert_mlm", "masked-LM training throughput, BERT vs transformers.BertForMaskedLM"),
     "generate": ("bench.gpt2_generate", "greedy decoding, flax_lm generate vs transformers generate()"),
     "input": ("bench.input_pipeline", "input pipeline throughput: read, tokenize, pack + batch"),
+    "tpu": ("bench.tpu", "modelled TPU step time, flax_lm vs MaxText on the TPU compiler's cost model"),
     "max-batch": ("bench.max_batch", "the largest GPT-2 training batch that fits, flax_lm by remat policy vs PyTorch"),
 }
 

@@ -43,7 +43,7 @@ def main(argv=None):
             continue
         start = time.perf_counter()
         cfg = config_lib.load(recipe, overrides)
-        report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices(topology, slices))
+        report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices(topology, slices), model_step=False)
         seconds = time.perf_counter() - start
         where = topology + (f" x {slices} slices" if slices > 1 else "")
         print(tpu_compile.format_report(" ".join([recipe, *overrides]), where, report),

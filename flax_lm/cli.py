@@ -1,4 +1,5 @@
-"""The `flax-lm` command line. User mistakes print one line and exit 2."""
+"""The `flax-lm` command line. User mistakes print one line and exit 2; `compile` exits 3 when the
+program does not fit the chips."""
 
 import argparse
 import os
@@ -52,10 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
 
     p = _configured(sub, "compile", "compile a config's train step for a TPU topology (no TPU needed) and "
-                                    "report memory per chip, FLOPs and whether it fits")
-    p.add_argument("--topology", required=True, help="a TPU topology, e.g. v5e:2x2, v5e:4x4, v5p:2x2x1, v6e:2x2")
+                                    "report memory per chip, whether it fits and the modelled step time and MFU")
+    p.epilog += f" Exits 0 when it fits, {COMPILE_DOES_NOT_FIT} when it does not, 2 on a user mistake."
+    p.add_argument("--topology", required=True, help="a TPU topology: gcloud's or MaxText's accelerator type "
+                   "(v5e-8 = v5litepod-8, v6e-8; v5p-8 and v4-8 count TensorCores, so v5p-8 is 4 chips) or "
+                   "libtpu's GENERATION:SHAPE (v5e:2x4, v5p:2x2x1)")
     p.add_argument("--num-slices", type=int, default=1, help="slices of that topology (multi-slice)")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--no-model-step", action="store_true", help="memory and fit only: skip the modelled step (a "
+                   "second compile, with the layers unrolled, when the program has loops)")
 
     p = _configured(sub, "prepare", "tokenize a config's pre-training text once into a token store, "
                                     "read with --config.data.source=tokens:OUT")
@@ -68,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="a new directory")
     p.add_argument("--task", default=None, help="the task head of a bare encoder (e.g. classification)")
     return parser
+
+
+COMPILE_DOES_NOT_FIT = 3  # flax-lm compile's exit status for a program too big for the chips
 
 
 def _configured(sub, name: str, what: str) -> argparse.ArgumentParser:
@@ -219,12 +228,13 @@ def _compile(args, overrides) -> int:
     cfg = config.load(args.config, overrides)
     if args.num_slices < 1:
         raise UserError(f"--num-slices must be at least 1; got {args.num_slices}")
-    report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices(args.topology, args.num_slices))
+    report = tpu_compile.compile_train_step(cfg, tpu_compile.topology_devices(args.topology, args.num_slices),
+                                            model_step=not args.no_model_step)
     topology = args.topology + (f" x {args.num_slices} slices" if args.num_slices > 1 else "")
     print(tpu_compile.format_report(args.config, topology, report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    return 0
+    return COMPILE_DOES_NOT_FIT if report["fits"] is False else 0
 
 
 def _prepare(args, overrides) -> int:

@@ -4,7 +4,8 @@ topology on any machine that has libtpu (`pip install "jax[tpu]"`), no TPU neede
 The topology's devices come from `jax.experimental.topologies`; the mesh, shardings, model,
 optimizer and step are the ones `train` builds, lowered with abstract arrays, so nothing is
 allocated. XLA's own accounting gives the per-chip memory (`memory_analysis`) and FLOPs
-(`cost_analysis`); the chip's HBM decides whether the config fits.
+(`cost_analysis`); the chip's HBM decides whether the config fits. The TPU compiler's cost model
+gives the modelled step (flax_lm.tpu_cost): time, tokens/s and MFU per chip.
 """
 
 import importlib.util
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lm import checkpointing, optim, sharding, state_init
+from flax_lm import checkpointing, optim, sharding, state_init, tpu_cost, tpu_topology
 from flax_lm import mesh as mesh_lib
 from flax_lm.data import pipeline
 from flax_lm.errors import UserError
@@ -23,17 +24,19 @@ from flax_lm.models import build_model, flops_per_token, head_name
 from flax_lm.tasks import get_task
 from flax_lm.train_step import jit_train_step
 
-GIB = 2 ** 30
-# HBM per chip, by the device kind libtpu reports.
-HBM_BYTES = {"TPU v4": 32 * GIB, "TPU v5 lite": 16 * GIB, "TPU v5": 95 * GIB, "TPU v5p": 95 * GIB,
-             "TPU v6 lite": 32 * GIB}
+GIB = tpu_cost.GIB
 # How the TPU compiler words a program that needs more than the chip has: "... HLO temporaries (172.93G) ..."
 _OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?temporaries \(([\d.]+)G\)", re.S)
-EXAMPLE_TOPOLOGIES = "v5e:2x2, v5e:4x4, v5p:2x2x1, v5p:4x4x4, v6e:2x2"
+EXAMPLE_TOPOLOGIES = "v5e-4, v5e-8 (= v5litepod-8, v5e:2x4), v5p-8 (4 chips, v5p:2x2x1), v6e-8, v5p-128"
+# Off while measuring: libtpu's collective matmuls are while loops, whose bodies its cost model counts once.
+NO_COLLECTIVE_MATMUL_LOOPS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                              "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 
 def topology_devices(name: str, num_slices: int = 1) -> list:
-    """The devices of a TPU topology such as v5e:4x4 (num_slices of them for multi-slice)."""
+    """The devices of a TPU topology such as v5e-16 or v5e:4x4 (num_slices of them for multi-slice);
+    the names are flax_lm.tpu_topology's."""
+    name = tpu_topology.libtpu_name(name)
     if importlib.util.find_spec("libtpu") is None:
         raise UserError("compiling for a TPU topology needs libtpu: pip install 'flax_lm[tpu]'")
     # Compiling touches no chip, so several processes may hold libtpu at once (a test and its subprocess).
@@ -75,8 +78,51 @@ def batch_spec(cfg, mesh) -> dict:
     return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()}
 
 
-def compile_train_step(cfg, devices: list) -> dict:
-    """Compiles the train step of `cfg` for `devices` and reports memory per chip, FLOPs and fit."""
+def compile_train_step(cfg, devices: list, model_step: bool = True) -> dict:
+    """Compiles the train step of `cfg` for `devices` and reports memory per chip, FLOPs, fit and
+    (with `model_step`) the modelled step (see modeled_step)."""
+    report, compiled = _compile(cfg, devices)
+    if model_step and compiled is not None:
+        report.update(modeled_step(cfg, devices, report, compiled))
+    return report
+
+
+def modeled_step(cfg, devices: list, report: dict, compiled) -> dict:
+    """The modelled step of `compiled` (cfg's step for `devices`): seconds, tokens/s and MFU per chip,
+    the roofline bound, bytes moved and collective bytes per chip. A program with while loops is
+    compiled again as measured_config(cfg) says, so that no loop body is counted once."""
+    kind = devices[0].device_kind
+    model = tpu_cost.model_step(compiled, kind)
+    if any(loop["trip_count"] != 1 for loop in model["loops"]):
+        _, measured = _compile(measured_config(cfg), devices, NO_COLLECTIVE_MATMUL_LOOPS)
+        if measured is None:  # unrolled, the layers' temporaries no longer fit: the compiler priced nothing
+            return {"modeled_step_seconds": None, "loops_counted_once": model["loops"]}
+        model = tpu_cost.model_step(measured, kind)
+    seconds, tokens = model.pop("modeled_step_seconds"), cfg.train.batch_size * pipeline.seq_len(cfg)
+    chip, per_chip_flops = tpu_cost.CHIPS.get(kind), report["model_flops_per_step"] / len(devices)
+    mfu = {} if chip is None else {
+        "6N+12LHQT": per_chip_flops / seconds / chip.peak_flops,
+        "6N+6LHQT_causal": report["model_flops_causal_per_step"] / len(devices)
+        / seconds / chip.peak_flops}
+    return {"modeled_step_seconds": seconds, "modeled_tokens_per_second_per_chip": tokens / len(devices) / seconds,
+            "modeled_mfu": mfu, "roofline_seconds": model.pop("roofline_seconds"),
+            "bytes_accessed_per_chip": model.pop("bytes_accessed"), "modeled_flops_per_chip": model.pop("flops"),
+            "collective_bytes_per_chip": model.pop("collective_bytes"),
+            "loops_counted_once": [loop for loop in model["loops"] if loop["trip_count"] != 1],
+            "minus_one_ops": model["minus_one_ops"], "peak_flops": chip and chip.peak_flops,
+            "hbm_bandwidth": chip and chip.hbm_bandwidth, "modeled_method": tpu_cost.METHOD}
+
+
+def measured_config(cfg):
+    """cfg with the loops flax_lm makes unrolled: the layers (scan_layers=False computes the same
+    step with one parameter array per layer)."""
+    measured = cfg.copy_and_resolve_references()
+    measured.model.scan_layers = False
+    return measured
+
+
+def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[dict, object]:
+    """(report, compiled executable or None when the compiler refused it for lack of HBM)."""
     mesh = mesh_lib.make_mesh(cfg, devices)
     model = build_model(cfg.model, head_name(cfg))
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
@@ -84,18 +130,23 @@ def compile_train_step(cfg, devices: list) -> dict:
     abstract_state, shardings = state_init.state_shardings(model, tx, mesh, cfg.train.seed, cfg.model.max_len)
     state = checkpointing.abstract_with_shardings(abstract_state, shardings)
     step = jit_train_step(model, get_task(cfg), tx, schedule, cfg.train, mesh, shardings)
-    kind = devices[0].device_kind
+    kind, B, T = devices[0].device_kind, cfg.train.batch_size, pipeline.seq_len(cfg)
+    m = model.cfg
+    attention_scores = 12 * m.n_layers * m.n_heads * getattr(m, "head_dim", m.d_model // m.n_heads) * T * B * T
     report = {
         "device_kind": kind, "chips": len(devices), "mesh": dict(mesh.shape),
+        "batch": {"global_sequences": B, "sequences_per_chip": B / len(devices), "seq_len": T,
+                  "grad_accum_steps": cfg.train.grad_accum_steps},
         "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))),
-        "model_flops_per_step": flops_per_token(model.cfg, pipeline.seq_len(cfg)) * cfg.train.batch_size
-        * pipeline.seq_len(cfg),
-        "hbm_bytes": HBM_BYTES.get(kind), "scan_layers": cfg.model.scan_layers,
+        "model_flops_per_step": flops_per_token(m, T) * B * T,
+        "model_flops_causal_per_step": flops_per_token(m, T) * B * T - attention_scores / 2,
+        "hbm_bytes": tpu_cost.CHIPS[kind].hbm_bytes if kind in tpu_cost.CHIPS else None,
+        "scan_layers": cfg.model.scan_layers,
     }
     per_chip = {"parameters": _bytes_per_chip(state.params), "optimizer_state": _bytes_per_chip(state.opt_state)}
     try:
         with sharding.activate(mesh):
-            compiled = step.lower(state, batch_spec(cfg, mesh)).compile()
+            compiled = step.lower(state, batch_spec(cfg, mesh)).compile(compiler_options=compiler_options)
     except jax.errors.JaxRuntimeError as e:
         # The TPU compiler itself refuses a program whose temporaries exceed the chip's HBM.
         needed = _OUT_OF_HBM.search(str(e))
@@ -106,7 +157,7 @@ def compile_train_step(cfg, devices: list) -> dict:
                       per_chip_total_bytes=per_chip["parameters"] + per_chip["optimizer_state"]
                       + per_chip["temporaries"],
                       compile_error=str(e).strip().splitlines()[0][:300], suggestions=_suggestions(cfg, mesh))
-        return report
+        return report, None
     memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     per_chip.update(arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes,
@@ -118,7 +169,7 @@ def compile_train_step(cfg, devices: list) -> dict:
     fits = None if report["hbm_bytes"] is None else total <= report["hbm_bytes"]
     report.update(per_chip_bytes=per_chip, per_chip_total_bytes=total, step_flops_per_chip=float(cost.get("flops", 0)),
                   fits=fits, suggestions=[] if fits is not False else _suggestions(cfg, mesh))
-    return report
+    return report, compiled
 
 
 def _bytes_per_chip(tree) -> int:
@@ -150,6 +201,9 @@ def format_report(config_name: str, topology: str, r: dict) -> str:
              f"per chip: parameters {m['parameters'] / GIB:.2f} GiB, optimizer state {m['optimizer_state'] / GIB:.2f} "
              f"GiB, temporaries (activations and workspace) {m['temporaries'] / GIB:.2f} GiB, "
              f"total {r['per_chip_total_bytes'] / GIB:.2f} GiB"]
+    b = r["batch"]
+    lines.append(f"batch: {b['global_sequences']} sequences of {b['seq_len']} tokens ({b['sequences_per_chip']:g} per chip"
+                 + (f", {b['grad_accum_steps']} micro-batches" if b["grad_accum_steps"] > 1 else "") + ")")
     if r["step_flops_per_chip"] is None:
         lines.append(f"the TPU compiler refused it: {r['compile_error']}")
     else:
@@ -157,6 +211,7 @@ def format_report(config_name: str, topology: str, r: dict) -> str:
         counted = ", the scanned layers counted once" if r["scan_layers"] else ""
         lines.append(f"step FLOPs per chip {r['step_flops_per_chip']:.3e} (XLA's count{counted}; model FLOPs "
                      f"per step, all chips: {r['model_flops_per_step']:.3e})")
+    lines += _modeled_lines(r)
     if r["fits"] is None:
         lines.append(f"no HBM size known for {r['device_kind']}")
     else:
@@ -164,3 +219,21 @@ def format_report(config_name: str, topology: str, r: dict) -> str:
         lines.append(f"{verdict} in {r['hbm_bytes'] / GIB:.0f} GiB of HBM per chip")
     lines += [f"  try: {s}" for s in r["suggestions"]]
     return "\n".join(lines)
+
+
+def _modeled_lines(r: dict) -> list[str]:
+    """The modelled step as lines for a person (none when it was not modelled)."""
+    if r.get("modeled_step_seconds") is None:
+        return ["modelled step: not priced (the measured program did not compile)"] if "loops_counted_once" in r else []
+    mfu = ", ".join(f"{v:.1%} ({name})" for name, v in r["modeled_mfu"].items())
+    lines = [f"modelled step {r['modeled_step_seconds'] * 1e3:.1f} ms, "
+             f"{r['modeled_tokens_per_second_per_chip']:,.0f} tokens/s per chip, MFU {mfu or 'unknown peak'}",
+             f"  roofline bound {r['roofline_seconds'] * 1e3:.1f} ms (max of FLOPs / peak and bytes / HBM bandwidth); "
+             f"per chip: {r['modeled_flops_per_chip']:.3e} FLOPs, {r['bytes_accessed_per_chip'] / 1e9:.1f} GB moved, "
+             f"{r['collective_bytes_per_chip'] / 1e9:.2f} GB by collectives",
+             f"  method: {r['modeled_method']}"]
+    if r["loops_counted_once"]:
+        trips = ", ".join(str(loop["trip_count"] or "unknown") for loop in r["loops_counted_once"])
+        lines.append(f"  {len(r['loops_counted_once'])} while loop(s) left (trip counts {trips}), each body counted "
+                     f"once: the modelled step is a lower bound")
+    return lines
