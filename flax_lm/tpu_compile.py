@@ -8,52 +8,27 @@ allocated. XLA's own accounting gives the per-chip memory (`memory_analysis`) an
 gives the modelled step (flax_lm.tpu_cost): time, tokens/s and MFU per chip.
 """
 
-import importlib.util
-import os
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lm import checkpointing, optim, sharding, state_init, tpu_cost, tpu_topology
+from flax_lm import checkpointing, optim, sharding, state_init, tpu_cost
 from flax_lm import mesh as mesh_lib
 from flax_lm.data import pipeline
 from flax_lm.errors import UserError
 from flax_lm.models import build_model, flops_per_token, head_name
 from flax_lm.tasks import get_task
+from flax_lm.backends.tpu import topology_devices  # noqa: F401 (the compile command's devices)
 from flax_lm.train_step import jit_train_step
 
 GIB = tpu_cost.GIB
 # How the TPU compiler words a program that needs more than the chip has: "... HLO temporaries (172.93G) ..."
 _OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?temporaries \(([\d.]+)G\)", re.S)
-EXAMPLE_TOPOLOGIES = "v5e-4, v5e-8 (= v5litepod-8, v5e:2x4), v5p-8 (4 chips, v5p:2x2x1), v6e-8, v5p-128"
 # Off while measuring: libtpu's collective matmuls are while loops, whose bodies its cost model counts once.
 NO_COLLECTIVE_MATMUL_LOOPS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                               "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
-
-
-def topology_devices(name: str, num_slices: int = 1) -> list:
-    """The devices of a TPU topology such as v5e-16 or v5e:4x4 (num_slices of them for multi-slice);
-    the names are flax_lm.tpu_topology's."""
-    name = tpu_topology.libtpu_name(name)
-    if importlib.util.find_spec("libtpu") is None:
-        raise UserError("compiling for a TPU topology needs libtpu: pip install 'flax_lm[tpu]'")
-    # Compiling touches no chip, so several processes may hold libtpu at once (a test and its subprocess).
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    try:
-        from jax.experimental import topologies
-        kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
-        devices = list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
-    except Exception as e:  # libtpu reports an unknown name as a bare runtime error
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"--topology {name!r}: cannot make this TPU topology ({reason}); "
-                        f"names look like {EXAMPLE_TOPOLOGIES}") from None
-    if any(d.core_on_chip for d in devices):
-        # libtpu describes v4 here core by core; meshes are built from one device per chip (megacore)
-        raise UserError(f"--topology {name!r}: libtpu gives {len(devices)} cores, not one device per chip, "
-                        f"which flax_lm's meshes need; names that work look like {EXAMPLE_TOPOLOGIES}")
-    return devices
 
 
 def batch_spec(cfg, mesh) -> dict:

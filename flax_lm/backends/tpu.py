@@ -1,6 +1,13 @@
 """TPU: splash attention (the Pallas flash kernel) is what `attention="auto"` means."""
 
+import importlib.util
+import os
+
+from flax_lm import tpu_topology
 from flax_lm.backends.base import Backend
+from flax_lm.errors import UserError
+
+EXAMPLE_TOPOLOGIES = "v5e-4, v5e-8 (= v5litepod-8, v5e:2x4), v5p-8 (4 chips, v5p:2x2x1), v6e-8, v5p-128"
 
 
 class TpuBackend(Backend):
@@ -12,3 +19,26 @@ class TpuBackend(Backend):
         apply (a bias, a decoding cache, lengths off its 128 grid) and says so once."""
         del dtype, head_dim, bias, cache
         return "splash"
+
+
+def topology_devices(name: str, num_slices: int = 1) -> list:
+    """The devices of a TPU topology such as v5e-16 or v5e:4x4 (num_slices of them for multi-slice);
+    the names are flax_lm.tpu_topology's."""
+    name = tpu_topology.libtpu_name(name)
+    if importlib.util.find_spec("libtpu") is None:
+        raise UserError("compiling for a TPU topology needs libtpu: pip install 'flax_lm[tpu]'")
+    # Compiling touches no chip, so several processes may hold libtpu at once (a test and its subprocess).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        from jax.experimental import topologies
+        kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
+        devices = list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
+    except Exception as e:  # libtpu reports an unknown name as a bare runtime error
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"--topology {name!r}: cannot make this TPU topology ({reason}); "
+                        f"names look like {EXAMPLE_TOPOLOGIES}") from None
+    if any(d.core_on_chip for d in devices):
+        # libtpu describes v4 here core by core; meshes are built from one device per chip (megacore)
+        raise UserError(f"--topology {name!r}: libtpu gives {len(devices)} cores, not one device per chip, "
+                        f"which flax_lm's meshes need; names that work look like {EXAMPLE_TOPOLOGIES}")
+    return devices
