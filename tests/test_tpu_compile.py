@@ -57,7 +57,7 @@ def test_auto_attention_is_chosen_for_the_topology_not_for_this_machine():
     topology_mesh = mesh.make_mesh(tiny_config(), tpu_compile.topology_devices("v5e:2x2"))
     assert attention.resolve("auto") == "explicit"  # this CPU's choice
     with sharding.activate(topology_mesh):
-        assert attention.resolve("auto") == "xla"
+        assert attention.resolve("auto") == "splash"
 
 
 @pytest.mark.parametrize("remat_policy", ["none", "dots_no_batch"])

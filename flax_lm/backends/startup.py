@@ -10,6 +10,7 @@ any (a TPU VM, a GPU box), or the user set JAX_PLATFORMS, JAX's own choice stand
 
 import glob
 import os
+import sys
 
 # NVIDIA GPUs (and WSL's), AMD GPUs, TPU chips: /dev/accel* (v4, v5p), VFIO groups (v5e, v6e, later)
 ACCELERATOR_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
@@ -20,3 +21,5 @@ def choose_platforms(environ=os.environ) -> None:
     device files. Call before JAX is imported; processes this one starts inherit the choice."""
     if not environ.get("JAX_PLATFORMS") and not any(glob.glob(p) for p in ACCELERATOR_DEVICE_FILES):
         environ["JAX_PLATFORMS"] = "cpu"
+        if "jax" in sys.modules:  # jax read the variable when it was imported (this package imports it)
+            sys.modules["jax"].config.update("jax_platforms", "cpu")
