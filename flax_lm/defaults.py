@@ -75,9 +75,9 @@ def _declared() -> _Schema:
     key("model.rope_theta", 10000.0, "Llama: base of the rotary position embedding's frequencies")
 
     key("data.source", "default", "pre-training text: default (the embedded corpus), tfds:NAME[/CONFIG][:SPLIT], "
-        "hf:NAME_OR_PATH[:SPLIT] (Hugging Face datasets), or comma-separated files/globs: plain text (a file is a "
+        "or comma-separated files/globs: plain text (a file is a "
         "document), .jsonl, .csv, .tsv, .parquet (a record is a document)")
-    key("data.document_field", "text", "the field of a JSONL/CSV/Parquet/TFDS/hf: record that holds its text")
+    key("data.document_field", "text", "the field of a JSONL/CSV/Parquet/TFDS record that holds its text")
     key("data.tfds_data_dir", "", "where TFDS data sets are (prepared, or prepared there); empty: TFDS's own")
     key("data.tfds_download", True, "prepare a TFDS data set that is not in tfds_data_dir yet (downloads)")
     key("data.packing", "concat", "causal LM: concat joins documents into one stream that attends across them "
@@ -91,7 +91,7 @@ def _declared() -> _Schema:
     key("data.whole_word_masking", False, "masked LM: mask all pieces of a word together")
     key("data.mask_prob", 0.15, "masked LM: share of the tokens masked")
     key("data.max_predictions", 0, "masked LM: masked positions per sequence; 0 = ceil(mask_prob * max_len)")
-    key("data.train", "", "fine-tuning train split: classification .csv/.tsv/.jsonl/.parquet, a tfds: or hf: "
+    key("data.train", "", "fine-tuning train split: classification .csv/.tsv/.jsonl/.parquet or a tfds: "
         "split; NER: CoNLL; QA: SQuAD v1.1 .json; seq2seq: see data.source_field")
     key("data.validation", "", "fine-tuning dev split, as data.train")
     key("data.test", "", "fine-tuning test split, as data.train")
@@ -143,9 +143,6 @@ def _declared() -> _Schema:
     key("train.loss_spike_factor", 3.0, "report a logged loss above this times the median of the last 20; 0: off")
     key("train.profile_steps", "", "START:STOP (e.g. 10:15): write a JAX profiler trace of those steps to "
         "WORKDIR/profile; empty: off")
-    key("train.wandb", False, "also log metrics to Weights & Biases (pip install 'flax_lm[wandb]'; "
-        "WANDB_MODE=offline logs without a network); TensorBoard and metrics.jsonl are always written")
-    key("train.wandb_project", "flax_lm", "train.wandb: the Weights & Biases project (WANDB_PROJECT overrides it)")
 
     key("optim.optimizer", "adamw", "adamw | adafactor (factored second moments, updates relative to each weight)")
     key("optim.learning_rate", 1e-3, "peak, after warmup")
