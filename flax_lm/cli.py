@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--part", type=int, default=0, help="the part this process writes, 0 .. parts - 1")
     p.add_argument("--parts", type=int, default=1, help="processes (or machines) that write the store, one part each")
 
+    p = _configured(sub, "config", "print a recipe's config with its overrides applied, or list the keys that "
+                                   "match --keys with their types, defaults and help", required=False)
+    p.add_argument("--keys", default=None, metavar="PATTERN",
+                   help="list the keys whose name contains PATTERN (or matches it as a glob: 'optim.*')")
+
     p = sub.add_parser("import", help="make a workdir from a Hugging Face model directory or hub id")
     p.add_argument("--hf", required=True, help="a local model directory or a hub id")
     p.add_argument("--workdir", required=True, help="a new directory")
@@ -79,10 +84,15 @@ def _parser() -> argparse.ArgumentParser:
 COMPILE_DOES_NOT_FIT = 3  # flax-lm compile's exit status for a program too big for the chips
 
 
-def _configured(sub, name: str, what: str) -> argparse.ArgumentParser:
+def _configured(sub, name: str, what: str, required: bool = True) -> argparse.ArgumentParser:
     """A subcommand that takes a recipe and --config.section.key=value overrides of it."""
-    p = sub.add_parser(name, help=what, epilog="Override any config key with --config.section.key=value.")
-    p.add_argument("--config", required=True, help="a recipe file, or the name of one in configs/")
+    p = sub.add_parser(name, help=what, epilog="Override any config key with --config.section.key=value (with '='). "
+                                               "`flax-lm config --keys PATTERN` lists the keys with their types, "
+                                               "defaults and help; `flax-lm config --config C [--config.k=v ...]` "
+                                               "prints the config a run would use.")
+    p.add_argument("--config", required=required, default=None,
+                   help="a recipe file, or the name of one in configs/" + ("" if required else "; default: none, "
+                                                                            "the schema's defaults"))
     return p
 
 
@@ -92,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if a.startswith("--config.")]
     unknown = [a for a in extra if not a.startswith("--config.")]
-    if unknown or (overrides and args.command not in ("train", "compile", "prepare")):
+    spaced = _spaced_override(extra)
+    if spaced:
+        print(f"flax-lm {args.command}: error: {spaced}", file=sys.stderr)
+        return 2
+    if unknown or (overrides and args.command not in ("train", "compile", "prepare", "config")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     try:
         if getattr(args, "workdir", None) is not None:
@@ -100,11 +114,21 @@ def main(argv: list[str] | None = None) -> int:
             local(args.workdir)
         return COMMANDS[args.command](args, overrides)
     except UserError as e:
-        print(f"flax-lm {args.command}: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:  # a config with several problems has a line for each
+            print(f"flax-lm {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"flax-lm {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _spaced_override(extra: list[str]) -> str:
+    """The hint for an override written with a space (`--config.train.steps 60`), else ""."""
+    for arg, following in zip(extra, extra[1:] + [""]):
+        if arg.startswith("--config.") and "=" not in arg:
+            value = following if following and not following.startswith("--") else "VALUE"
+            return f"{arg}: write {arg}={value} (an override takes '=', not a space)"
+    return ""
 
 
 def _train(args, overrides) -> int:
@@ -248,6 +272,14 @@ def _prepare(args, overrides) -> int:
     return 0
 
 
+def _config(args, overrides) -> int:
+    from flax_lm import config, config_keys
+    cfg = config.load(args.config, overrides)
+    lines = config_keys.key_table(cfg, args.keys) if args.keys is not None else config_keys.resolved(cfg)
+    print("\n".join(lines))
+    return 0
+
+
 def _import(args, _) -> int:
     from flax_lm.interop.hf_import import import_hf
     workdir = import_hf(args.hf, args.workdir, args.task)
@@ -256,7 +288,7 @@ def _import(args, _) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate, "export": _export,
-            "import": _import, "compile": _compile, "prepare": _prepare}
+            "import": _import, "compile": _compile, "prepare": _prepare, "config": _config}
 
 
 def entry_point() -> None:

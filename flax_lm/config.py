@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-from flax_lm import defaults
+from flax_lm import defaults, training_length
 from flax_lm.errors import UserError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,7 +39,7 @@ CHOICES = {
 }
 POSITIVE = (
     "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
-    "train.steps", "train.batch_size", "train.grad_accum_steps", "train.log_every",
+    "train.batch_size", "train.grad_accum_steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "model.type_vocab_size",
     "data.doc_stride", "data.max_query_len", "model.relative_attention_num_buckets",
     "model.relative_attention_max_distance", "data.mean_noise_span_length",
@@ -53,13 +53,22 @@ NON_NEGATIVE = (
 
 
 
-def load(path_or_name: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Loads a recipe file (or the name of one in the repo's configs/), applies
-    `--config.key=value` overrides and validates the result."""
-    cfg = _load_recipe(path_or_name)
+def load(path_or_name: str | None, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a recipe file (or the name of one in the repo's configs/; None: the schema's defaults),
+    applies `--config.key=value` overrides and validates the result."""
+    cfg = _load_recipe(path_or_name) if path_or_name is not None else defaults.get_config()
+    problems = []   # all of them, in one error: a user fixes every override and value in one go
     for arg in overrides:
-        apply_override(cfg, arg)
-    validate(cfg)
+        try:
+            apply_override(cfg, arg)
+        except UserError as e:
+            problems.append(str(e))
+    try:
+        validate(cfg)
+    except UserError as e:
+        problems.append(str(e))
+    if problems:
+        raise UserError("\n".join(problems))
     return cfg
 
 
@@ -203,78 +212,90 @@ def _set(cfg, name: str, value) -> None:
     node[leaf] = value
 
 
-def _all_keys(cfg, prefix="") -> list[str]:
+def all_keys(cfg, prefix: str = "") -> list[str]:
+    """The dotted names of every value of `cfg`, in its order."""
     keys = []
     for key, value in cfg.items():
         if isinstance(value, ml_collections.ConfigDict):
-            keys += _all_keys(value, prefix + key + ".")
+            keys += all_keys(value, prefix + key + ".")
         else:
             keys.append(prefix + key)
     return keys
 
 
 def _unknown_key(name: str) -> str:
-    close = difflib.get_close_matches(name, _all_keys(defaults.get_config()), n=1)
+    close = difflib.get_close_matches(name, all_keys(defaults.get_config()), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown config key {name!r}{hint}"
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks values and combinations that do not depend on the devices."""
+    """Checks values and combinations that do not depend on the devices; every problem found is
+    one line of the UserError raised, so a user fixes them all in one go."""
+    problems = []
+    bad = set()   # keys with a value out of their own range: checks that combine them are skipped
     for name, allowed in CHOICES.items():
         if _get(cfg, name) not in allowed:
-            raise UserError(f"config key {name!r} must be one of {', '.join(allowed)}; got {_get(cfg, name)!r}")
-    for name in POSITIVE:
-        if _get(cfg, name) <= 0:
-            raise UserError(f"config key {name!r} must be positive; got {_get(cfg, name)}")
-    for name in NON_NEGATIVE:
-        if _get(cfg, name) < 0:
-            raise UserError(f"config key {name!r} must be >= 0; got {_get(cfg, name)}")
+            problems.append(f"config key {name!r} must be one of {', '.join(allowed)}; got {_get(cfg, name)!r}")
+    for names, wrong, what in ((POSITIVE, lambda v: v <= 0, "positive"), (NON_NEGATIVE, lambda v: v < 0, ">= 0")):
+        for name in names:
+            if wrong(_get(cfg, name)):
+                problems.append(f"config key {name!r} must be {what}; got {_get(cfg, name)}")
+                bad.add(name)
     m, t, o = cfg.model, cfg.train, cfg.optim
-    if m.d_model % m.n_heads and not m.head_dim:
-        raise UserError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
-    if t.batch_size % t.grad_accum_steps:
-        raise UserError(
+
+    def fine(*names) -> bool:
+        return not bad.intersection(names)
+
+    if fine("model.n_heads") and m.d_model % m.n_heads and not m.head_dim:
+        problems.append(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
+    if fine("train.grad_accum_steps") and t.batch_size % t.grad_accum_steps:
+        problems.append(
             f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps ({t.grad_accum_steps})")
     if not 0.0 < cfg.data.validation_fraction < 1.0:
-        raise UserError(f"data.validation_fraction must be in (0, 1); got {cfg.data.validation_fraction}")
+        problems.append(f"data.validation_fraction must be in (0, 1); got {cfg.data.validation_fraction}")
     for name in ("model.dropout", "model.attention_dropout", "train.label_smoothing"):
         if not 0.0 <= _get(cfg, name) < 1.0:
-            raise UserError(f"config key {name!r} must be in [0, 1); got {_get(cfg, name)}")
+            problems.append(f"config key {name!r} must be in [0, 1); got {_get(cfg, name)}")
     if t.label_smoothing and cfg.task not in LANGUAGE_MODELLING:
-        raise UserError(f"train.label_smoothing applies to the tasks that predict text "
+        problems.append(f"train.label_smoothing applies to the tasks that predict text "
                         f"({', '.join(LANGUAGE_MODELLING)}); the task is {cfg.task!r}")
     if m.attention_dropout > 0 and m.attention != "reference":
-        raise UserError("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
-    if o.warmup_steps < 0 or o.warmup_steps > t.steps:
-        raise UserError(f"optim.warmup_steps ({o.warmup_steps}) must be in [0, train.steps={t.steps}]")
+        problems.append("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
+    problems += training_length.problems(t, o.warmup_steps)
     p = cfg.parallel
     if p.strategy == "pmap" and (p.fsdp != 1 or p.tensor != 1):
-        raise UserError(f"parallel.strategy=pmap is pure data parallelism: it needs parallel.fsdp=1 and "
+        problems.append(f"parallel.strategy=pmap is pure data parallelism: it needs parallel.fsdp=1 and "
                         f"parallel.tensor=1 (got {p.fsdp} and {p.tensor}); use parallel.strategy=jit to shard")
-    _validate_task(cfg)
+    if fine("model.n_heads"):
+        problems += _task_problems(cfg)
     from flax_lm.generation import settings as generation_settings
     try:
         sample = generation_settings.from_sample_section(cfg.sample.to_dict())  # parses the stop ids
         if cfg.sample.max_new_tokens:
             sample.validate()
     except UserError as e:
-        raise UserError(f"sample.{e}") from None
+        problems.append(f"sample.{e}")
     if not 0.0 < o.layer_decay <= 1.0:
-        raise UserError(f"optim.layer_decay must be in (0, 1]; got {o.layer_decay}")
+        problems.append(f"optim.layer_decay must be in (0, 1]; got {o.layer_decay}")
     if o.learning_rate <= 0:
-        raise UserError(f"optim.learning_rate must be positive; got {o.learning_rate}")
+        problems.append(f"optim.learning_rate must be positive; got {o.learning_rate}")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
-        raise UserError(f"optim.min_lr_ratio must be in [0, 1]; got {o.min_lr_ratio}")
+        problems.append(f"optim.min_lr_ratio must be in [0, 1]; got {o.min_lr_ratio}")
     # Imported here: the attention and remat modules import JAX, this module need not.
     from flax_lm.attention import IMPLEMENTATIONS
     from flax_lm.models.remat import POLICIES
     from flax_lm.profiling import parse_steps
     if m.attention not in IMPLEMENTATIONS:
-        raise UserError(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
+        problems.append(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
     if m.remat_policy not in POLICIES:
-        raise UserError(f"model.remat_policy must be one of {', '.join(POLICIES)}; got {m.remat_policy!r}")
-    parse_steps(t.profile_steps)
+        problems.append(f"model.remat_policy must be one of {', '.join(POLICIES)}; got {m.remat_policy!r}")
+    try:
+        parse_steps(t.profile_steps)
+    except UserError as e:
+        problems.append(str(e))
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 LANGUAGE_MODELLING = ("causal_lm", "span_corruption", "seq2seq")  # losses of a fused output projection
@@ -283,55 +304,61 @@ FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama"), "span_corruption": ("t5",), 
 GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
 
-def _validate_task(cfg) -> None:
-    """The task, the model family and the data must fit together."""
+def _task_problems(cfg) -> list[str]:
+    """The task, the model family and the data must fit together: what does not, one line each."""
+    problems = []
     families = FAMILIES_OF_TASK.get(cfg.task, ("bert",))
     if cfg.model.family not in families:
-        raise UserError(f"task {cfg.task!r} needs model.family={' or '.join(families)} "
+        problems.append(f"task {cfg.task!r} needs model.family={' or '.join(families)} "
                         f"(model.family is {cfg.model.family!r})")
     if cfg.model.family == "t5":
-        _validate_t5(cfg)
+        problems += _t5_problems(cfg)
     if cfg.model.family == "llama":
-        _validate_llama(cfg.model)
+        problems += _llama_problems(cfg.model)
     if cfg.data.seq_len > cfg.model.max_len:
-        raise UserError(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
+        problems.append(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
     if cfg.data.nsp and cfg.model.variant == "roberta":
-        raise UserError("data.nsp: RoBERTa has no next-sentence prediction head; set data.nsp=False")
+        problems.append("data.nsp: RoBERTa has no next-sentence prediction head; set data.nsp=False")
     if not 0.0 < cfg.data.mask_prob < 1.0:
-        raise UserError(f"data.mask_prob must be in (0, 1); got {cfg.data.mask_prob}")
+        problems.append(f"data.mask_prob must be in (0, 1); got {cfg.data.mask_prob}")
     window = cfg.data.seq_len or cfg.model.max_len
     if cfg.task == "question_answering" and cfg.data.doc_stride >= window - cfg.data.max_query_len - 3:
-        raise UserError(f"data.doc_stride ({cfg.data.doc_stride}) must be smaller than the context part of a window "
+        problems.append(f"data.doc_stride ({cfg.data.doc_stride}) must be smaller than the context part of a window "
                         f"({window} tokens - data.max_query_len - 3 = {window - cfg.data.max_query_len - 3})")
+    return problems
 
 
-def _validate_llama(m) -> None:
+def _llama_problems(m) -> list[str]:
+    problems = []
     n_kv_heads = m.n_kv_heads or m.n_heads
     if m.n_heads % n_kv_heads:
-        raise UserError(f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({n_kv_heads}): "
+        problems.append(f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({n_kv_heads}): "
                         f"each key/value head serves the same number of query heads")
     head_dim = m.head_dim or m.d_model // m.n_heads
     if head_dim % 2:
-        raise UserError(f"the head size ({head_dim}: model.head_dim, or model.d_model / model.n_heads) must be even "
+        problems.append(f"the head size ({head_dim}: model.head_dim, or model.d_model / model.n_heads) must be even "
                         f"for rotary position embeddings")
     if m.rope_theta <= 0:
-        raise UserError(f"model.rope_theta must be positive; got {m.rope_theta}")
+        problems.append(f"model.rope_theta must be positive; got {m.rope_theta}")
+    return problems
 
 
-def _validate_t5(cfg) -> None:
+def _t5_problems(cfg) -> list[str]:
+    problems = []
     d = cfg.data
     if (d.target_len or d.seq_len) > cfg.model.max_len:
-        raise UserError(f"data.target_len ({d.target_len or d.seq_len}) must be at most model.max_len "
+        problems.append(f"data.target_len ({d.target_len or d.seq_len}) must be at most model.max_len "
                         f"({cfg.model.max_len})")
     if not 0.0 < d.noise_density < 1.0:
-        raise UserError(f"data.noise_density must be in (0, 1); got {d.noise_density}")
+        problems.append(f"data.noise_density must be in (0, 1); got {d.noise_density}")
     if cfg.optim.layer_decay != 1.0 or cfg.optim.unfreeze_top_layers:
-        raise UserError("optim.layer_decay and optim.unfreeze_top_layers are for single-stack models; T5 has an "
+        problems.append("optim.layer_decay and optim.unfreeze_top_layers are for single-stack models; T5 has an "
                         "encoder and a decoder stack: leave them at 1.0 and 0")
     unknown = [m for m in metric_names(cfg.train.generate_metrics) if m not in GENERATE_METRICS]
     if unknown:
-        raise UserError(f"train.generate_metrics: unknown metric {unknown[0]!r}; choose from "
+        problems.append(f"train.generate_metrics: unknown metric {unknown[0]!r}; choose from "
                         f"{', '.join(GENERATE_METRICS)}")
+    return problems
 
 
 def metric_names(text: str) -> list[str]:

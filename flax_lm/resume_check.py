@@ -17,7 +17,7 @@ from flax_lm.init_from import ARCHITECTURE_KEYS
 
 # Keys (or whole sections, ending in ".") whose change a resume allows.
 SAFE = (
-    "train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+    "train.steps", "train.epochs", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpointing", "train.progress_bar", "train.best_metric",
     "train.early_stopping_patience", "train.nonfinite_policy", "train.loss_spike_factor",
     "train.loss_chunk_len", "train.grad_accum_steps", "train.init_from",

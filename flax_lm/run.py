@@ -6,7 +6,7 @@ from pathlib import Path
 
 import jax
 
-from flax_lm import best, checkpointing, init_from, optim, sharding, state_init
+from flax_lm import best, checkpointing, init_from, optim, sharding, state_init, training_length
 from flax_lm import config as config_lib
 from flax_lm import mesh as mesh_lib
 from flax_lm import workdir as workdir_lib
@@ -33,6 +33,7 @@ class Run:
     abstract_state: object
     shardings: object
     checkpointer: checkpointing.Checkpointer
+    steps: int  # optimizer steps of the run (flax_lm.training_length); 0 for train.epochs without its train split
 
     def whole_to_global(self, whole_batch: dict) -> dict:
         """A whole batch that every process holds (e.g. evaluation's) -> global arrays sharded over
@@ -61,14 +62,17 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
     if prepared.label_names is not None:
         _set_num_labels(cfg, len(prepared.label_names))
     model = build_model(cfg.model, head_name(cfg))
-    schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
-    tx = optim.make_optimizer(cfg.optim, cfg.train.steps, cfg.model.n_layers)
+    train_split = prepared.splits.get("train")
+    steps = training_length.total_steps(cfg.train, cfg.optim.warmup_steps,
+                                        None if train_split is None else len(train_split))
+    schedule = optim.learning_rate_schedule(cfg.optim, steps)
+    tx = optim.make_optimizer(cfg.optim, steps, cfg.model.n_layers)
     abstract_state, shardings = state_init.state_shardings(model, tx, mesh, cfg.train.seed, cfg.model.max_len)
     checkpointer = checkpointing.Checkpointer(
         workdir / workdir_lib.CHECKPOINTS, save_every=cfg.train.checkpoint_every,
         keep=cfg.train.keep_checkpoints, async_writes=cfg.train.async_checkpointing)
     return Run(cfg, workdir, mesh, model, prepared.tokenizer, prepared.splits, prepared.label_names, tx, schedule,
-               abstract_state, shardings, checkpointer)
+               abstract_state, shardings, checkpointer, steps)
 
 
 def _set_num_labels(cfg, count: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from flax_lm import hardware, preemption, profiling, resume_check, seq2seq_eval
+from flax_lm import hardware, preemption, profiling, resume_check, seq2seq_eval, training_length
 from flax_lm import workdir as workdir_lib
 from flax_lm.best import BestKeeper
 from flax_lm.data import length_buckets, lm_data, packing_stats, pipeline
@@ -46,6 +46,8 @@ def train(cfg, workdir: str | Path) -> dict:
     iterator = lm_data.BatchIterator(len(train_data), t.batch_size, t.seed, jax.process_index(), jax.process_count(),
                                      lengths=padding.lengths if padding and cfg.data.group_by_length else None)
     _say(is_primary, packing_stats.describe(train_data, pipeline.seq_len(cfg), padding is not None))
+    if t.epochs:
+        _say(is_primary, training_length.describe(t, len(train_data), run.steps))
     if data_state:  # an imported checkpoint has no data position yet
         iterator.restore(data_state)
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
@@ -54,8 +56,8 @@ def train(cfg, workdir: str | Path) -> dict:
     steps = make_steps(run, task)  # parallel.strategy: jit, or pmap with a replicated state
     state = steps.place(state)
     evaluate_split = make_evaluator(run, task)
-    reporter = _Reporter(log, cfg, start, flops_per_token=flops_per_token(run.model.cfg, pipeline.seq_len(cfg)),
-                         enabled=is_primary)
+    reporter = _Reporter(log, cfg, start, run.steps,
+                         flops_per_token=flops_per_token(run.model.cfg, pipeline.seq_len(cfg)), enabled=is_primary)
     best = BestKeeper(run.workdir, t.best_metric, t.early_stopping_patience, t.async_checkpointing,
                       is_primary) if t.best_metric else None
 
@@ -69,7 +71,7 @@ def train(cfg, workdir: str | Path) -> dict:
     pending = None  # (step, metrics on device): read one step late, so the device never waits
     with preemption.StopRequests(run.checkpointer.manager) as stop_requests, \
             profiling.StepProfiler(t.profile_steps, run.workdir, enabled=is_primary) as profiler:
-        for step in range(start, t.steps):
+        for step in range(start, run.steps):
             profiler.before_step(step)
             epoch, data_before = iterator.epoch, iterator.state()
             global_indices = iterator.next_global_indices()
@@ -91,7 +93,7 @@ def train(cfg, workdir: str | Path) -> dict:
                 _say(is_primary, f"stopped by {stop_requests.received} after step {step + 1}; its checkpoint is in "
                                  f"{run.workdir / workdir_lib.CHECKPOINTS}; run the same command to resume")
                 return {}
-            if (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
+            if (step + 1) % t.eval_every == 0 and step + 1 < run.steps:
                 eval_metrics, stop = run_eval(step + 1, steps.global_state(state))
                 reporter.eval_loss(eval_metrics["loss"])
                 if stop:
@@ -160,7 +162,7 @@ def format_metrics(metrics: dict) -> str:
 class _Reporter:
     """Train metrics to the log (with tokens/s and MFU) and to the console progress bar."""
 
-    def __init__(self, log: MetricsLog, cfg, start_step: int, flops_per_token: float, enabled: bool):
+    def __init__(self, log: MetricsLog, cfg, start_step: int, steps: int, flops_per_token: float, enabled: bool):
         self.log, self.enabled = log, enabled
         self.spike_factor = cfg.train.loss_spike_factor
         self.recent_losses = collections.deque(maxlen=20)
@@ -170,7 +172,7 @@ class _Reporter:
         self.peak = hardware.peak_flops_per_device(cfg.peak_flops_per_device)
         self.last_time = time.perf_counter()
         self.postfix = {}
-        self.bar = tqdm(total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
+        self.bar = tqdm(total=steps, initial=start_step, unit="step", dynamic_ncols=True,
                         disable=not (cfg.train.progress_bar and enabled))
 
     def advance(self, tokens: int) -> None:

@@ -1,0 +1,61 @@
+"""Training length: `train.steps`, or `train.epochs` over the training split (flax_lm.training_length)."""
+
+import json
+
+import pytest
+from test_cli import TINY, flax_lm
+
+from flax_lm import config
+from flax_lm.errors import UserError
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.train.epochs=2"], "train.steps (400) and train.epochs (2) are both set; set one of them to 0"),
+    (["--config.train.steps=0"], "train.steps and train.epochs are both 0; set one of them"),
+    (["--config.train.steps=0", "--config.train.epochs=-1"], "train.steps and train.epochs must be >= 0"),
+])
+def test_exactly_one_training_length(overrides, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config.load("gpt2_tiny", overrides)
+
+
+def test_epochs_with_a_long_warmup_validate_once_the_steps_are_known():
+    cfg = config.load("gpt2_tiny", ["--config.train.steps=0", "--config.train.epochs=1.5",
+                                    "--config.optim.warmup_steps=1000"])
+    assert cfg.train.epochs == 1.5 and cfg.train.steps == 0
+
+
+def _train_records(workdir):
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "train/learning_rate" in r]
+
+
+def test_epochs_derive_the_steps_the_schedule_spans_and_resume_extends_them(tmp_path):
+    """239 windows of 16 tokens in batches of 8: 29 steps an epoch; half an epoch is 15 steps. The
+    linear decay reaches 0 at the derived last step, and a resume with more epochs goes on there."""
+    work = tmp_path / "run"
+    args = [*TINY, "--config.data.max_bytes=6000", "--config.sample.max_new_tokens=0", "--config.train.log_every=1",
+            "--config.optim.schedule=linear", "--config.optim.min_lr_ratio=0", "--config.train.steps=0",
+            "--workdir", str(work)]
+    half = flax_lm("train", *args, "--config.train.epochs=0.5")
+    assert half.returncode == 0, half.stderr
+    assert "train.epochs=0.5: 15 steps (29 an epoch: 239 examples // train.batch_size 8)" in half.stdout
+    records = _train_records(work)
+    assert records[-1]["step"] == 15
+    before, last = records[-2]["train/learning_rate"], records[-1]["train/learning_rate"]
+    assert last / (before - last) == pytest.approx(1.0, rel=1e-4)   # 0 one step on: at step 15 of 15
+
+    whole = flax_lm("train", *args, "--config.train.epochs=1")
+    assert whole.returncode == 0, whole.stderr
+    assert "resuming with a changed train.epochs: 0.5 -> 1.0" in whole.stdout
+    assert "train.epochs=1: 29 steps" in whole.stdout and "resumed from step 15" in whole.stdout
+    assert _train_records(work)[-1]["step"] == 29
+    evaluated = flax_lm("evaluate", "--workdir", str(work))   # set up without the training split
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout.splitlines()[-1])["step"] == 29
+
+
+def test_a_warmup_longer_than_the_epochs_is_one_line(tmp_path):
+    result = flax_lm("train", *TINY, "--config.data.max_bytes=6000", "--config.train.steps=0",
+                     "--config.train.epochs=0.1", "--config.optim.warmup_steps=10", "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "optim.warmup_steps (10) is more than the 3 steps of train.epochs=0.1; lower it" in result.stderr
