@@ -170,6 +170,16 @@ def test_question_answering_trains_and_scores(tmp_path):
                    "--workdir", str(work))
     assert done.returncode == 0, done.stderr
     assert "exact_match" in done.stdout
+    answers = {}
+    for output in ("answers.json", "answers.tsv"):
+        pred = flax_lm("predict", "--workdir", str(work), "--input", str(tmp_path / "train.json"),
+                       "--output", str(tmp_path / output))
+        assert pred.returncode == 0, pred.stderr
+        answers[output] = (tmp_path / output).read_text()
+    squad_format = json.loads(answers["answers.json"])
+    assert sorted(squad_format) == [f"q{i}" for i in range(8)]
+    rows = [line.split("\t") for line in answers["answers.tsv"].splitlines()]
+    assert rows[0] == ["id", "answer"] and dict(rows[1:]) == squad_format
 
 
 @pytest.mark.parametrize("case, expected", [

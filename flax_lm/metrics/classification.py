@@ -62,7 +62,7 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, label_na
         out[f"precision/{name}"] = float(precision_K[i])
         out[f"recall/{name}"] = float(recall_K[i])
         out[f"f1/{name}"] = float(f1_K[i])
-        out[f"support/{name}"] = int(true_K[i])
+        out[f"support/{name}"] = float(true_K[i])
     return out
 
 

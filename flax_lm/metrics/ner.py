@@ -89,5 +89,5 @@ def entity_metrics(true_tags: list[list[str]], pred_tags: list[list[str]]) -> di
         p = _divide(correct_by_type[type_], pred_by_type[type_])
         r = _divide(correct_by_type[type_], true_by_type[type_])
         out[f"precision/{type_}"], out[f"recall/{type_}"], out[f"f1/{type_}"] = p, r, _f1(p, r)
-        out[f"support/{type_}"] = int(true_by_type[type_])
+        out[f"support/{type_}"] = float(true_by_type[type_])
     return out
