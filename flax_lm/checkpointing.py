@@ -33,7 +33,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_writes),
+                max_to_keep=keep, save_decision_policy=_save_policy(save_every),
+                enable_async_checkpointing=async_writes),
             item_names=("state", "data"),
         )
 
@@ -112,6 +113,15 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _save_policy(save_every: int):
+    """Saves every `save_every` steps and where a preemption was signalled; the loop saves the last
+    step itself. Not Orbax's default, which also saves the first step of a new run: a short run kept
+    `checkpoints/1` beside its final step, and a long one a checkpoint of an untrained model."""
+    policies = ocp.checkpoint_managers
+    return policies.AnySavePolicy([policies.FixedIntervalPolicy(save_every),
+                                   policies.PreemptionCheckpointingPolicy()])
 
 
 @functools.cache

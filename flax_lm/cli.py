@@ -30,10 +30,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label the text of a file with a fine-tuned run")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--input", required=True, help="classification: .csv/.tsv/.jsonl; NER: CoNLL; QA: SQuAD .json; "
-                                                   "seq2seq: a text file with one source a line, or a table")
-    p.add_argument("--output", required=True, help="classification: JSON lines; NER: CoNLL; QA: {id: answer} JSON; "
-                                                    "seq2seq: one output a line")
+    p.add_argument("--input", required=True, help="classification: .csv/.tsv/.jsonl/.parquet (a CSV/TSV with a "
+                                                   "header, or label and text columns), or .txt, one text a line; "
+                                                   "NER: CoNLL; QA: SQuAD .json; seq2seq: .txt, one source a line, "
+                                                   "or a table")
+    p.add_argument("--output", required=True, help="its extension says the format: .jsonl JSON lines, .tsv/.csv a "
+                                                    "table, .txt one prediction a line (NER: CoNLL; also .conll), "
+                                                    "QA's .json {id: answer}")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
 
     p = sub.add_parser("generate", help="continue prompts with a run's checkpoint (settings default to its "
@@ -144,7 +147,7 @@ def _train(args, overrides) -> int:
 def _evaluate(args, _) -> int:
     import json
 
-    from flax_lm.evaluate import make_evaluator
+    from flax_lm.evaluate import format_metrics, make_evaluator
     from flax_lm.run import load_run
     from flax_lm.tasks import get_task
 
@@ -156,7 +159,8 @@ def _evaluate(args, _) -> int:
     result = {"step": int(state.step), "split": split, **metrics}
     path = Path(args.workdir) / f"eval_{split}.json"
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(result))
+    print(f"step {result['step']}, {split}: {format_metrics(metrics)}")
+    print(f"all metrics (JSON) in {path}")
     return 0
 
 
@@ -199,6 +203,9 @@ def _generate(args, _) -> int:
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
                  for flag, _, _ in _GENERATION_FLAGS}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    from flax_lm.run import refuse_unless_generative
+    from flax_lm.workdir import load_config
+    refuse_unless_generative(load_config(args.workdir))
     run, state = load_run(args.workdir, args.step)
     settings = {**run.cfg.sample.to_dict(), **overrides}
     stream = args.prompt is not None and settings["num_beams"] == 1 and settings["num_return_sequences"] == 1

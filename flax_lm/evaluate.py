@@ -41,11 +41,16 @@ def make_evaluator(run, task):
     return evaluate_split
 
 
+def format_metrics(metrics: dict) -> str:
+    """The headline metrics (no per-class breakdown) as one line; counts as integers."""
+    return ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
+
+
 def evaluate(eval_step, task, params, dataset, batch_size: int, max_batches: int, to_global) -> dict[str, float]:
     """Loss and task metrics over the first `max_batches` batches of `dataset` (0: all of it)."""
     term_losses, outputs = run_batches(eval_step, params, dataset, batch_size, max_batches, to_global)
     metrics = {"loss": sum(term_losses.values()),
-               "examples": float(min(len(dataset), _count(dataset, batch_size, max_batches)))}
+               "examples": min(len(dataset), _count(dataset, batch_size, max_batches))}
     if len(term_losses) > 1:
         metrics.update({f"loss/{k}": v for k, v in term_losses.items()})
     metrics.update(task.metrics(outputs, dataset, term_losses))

@@ -130,6 +130,17 @@ def load_run(workdir: str | Path, step: int | None = None, splits: tuple[str, ..
     return run, state
 
 
+GENERATIVE_TASKS = ("causal_lm", "seq2seq", "span_corruption")  # their models end in a vocabulary head
+
+
+def refuse_unless_generative(cfg) -> None:
+    """A UserError unless the run's task makes text (`generate_texts` can decode from it)."""
+    if cfg.task not in GENERATIVE_TASKS:
+        label = " (label text with flax-lm predict)" if cfg.task in pipeline.FINE_TUNING_TASKS else ""
+        raise UserError(f"this run's task is {cfg.task!r}, which does not generate text; flax-lm generate continues "
+                        f"{', '.join(GENERATIVE_TASKS)} runs{label}")
+
+
 def generate_texts(run: Run, params, prompts: list[str], streamer=None, **overrides) -> list[str]:
     """`sample.num_return_sequences` texts per prompt, with the run's `sample` settings or
     `overrides` of them; generation stops at the end token. A decoder-only model gives each

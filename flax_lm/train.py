@@ -5,6 +5,7 @@ logging steps, so the host never blocks the device between steps.
 """
 
 import collections
+import contextlib
 import math
 import statistics
 import time
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import jax
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from flax_lm import hardware, preemption, profiling, resume_check, seq2seq_eval, training_length
+from flax_lm import fresh_workdir, hardware, preemption, profiling, resume_check, seq2seq_eval, training_length
 from flax_lm import workdir as workdir_lib
 from flax_lm.best import BestKeeper
 from flax_lm.data import length_buckets, lm_data, packing_stats, pipeline
 from flax_lm.errors import UserError
-from flax_lm.evaluate import make_evaluator
+from flax_lm.evaluate import format_metrics, make_evaluator
 from flax_lm.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
 from flax_lm.run import restore_or_init, sample_text, setup
@@ -28,19 +30,28 @@ from flax_lm.tasks import get_task
 
 def train(cfg, workdir: str | Path) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final validation metrics, or {}
-    when a signal stopped it early (its state is saved, and the same command resumes it)."""
+    when a signal stopped it early (its state is saved, and the same command resumes it) or it
+    had already reached `train.steps` (then nothing is run). A new run that fails before its
+    first step leaves the workdir as it found it (`fresh_workdir`)."""
     is_primary = jax.process_index() == 0
     saved = resume_check.saved_config(workdir)
     allowed_changes = resume_check.check_config(cfg, saved, workdir) if saved else []
-    run = setup(cfg, workdir)
-    if is_primary:
-        workdir_lib.save_config(run.workdir, cfg)
-    for change in allowed_changes:
-        _say(is_primary, f"resuming with a changed {change}")
-    log = MetricsLog(run.workdir, enabled=is_primary)
-    state, data_state = restore_or_init(run, warn=lambda line: _say(is_primary, f"warning: {line}"))
-    start = int(jax.device_get(state.step))
     t = cfg.train
+    with fresh_workdir.removed_on_failure(workdir, enabled=is_primary and saved is None):
+        run = setup(cfg, workdir)
+        last = max(run.checkpointer.all_steps(), default=0)
+        if last >= run.steps:
+            run.checkpointer.close()
+            _say(is_primary, f"{run.workdir} is already at step {last}, its last (train.steps={run.steps}); nothing "
+                             f"to do. To train on, rerun with --config.train.steps=N for an N above {last}")
+            return {}
+        if is_primary:
+            workdir_lib.save_config(run.workdir, cfg)
+        for change in allowed_changes:
+            _say(is_primary, f"resuming with a changed {change}")
+        log = MetricsLog(run.workdir, enabled=is_primary)
+        state, data_state = restore_or_init(run, warn=lambda line: _say(is_primary, f"warning: {line}"))
+    start = int(jax.device_get(state.step))
     train_data, validation_data = run.splits["train"], run.splits["validation"]
     padding = length_buckets.padding_of(train_data)
     iterator = lm_data.BatchIterator(len(train_data), t.batch_size, t.seed, jax.process_index(), jax.process_count(),
@@ -154,11 +165,6 @@ def _tokens(host_batch: dict) -> int:
     return rows * max((v.shape[1] for v in host_batch.values() if v.ndim > 1), default=1)
 
 
-def format_metrics(metrics: dict) -> str:
-    """The headline metrics (no per-class breakdown) as one line."""
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
-
-
 class _Reporter:
     """Train metrics to the log (with tokens/s and MFU) and to the console progress bar."""
 
@@ -174,6 +180,10 @@ class _Reporter:
         self.postfix = {}
         self.bar = tqdm(total=steps, initial=start_step, unit="step", dynamic_ncols=True,
                         disable=not (cfg.train.progress_bar and enabled))
+        # log lines (Orbax's "Waiting for previous save", through absl) printed above the bar, not into it
+        self.console_logging = contextlib.ExitStack()
+        if not self.bar.disable:
+            self.console_logging.enter_context(logging_redirect_tqdm())
 
     def advance(self, tokens: int) -> None:
         self.tokens += tokens
@@ -221,6 +231,7 @@ class _Reporter:
 
     def close(self) -> None:
         self.bar.close()
+        self.console_logging.close()
 
 
 def _say(is_primary: bool, text: str) -> None:

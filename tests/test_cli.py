@@ -4,8 +4,10 @@ import glob
 import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,19 +30,40 @@ def test_train_resume_evaluate_generate(tmp_path):
     done = flax_lm("train", *TINY, "--config.train.steps=4", "--config.train.eval_every=2", "--workdir", work)
     assert done.returncode == 0, done.stderr
     assert "validation loss" in done.stdout and "sample:" in done.stdout
+    # saves every train.checkpoint_every (100) steps and at the end; none of the untrained first step
+    assert _checkpoints(work) == [4]
     more = flax_lm("train", *TINY, "--config.train.steps=6", "--config.train.eval_every=2",
                    "--config.optim.warmup_steps=1", "--workdir", work)
     assert more.returncode == 0, more.stderr
     assert "resumed from step 4" in more.stdout
+    assert _checkpoints(work) == [4, 6]
+    again = flax_lm("train", *TINY, "--config.train.steps=6", "--workdir", work)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines() == [
+        f"{work} is already at step 6, its last (train.steps=6); nothing to do. To train on, rerun with "
+        f"--config.train.steps=N for an N above 6"]
     ev = flax_lm("evaluate", "--workdir", work)
     assert ev.returncode == 0, ev.stderr
-    result = json.loads(ev.stdout.strip().splitlines()[-1])
-    assert result["step"] == 6 and result["loss"] > 0
+    summary, where = ev.stdout.strip().splitlines()[-2:]
+    assert summary.startswith("step 6, validation: loss ") and ", examples 82, perplexity " in summary, summary
+    assert where == f"all metrics (JSON) in {work}/eval_validation.json"
+    result = json.loads((tmp_path / "run" / "eval_validation.json").read_text())
+    assert result["step"] == 6 and result["loss"] > 0 and result["examples"] == 82
     gen = flax_lm("generate", "--workdir", work, "--prompt", "def ", "--max-new-tokens", "5", "--temperature", "0")
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("def ")
     missing = flax_lm("evaluate", "--workdir", work, "--step", "3")
     assert missing.returncode == 2 and "no such checkpoint" in missing.stderr
+    exported = flax_lm("export", "--workdir", work, "--out", str(tmp_path / "hf"))
+    assert exported.returncode == 0, exported.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def _checkpoints(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -100,3 +123,20 @@ def test_evaluate_on_a_workdir_that_is_not_a_run(tmp_path):
     assert result.returncode == 2 and "no config.json there" in result.stderr
 
 
+
+
+def test_log_lines_print_above_the_progress_bar_not_inside_it(tmp_path):
+    # Orbax warns (through absl) when a save waits for the previous one longer than a threshold; at 0
+    # every save that waits at all warns, as saves at every step do
+    main = ("import sys; from orbax.checkpoint import checkpoint_manager as m; "
+            "m._WAIT_FOR_PREV_SAVE_WARNING_THRESHOLD_SECS = 0.0; from flax_lm.cli import main; sys.exit(main())")
+    args = [a for a in TINY if "progress_bar" not in a]
+    result = subprocess.run([sys.executable, "-c", main, "train", *args, "--config.train.steps=6",
+                             "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
+                             "--config.train.eval_every=6", "--workdir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.split("\n") if "Waiting for previous save" in line]
+    assert warnings, result.stderr[-2000:]
+    # tqdm.write clears the bar ("\r   \r") before the line; a plain log line would follow the bar's text
+    assert not [line for line in warnings if "step/s" in line.split("\r")[-1]], warnings

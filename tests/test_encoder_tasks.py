@@ -2,6 +2,7 @@
 predict, export to transformers, and the one-line errors of bad data."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -51,14 +52,23 @@ def test_classification_finetune_evaluate_predict_export(tmp_path, sst_files):
     assert (work / "best" / "metric.json").is_file()
     ev = flax_lm("evaluate", "--workdir", str(work), "--split", "dev")
     assert ev.returncode == 0, ev.stderr
-    result = json.loads(ev.stdout.strip().splitlines()[-1])
-    assert result["examples"] == 40 and 0 <= result["accuracy"] <= 1 and "mcc" in result
+    summary, where = ev.stdout.strip().splitlines()[-2:]   # headline metrics; per class only in the file
+    assert re.match(r"step [36], validation: loss [0-9.]+, examples 40, accuracy ", summary), summary  # the best
+    assert ", mcc " in summary and "precision/" not in summary
+    assert where == f"all metrics (JSON) in {work / 'eval_validation.json'}"
+    result = json.loads((work / "eval_validation.json").read_text())
+    assert result["examples"] == 40 and 0 <= result["accuracy"] <= 1 and "mcc" in result and "f1/1" in result
 
     out = tmp_path / "pred.jsonl"
     pred = flax_lm("predict", "--workdir", str(work), "--input", str(dev), "--output", str(out))
     assert pred.returncode == 0, pred.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 40 and {r["label"] for r in rows} <= {"0", "1"}
+    _predict_reads_and_writes_by_extension(tmp_path, work, dev, rows)
+    gen = flax_lm("generate", "--workdir", str(work), "--prompt", "a fine")
+    assert gen.returncode == 2 and gen.stderr.count("\n") == 1, gen.stderr
+    assert ("this run's task is 'classification', which does not generate text; flax-lm generate continues "
+            "causal_lm, seq2seq, span_corruption runs (label text with flax-lm predict)") in gen.stderr
 
     hf_dir = tmp_path / "hf"
     exp = flax_lm("export", "--workdir", str(work), "--out", str(hf_dir))
@@ -68,6 +78,55 @@ def test_classification_finetune_evaluate_predict_export(tmp_path, sst_files):
     hf = pipe([r["text"] for r in rows], truncation=True, max_length=64)
     assert [h["label"] for h in hf] == [r["label"] for r in rows]
     np.testing.assert_allclose([h["score"] for h in hf], [r["probability"] for r in rows], atol=1e-4)
+
+
+def _predict_reads_and_writes_by_extension(tmp_path, work, dev, rows):
+    """`rows`: the JSON lines predict wrote for `dev` (a TSV with the header label, sentence)."""
+    def predict(source, output):
+        return flax_lm("predict", "--workdir", str(work), "--input", str(source), "--output", str(tmp_path / output))
+
+    texts = [r["text"] for r in rows]
+    (tmp_path / "texts.txt").write_text("".join(t + "\n" for t in texts))
+    assert predict(tmp_path / "texts.txt", "from_txt.tsv").returncode == 0
+    table = [line.split("\t") for line in (tmp_path / "from_txt.tsv").read_text().splitlines()]
+    assert table[0] == ["text", "label", "probability"]
+    assert [(t, label) for t, label, _ in table[1:]] == [(r["text"], r["label"]) for r in rows]
+    no_header = tmp_path / "no_header.tsv"
+    no_header.write_text("".join(line + "\n" for line in dev.read_text().splitlines()[1:]))
+    assert predict(no_header, "labels.txt").returncode == 0
+    assert (tmp_path / "labels.txt").read_text().splitlines() == [r["label"] for r in rows]
+    assert predict(dev, "pred.csv").returncode == 0
+    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "text,label,probability"
+
+    (tmp_path / "texts_only.tsv").write_text("".join(t + "\n" for t in texts))
+    for source, output, message in [
+        (tmp_path / "texts.txt", "pred.xlsx", "--output {out}: a classification run writes .csv, .jsonl, .tsv, .txt "
+                                              "files (the extension says the format); got '.xlsx'"),
+        (tmp_path / "texts_only.tsv", "pred.jsonl", f"{tmp_path / 'texts_only.tsv'}: its first line [{texts[0]!r}] "
+                                                    f"does not name the column 'sentence'; give a header line naming "
+                                                    f"'sentence' (and 'label' if it has labels), or a .txt file of one "
+                                                    f"text a line")]:
+        bad = predict(source, output)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert message.format(out=tmp_path / output) in bad.stderr
+
+
+def test_a_new_run_that_fails_on_its_data_leaves_no_workdir(tmp_path, sst_files):
+    train, dev = sst_files
+    bad_dev = tmp_path / "bad_dev.tsv"
+    bad_dev.write_text(dev.read_text() + "1\tan extra\tfield\n")
+    args = ["train", "--config", "sst2", *BERT, f"--config.data.train={train}", "--config.data.test=",
+            "--config.train.steps=1"]
+    failed = flax_lm(*args, f"--config.data.validation={bad_dev}", "--workdir", str(tmp_path / "new"))
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
+    assert f"{bad_dev}:42: the row has 3 fields" in failed.stderr
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)   # a workdir that existed keeps what was there
+    failed = flax_lm(*args, f"--config.data.validation={bad_dev}", "--workdir", str(mine))
+    assert failed.returncode == 2 and sorted(p.name for p in mine.iterdir()) == ["notes"]
+    done = flax_lm(*args, f"--config.data.validation={dev}", "--workdir", str(mine))
+    assert done.returncode == 0, done.stderr
 
 
 def test_token_classification_finetune(tmp_path):
@@ -112,6 +171,16 @@ def test_question_answering_trains_and_scores(tmp_path):
                    "--workdir", str(work))
     assert done.returncode == 0, done.stderr
     assert "exact_match" in done.stdout
+    answers = {}
+    for output in ("answers.json", "answers.tsv"):
+        pred = flax_lm("predict", "--workdir", str(work), "--input", str(tmp_path / "train.json"),
+                       "--output", str(tmp_path / output))
+        assert pred.returncode == 0, pred.stderr
+        answers[output] = (tmp_path / output).read_text()
+    squad_format = json.loads(answers["answers.json"])
+    assert sorted(squad_format) == [f"q{i}" for i in range(8)]
+    rows = [line.split("\t") for line in answers["answers.tsv"].splitlines()]
+    assert rows[0] == ["id", "answer"] and dict(rows[1:]) == squad_format
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -140,7 +140,8 @@ def test_regression_labels_are_float32(tmp_path, bert_tok):
     ("bad.jsonl", '{"label": 1, "sentence": "x"}\n{"label": 0,\n', {}, r"bad.jsonl:2: not valid JSON"),
     ("miss.jsonl", '{"label": 1, "sentence": "x"}\n{"label": 0}\n', {}, r"miss.jsonl:2: the row has no 'sentence'"),
     ("arr.json", '[{"label": 1, "sentence": "x"}]\n', {}, "is a JSON array"),
-    ("x.txt", "a\n", {}, "unknown file type"),
+    ("x.txt", "a\n", {}, "a .txt file holds texts alone"),
+    ("x.xlsx", "a\n", {}, "unknown file type"),
     ("pair.tsv", "label\tsentence\n1\tx\n", {"text_pair_column": "s2"}, "has no column 's2'"),
 ])
 def test_bad_classification_files_are_one_line_errors(tmp_path, name, content, kwargs, message):

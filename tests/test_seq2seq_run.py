@@ -55,8 +55,10 @@ def test_training_reports_bleu_and_chrf(trained, capsys):
 def test_evaluate_predict_and_generate(trained, capsys):
     root, workdir = trained
     assert cli.main(["evaluate", "--workdir", str(workdir), "--split", "test"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["split"] == "test" and result["examples"] == 16.0 and {"bleu", "chrf", "loss"} <= set(result)
+    summary = capsys.readouterr().out.strip().splitlines()[-2]
+    assert summary.startswith("step ") and ", test: loss " in summary and ", examples 16, " in summary, summary
+    result = json.loads((workdir / "eval_test.json").read_text())
+    assert result["split"] == "test" and result["examples"] == 16 and {"bleu", "chrf", "loss"} <= set(result)
 
     sources = (root / "test.en").read_text(encoding="utf-8").splitlines()
     (root / "sources.txt").write_text("\n".join(sources) + "\n", encoding="utf-8")

@@ -85,10 +85,12 @@ def load_saved(cfg, workdir: Path) -> Prepared:
 def predict_dataset(cfg, prepared: Prepared, path: str):
     """The dataset of a file to label with `flax-lm predict` (labels, if present, are ignored)."""
     if cfg.task not in _FINE_TUNING:
-        raise UserError(f"flax-lm predict labels text for fine-tuned tasks; this run's task is {cfg.task!r}")
+        generate = " (continue text with flax-lm generate)" if cfg.task == "causal_lm" else ""
+        raise UserError(f"flax-lm predict labels text for fine-tuned tasks; this run's task is {cfg.task!r}{generate}")
     reader = _FINE_TUNING[cfg.task]
     labels = reader.saved_labels_from_names(prepared.label_names)
-    return reader.dataset(cfg, reader.read(cfg, path, require_labels=False), prepared.tokenizer, labels)
+    known = {"known_labels": prepared.label_names} if cfg.task == "classification" else {}  # find a file's labels
+    return reader.dataset(cfg, reader.read(cfg, path, require_labels=False, **known), prepared.tokenizer, labels)
 
 
 def save_label_names(cfg, workdir: Path, names: list[str]) -> None:
@@ -249,11 +251,12 @@ class _Classification:
     LABELS = "labels.json"
 
     @staticmethod
-    def read(cfg, path, require_labels=True):
+    def read(cfg, path, require_labels=True, known_labels=None):
         d = cfg.data
         return text_classification.read_examples(path, d.text_column, d.text_pair_column, d.label_column,
                                                  require_labels=require_labels, skip_bad_records=d.skip_bad_records,
-                                                 tfds_data_dir=d.tfds_data_dir, tfds_download=d.tfds_download)
+                                                 tfds_data_dir=d.tfds_data_dir, tfds_download=d.tfds_download,
+                                                 known_labels=known_labels)
 
     @staticmethod
     def texts(rows):
@@ -370,3 +373,4 @@ class _Seq2Seq(_Unlabelled):
 
 _FINE_TUNING = {"classification": _Classification(), "token_classification": _TokenClassification(),
                 "question_answering": _QuestionAnswering(), "seq2seq": _Seq2Seq()}
+FINE_TUNING_TASKS = tuple(_FINE_TUNING)  # those `predict_dataset` reads input for

@@ -1,7 +1,9 @@
 """Sentence and sentence-pair classification (or regression) data from CSV, TSV, JSON-lines or Parquet files.
 
 A file has a header row (JSON lines: keys) naming its columns; the text column, an optional
-second-text column and the label column are chosen by name. Labels stay strings until a
+second-text column and the label column are chosen by name. Text to label (`predict`) may also be a
+`.txt` file of one text a line, or a CSV/TSV without a header whose label column shows by holding
+only known labels. Labels stay strings until a
 `LabelMap` built from the training split turns them into class ids (or floats for regression),
 so a dev label that train never saw is caught with its file named.
 """
@@ -37,11 +39,14 @@ class Examples:
 
 def read_examples(path: str | Path, text_column: str, text_pair_column: str = "", label_column: str = "label",
                   require_labels: bool = True, skip_bad_records: bool = False, tfds_data_dir: str = "",
-                  tfds_download: bool = True) -> Examples:
+                  tfds_download: bool = True, known_labels: list[str] | None = None) -> Examples:
     """Reads a `.csv`, `.tsv` (no quoting: SST-2 has unbalanced quotes), `.jsonl`/`.json` (JSON lines)
     or `.parquet` file, or a TFDS split `tfds:NAME[/CONFIG][:SPLIT]` (class ids become their names).
 
-    With require_labels=False a file without `label_column` is accepted (labels=None), for prediction.
+    With require_labels=False a file without `label_column` is accepted (labels=None), for prediction,
+    and so are a `.txt` file (one text a line) and a CSV/TSV without a header: its first line is a row
+    when it does not name `text_column` and exactly one more column than the texts holds nothing but
+    `known_labels` (see `_headerless`).
     Any problem with the file is a UserError naming it (and the line, where there is one). A malformed
     row (wrong field count, not JSON, an empty field, bytes that are not UTF-8) is one too, unless
     `skip_bad_records`: then such rows are left out and reported in one line (`input_files.BadRecords`).
@@ -50,8 +55,14 @@ def read_examples(path: str | Path, text_column: str, text_pair_column: str = ""
     if tfds_source.is_tfds(str(path)):
         columns, rows = _read_tfds(str(path), [text_column, text_pair_column, label_column], tfds_data_dir,
                                    tfds_download)
+    elif Path(path).suffix.lower() == ".txt" and Path(path).is_file():
+        columns, rows = _read_lines(Path(path), text_column, text_pair_column, require_labels, bad)
     else:
         columns, rows = _read_file(Path(path), bad)
+        if not require_labels and rows and text_column not in columns and _FORMATS[Path(path).suffix.lower()] in (
+                "csv", "tsv"):
+            columns, rows = _headerless(Path(path), columns, rows, [text_column, text_pair_column], label_column,
+                                        known_labels)
     if not rows:
         bad.report(kept=0)
         raise UserError(f"{path}: has no rows; give a file with a header and at least one example")
@@ -104,6 +115,45 @@ def _read_tfds(source: str, wanted: list[str], data_dir: str,
                 record[column] = names[record[column]]
         rows.append((i, record))
     return list(fields), rows
+
+
+def _read_lines(path: Path, text_column: str, text_pair_column: str, require_labels: bool,
+                bad: input_files.BadRecords) -> tuple[list[str], list[tuple[int, dict]]]:
+    """A `.txt` file of texts to label, one a line, as rows of `text_column`."""
+    if require_labels:
+        raise UserError(f"{path}: a .txt file holds texts alone (one a line); data to train or score on is a table "
+                        f"(.csv, .tsv, .jsonl, .parquet) with a label column")
+    if text_pair_column:
+        raise UserError(f"{path}: this run classifies pairs of texts; give a table (.csv, .tsv, .jsonl, .parquet) "
+                        f"with columns {text_column!r} and {text_pair_column!r}")
+    rows = []
+    for lineno, line in input_files.lines(input_files.read_text_keeping_bad_bytes(path)):
+        problem = input_files.not_utf8(line)
+        if problem:
+            bad.found(lineno, problem)
+        else:
+            rows.append((lineno, {text_column: line.rstrip("\n")}))
+    return [text_column], rows
+
+
+def _headerless(path: Path, first: list[str], rows: list[tuple[int, dict]], text_columns: list[str],
+                label_column: str, known_labels: list[str] | None) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The rows of a CSV/TSV read with its first line as the header, read again as a file without one
+    (the first line a row too) when that is unambiguous: one column more than the texts, which holds
+    only `known_labels` on every line, the first included (a header names it, e.g. "label"); the
+    other columns are the texts in order. Anything else is a UserError saying what the file needs."""
+    texts = [c for c in text_columns if c]
+    lines = [(1, dict(zip(first, first)))] + rows
+    values = {column: {row[column].strip() for _, row in lines} for column in first}
+    label_like = [column for column in first if known_labels and values[column] <= set(known_labels)]
+    if len(first) != len(texts) + 1 or len(label_like) != 1:
+        named = ", ".join(map(repr, texts))
+        raise UserError(f"{path}: its first line {first} does not name the column {texts[0]!r}; give a header line "
+                        f"naming {named} (and {label_column!r} if it has labels)"
+                        + ("" if len(texts) > 1 else ", or a .txt file of one text a line"))
+    order = [column for column in first if column != label_like[0]]
+    names = {column: name for column, name in zip(order, texts)} | {label_like[0]: label_column}
+    return [names[c] for c in first], [(lineno, {names[c]: v for c, v in row.items()}) for lineno, row in lines]
 
 
 class _BadField(Exception):

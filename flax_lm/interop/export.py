@@ -8,6 +8,7 @@ dtype already matches.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     safetensors.numpy.save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _as_a_new_file_would_be(out / "model.safetensors")
     hf_config = {"architectures": [arch], "model_type": run.cfg.model.family, **module.config_to_hf(model_cfg),
                  "dtype": dtype}
     shutil.copyfile(Path(workdir) / workdir_lib.TOKENIZER, out / "tokenizer.json")
@@ -77,6 +79,14 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
                                                 "clean_up_tokenization_spaces": False})
     _write_json(out / "special_tokens_map.json", specials)
     return out
+
+
+def _as_a_new_file_would_be(path: Path) -> None:
+    """Gives `path` the mode `open` gives a new file (0666 less the umask): safetensors writes its
+    file 0600, which others who share the directory (a serving user, a colleague) cannot read."""
+    umask = os.umask(0)  # the only way to read it is to set it; it is put back at once
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _write_json(path: Path, value: dict) -> None:
