@@ -68,7 +68,7 @@ def load(path_or_name: str | None, overrides: list[str] = ()) -> ml_collections.
     except UserError as e:
         problems.append(str(e))
     if problems:
-        raise UserError("\n".join(problems))
+        raise UserError("\n".join(dict.fromkeys(problems)))  # a problem said once, however often it occurs
     return cfg
 
 

@@ -57,7 +57,7 @@ def compile_train_step(cfg, devices: list, model_step: bool = True) -> dict:
     """Compiles the train step of `cfg` for `devices` and reports memory per chip, FLOPs, fit and
     (with `model_step`) the modelled step (see modeled_step)."""
     report, compiled = _compile(cfg, devices)
-    if model_step and compiled is not None:
+    if model_step and compiled is not None and tpu_cost.models_run_time(compiled):
         report.update(modeled_step(cfg, devices, report, compiled))
     return report
 

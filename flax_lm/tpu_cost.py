@@ -168,6 +168,13 @@ def hlo_summary(hlo: str) -> dict:
     return {"minus_one_ops": minus_one, "loops": loops, "collective_bytes": int(collective)}
 
 
+def models_run_time(compiled) -> bool:
+    """Whether the compiler priced `compiled`'s run time: a TPU executable's cost analysis has
+    `optimal_seconds`, a CPU one's does not."""
+    cost = compiled.cost_analysis()
+    return "optimal_seconds" in (cost[0] if isinstance(cost, list) else cost)
+
+
 def model_step(compiled, device_kind: str) -> dict:
     """The modelled run of one call of `compiled` (a TPU executable) on one chip of `device_kind`:
     `modeled_step_seconds` (corrected optimal_seconds), `flops`, `bytes_accessed`, `collective_bytes`,

@@ -36,12 +36,13 @@ TRICKY = [b"\x00", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\r", b"
 
 
 def outcome(fn, *names):
-    """fn()'s result, or None after a UserError, whose message must be one non-empty line containing `names`."""
+    """fn()'s result, or None after a UserError, whose message must be one non-empty line a problem
+    (a config with several problems names each on its line), together containing `names`."""
     try:
         return fn()
     except UserError as e:
         message = str(e)
-        assert message.strip() and not re.search(r"[\n\r]", message), repr(message)
+        assert "\r" not in message and all(line.strip() for line in message.split("\n")), repr(message)
         for name in names:
             assert str(name) in message, (name, message)
         return None
