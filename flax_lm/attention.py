@@ -20,7 +20,6 @@ from flax_lm import backends, explicit_attention, splash_attention
 # "reference": plain einsum/softmax; the only one with attention dropout.
 # "splash": Pallas splash attention, the TPU flash kernel (interpreted off TPU; see splash_attention).
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit", "reference", "splash")
-_MASKED = explicit_attention._MASKED
 _said = set()  # the fallbacks already reported, once a process each
 
 
@@ -160,7 +159,7 @@ def _reference(q, k, v, allowed_Bx1xTxS, dropout_rate, dropout_rng, bias_BxNxTxS
         scores_BxNxTxS = scores_BxNxTxS * jnp.float32(scale)
     if bias_BxNxTxS is not None:
         scores_BxNxTxS = scores_BxNxTxS + bias_BxNxTxS.astype(jnp.float32)
-    scores_BxNxTxS = jnp.where(allowed_Bx1xTxS, scores_BxNxTxS, _MASKED)
+    scores_BxNxTxS = jnp.where(allowed_Bx1xTxS, scores_BxNxTxS, explicit_attention.MASKED)
     probs_BxNxTxS = jax.nn.softmax(scores_BxNxTxS, axis=-1)
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxNxTxS.shape)

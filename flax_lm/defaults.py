@@ -40,7 +40,6 @@ def key_help() -> dict[str, str]:
 
 def _declared() -> _Schema:
     key = _Schema()
-    c = key.config  # noqa: F841  (a key may also be set as c.section.key = value; it then has no help)
     key("task", "causal_lm", "causal_lm | masked_lm | classification | token_classification | question_answering "
         "(encoders) | span_corruption (T5 pre-training) | seq2seq (text-to-text: translation, summarization)")
 

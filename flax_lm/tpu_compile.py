@@ -20,10 +20,11 @@ from flax_lm.data import pipeline
 from flax_lm.errors import UserError
 from flax_lm.models import build_model, flops_per_token, head_name
 from flax_lm.tasks import get_task
-from flax_lm.backends.tpu import topology_devices  # noqa: F401 (the compile command's devices)
+from flax_lm.backends import tpu as tpu_backend
 from flax_lm.train_step import jit_train_step
 
 GIB = tpu_cost.GIB
+topology_devices = tpu_backend.topology_devices  # the devices `compile_train_step` compiles for
 # How the TPU compiler words a program that needs more than the chip has: "... HLO temporaries (172.93G) ..."
 _OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?temporaries \(([\d.]+)G\)", re.S)
 # Off while measuring: libtpu's collective matmuls are while loops, whose bodies its cost model counts once.
