@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from bench import harness
-from flax_lm import config as config_lib
+from flax_lm.config import load as config_lib
 from flax_lm.interop import bert as interop
 
 TABLE = harness.Table("## Masked-LM pre-training throughput, BERT", [

@@ -17,10 +17,10 @@ import jax
 import numpy as np
 
 from bench import harness
-from flax_lm import config as config_lib
+from flax_lm.config import load as config_lib
 from flax_lm.generation import CausalDecoder, GenerationConfig, generate
 from flax_lm.models import build_model
-from flax_lm.state_init import host_params
+from flax_lm.training.state_init import host_params
 
 TORCH_SIDES = ("torch_dynamic", "torch_static", "torch_static_compile")
 TABLE = harness.Table("## Decoding throughput, GPT-2", [

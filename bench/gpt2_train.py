@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from bench import harness
-from flax_lm import config as config_lib
+from flax_lm.config import load as config_lib
 
 TABLE = harness.Table("## Training throughput, GPT-2", [
     *harness.DATE,

@@ -23,13 +23,14 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flax_lm import hardware, optim, state_init  # noqa: E402
-from flax_lm import mesh as mesh_lib  # noqa: E402
+from flax_lm.parallel import hardware  # noqa: E402
+from flax_lm.training import optim, state_init  # noqa: E402
+from flax_lm.parallel import mesh as mesh_lib  # noqa: E402
 from flax_lm.interop import gpt2 as interop  # noqa: E402
 from flax_lm.models import build_model, head_name  # noqa: E402
 from flax_lm.models import flops_per_token as nanogpt_flops_per_token  # noqa: E402
 from flax_lm.tasks import get_task  # noqa: E402
-from flax_lm.train_step import make_train_step  # noqa: E402
+from flax_lm.training.train_step import make_train_step  # noqa: E402
 
 # bench/gpu.sh points this at a copy, so a run on a lent machine leaves the tree as it was
 RESULTS = Path(os.environ.get("FLAX_LM_RESULTS") or Path(__file__).with_name("RESULTS.md"))
@@ -60,7 +61,7 @@ def parser(prog: str, doc: str, *, config: str, batch: int | None, seq_len: int 
     p.add_argument("--torch-compile", action="store_true", help="also measure the reference under torch.compile")
     p.add_argument("--peak-flops", type=float, default=0.0,
                    help="peak FLOP/s of one device, for MFU (default: the device kind's dense bf16 peak in "
-                        "flax_lm/hardware.py; none on CPU, where MFU is null)")
+                        "flax_lm/parallel/hardware.py; none on CPU, where MFU is null)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result here")
     p.add_argument("--no-record", action="store_true", help="do not append a row to bench/RESULTS.md")
     return p

@@ -24,11 +24,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # read when JAX
 import jax  # noqa: E402
 
 from bench import gpt2_train, harness  # noqa: E402
-from flax_lm import config as config_lib  # noqa: E402
-from flax_lm import tpu_compile  # noqa: E402
+from flax_lm.config import load as config_lib  # noqa: E402
+from flax_lm.parallel import tpu_compile  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.models import build_model  # noqa: E402
-from flax_lm.state_init import host_params  # noqa: E402
+from flax_lm.training.state_init import host_params  # noqa: E402
 
 GIB = 2 ** 30
 TABLE = harness.Table("## Largest training batch, GPT-2", [

@@ -83,7 +83,7 @@ class Training:
 
 def final_state(workdir: Path):
     """The train state of a finished run's latest checkpoint, on the host."""
-    from flax_lm.run import load_run
+    from flax_lm.workdir.run import load_run
     run, state = load_run(workdir)
     run.checkpointer.close()
     return jax.device_get(state)

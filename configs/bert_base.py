@@ -1,7 +1,7 @@
 """BERT-base pre-training (110M parameters: 12 layers, d_model 768, 12 heads), masked LM + NSP,
 as Devlin et al. (2019): sequences of 128, batch 256, lr 1e-4 with 10k warmup steps."""
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """BERT-large pre-training (340M parameters: 24 layers, d_model 1024, 16 heads), masked LM + NSP,
 with whole-word masking; remat keeps activations within one accelerator's memory."""
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def get_config():

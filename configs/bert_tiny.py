@@ -1,7 +1,7 @@
 """BERT pre-training (masked LM + next-sentence prediction) small enough for minutes on a CPU:
 4 layers, d_model 256 (the size of Google's BERT-mini), sequences of 128 tokens."""
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def get_config():

@@ -6,7 +6,7 @@ Data paths default to the project's shared data; point data.train/validation/tes
 
 from pathlib import Path
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 

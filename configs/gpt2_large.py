@@ -1,8 +1,8 @@
 """GPT-2 large (774M parameters) at context 1024, for a TPU slice or several GPUs: FSDP over
-all devices (see flax_lm.recipes.gpt2_fsdp), matmul outputs kept for the backward pass and the
+all devices (see flax_lm.config.recipes.gpt2_fsdp), matmul outputs kept for the backward pass and the
 rest recomputed."""
 
-from flax_lm.recipes import gpt2_fsdp
+from flax_lm.config.recipes import gpt2_fsdp
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """GPT-2 medium (355M parameters) at context 1024."""
 
-from flax_lm import recipes
+from flax_lm.config import recipes
 
 
 def get_config():

@@ -4,7 +4,7 @@ Point data.source at real text (and a 50257-token tokenizer.json via data.tokeni
 for the original vocabulary) for a real pre-training run.
 """
 
-from flax_lm import recipes
+from flax_lm.config import recipes
 
 
 def get_config():

@@ -3,7 +3,7 @@
 Finishes in about 4 minutes on a 2-core CPU.
 """
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def get_config():

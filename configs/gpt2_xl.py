@@ -1,7 +1,7 @@
 """GPT-2 XL (1.5B parameters) at context 1024: FSDP over all devices (see
-flax_lm.recipes.gpt2_fsdp) and full recomputation in the backward pass."""
+flax_lm.config.recipes.gpt2_fsdp) and full recomputation in the backward pass."""
 
-from flax_lm.recipes import gpt2_fsdp
+from flax_lm.config.recipes import gpt2_fsdp
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """GPT-3 1.3B: 24 layers, width 2048, 16 heads, 512 sequences of 2048 tokens a step; FSDP
-(see flax_lm.recipes.gpt3). `flax-lm compile` says which TPU topologies it fits (bench/RESULTS.md)."""
+(see flax_lm.config.recipes.gpt3). `flax-lm compile` says which TPU topologies it fits (bench/RESULTS.md)."""
 
-from flax_lm.recipes import gpt3
+from flax_lm.config.recipes import gpt3
 
 
 def get_config():

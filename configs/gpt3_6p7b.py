@@ -1,7 +1,7 @@
 """GPT-3 6.7B: 32 layers, width 4096, 32 heads, 1024 sequences of 2048 tokens a step; FSDP
-(see flax_lm.recipes.gpt3). `flax-lm compile` says which TPU topologies it fits (bench/RESULTS.md)."""
+(see flax_lm.config.recipes.gpt3). `flax-lm compile` says which TPU topologies it fits (bench/RESULTS.md)."""
 
-from flax_lm.recipes import gpt3
+from flax_lm.config.recipes import gpt3
 
 
 def get_config():

@@ -6,7 +6,7 @@ Point data.source at real text (and data.tokenizer at a 32,000-token tokenizer.j
 one be trained) for a real pre-training run.
 """
 
-from flax_lm import recipes
+from flax_lm.config import recipes
 
 
 def get_config():

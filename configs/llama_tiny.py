@@ -4,7 +4,7 @@ corpus (Python stdlib sources): gpt2_tiny's job with the modern option set.
 Trains on a 2-core CPU in minutes; `--config.train.steps=20` is a seconds-long smoke run.
 """
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def get_config():

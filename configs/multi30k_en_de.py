@@ -10,7 +10,7 @@ default to the project's shared data (prefixes of the parallel files NAME.en / N
 
 from pathlib import Path
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 

@@ -2,7 +2,7 @@
 set data.train and data.validation, and start from a pre-trained encoder with
 --config.train.init_from=SOURCE."""
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def get_config():

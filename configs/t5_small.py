@@ -1,7 +1,7 @@
 """T5-small (60M parameters: 6 + 6 layers, d_model 512, 8 heads, d_ff 2048) pre-trained by span
-corruption; see `flax_lm.recipes.t5_span_corruption`."""
+corruption; see `flax_lm.config.recipes.t5_span_corruption`."""
 
-from flax_lm import recipes
+from flax_lm.config import recipes
 
 
 def get_config():

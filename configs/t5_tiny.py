@@ -1,7 +1,7 @@
 """A tiny T5 pre-trained by span corruption on the embedded corpus (no download): 2 encoder and
 2 decoder layers, d_model 128, ReLU feed-forward, tied embeddings. CPU minutes."""
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def get_config():

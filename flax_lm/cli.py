@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     try:
         if getattr(args, "workdir", None) is not None:
-            from flax_lm.workdir import local
+            from flax_lm.workdir.layout import local
             local(args.workdir)
         return COMMANDS[args.command](args, overrides)
     except UserError as e:
@@ -135,7 +135,9 @@ def _spaced_override(extra: list[str]) -> str:
 
 
 def _train(args, overrides) -> int:
-    from flax_lm import config, distributed, train
+    from flax_lm.config import load as config
+    from flax_lm.parallel import distributed
+    from flax_lm.training import train
     joined = distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before JAX starts
     cfg = config.load(args.config, overrides)
     if joined:
@@ -147,8 +149,8 @@ def _train(args, overrides) -> int:
 def _evaluate(args, _) -> int:
     import json
 
-    from flax_lm.evaluate import format_metrics, make_evaluator
-    from flax_lm.run import load_run
+    from flax_lm.training.evaluate import format_metrics, make_evaluator
+    from flax_lm.workdir.run import load_run
     from flax_lm.tasks import get_task
 
     split = "validation" if args.split == "dev" else args.split
@@ -165,7 +167,7 @@ def _evaluate(args, _) -> int:
 
 
 def _predict(args, _) -> int:
-    from flax_lm.predict import predict
+    from flax_lm.training.predict import predict
     n = predict(args.workdir, args.input, args.output, args.step)
     print(f"labelled {n} examples into {args.output}")
     return 0
@@ -187,7 +189,7 @@ _GENERATION_FLAGS = (
 
 
 def _generate(args, _) -> int:
-    from flax_lm.run import generate_texts, load_run
+    from flax_lm.workdir.run import generate_texts, load_run
     if args.input:
         path = Path(args.input)
         if not path.is_file():
@@ -203,14 +205,14 @@ def _generate(args, _) -> int:
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
                  for flag, _, _ in _GENERATION_FLAGS}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    from flax_lm.run import refuse_unless_generative
-    from flax_lm.workdir import load_config
+    from flax_lm.workdir.run import refuse_unless_generative
+    from flax_lm.workdir.layout import load_config
     refuse_unless_generative(load_config(args.workdir))
     run, state = load_run(args.workdir, args.step)
     settings = {**run.cfg.sample.to_dict(), **overrides}
     stream = args.prompt is not None and settings["num_beams"] == 1 and settings["num_return_sequences"] == 1
     if stream:
-        from flax_lm.run import special_ids
+        from flax_lm.workdir.run import special_ids
         echo = "" if run.cfg.model.family == "t5" else args.prompt   # an encoder-decoder prints its output alone
         printer = _StreamPrinter(run.tokenizer, echo, special_ids(run.cfg, run.tokenizer)[0])
         generate_texts(run, state.params, prompts, streamer=printer, **overrides)
@@ -255,7 +257,8 @@ def _export(args, _) -> int:
 def _compile(args, overrides) -> int:
     import json
 
-    from flax_lm import config, tpu_compile
+    from flax_lm.config import load as config
+    from flax_lm.parallel import tpu_compile
     cfg = config.load(args.config, overrides)
     if args.num_slices < 1:
         raise UserError(f"--num-slices must be at least 1; got {args.num_slices}")
@@ -269,8 +272,8 @@ def _compile(args, overrides) -> int:
 
 
 def _prepare(args, overrides) -> int:
-    from flax_lm import config
-    from flax_lm.prepare import prepare
+    from flax_lm.config import load as config
+    from flax_lm.workdir.prepare import prepare
     cfg = config.load(args.config, overrides)
     counts = prepare(cfg, Path(args.out), args.part, args.parts)
     print(f"part {args.part} of {args.parts}: {counts['documents']:,} documents, {counts['tokens']:,} tokens in "
@@ -280,7 +283,7 @@ def _prepare(args, overrides) -> int:
 
 
 def _config(args, overrides) -> int:
-    from flax_lm import config, config_keys
+    from flax_lm.config import load as config, keys as config_keys
     cfg = config.load(args.config, overrides)
     lines = config_keys.key_table(cfg, args.keys) if args.keys is not None else config_keys.resolved(cfg)
     print("\n".join(lines))

@@ -2,7 +2,7 @@
 # Train on a Cloud TPU VM slice, one host or many: create the TPU VM (or a queued resource)
 # unless it exists, copy this checkout to every worker and install it there, then run the
 # same `flax-lm train` on all workers at once with the output streamed here. On a TPU VM the
-# processes find each other without flags (flax_lm.distributed); only process 0 prints and
+# processes find each other without flags (flax_lm.parallel.distributed); only process 0 prints and
 # writes logs, and every process writes its part of each checkpoint, so give --workdir a
 # path all workers share: a bucket mounted at the same path on each (gcsfuse BUCKET /mnt/BUCKET),
 # or a shared disk. A gs:// URL is refused (the workdir is a local path).

@@ -32,7 +32,7 @@ SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 def tiny_config(**sections):
     """A config small enough to train in seconds on CPU; `sections` update it, e.g.
     tiny_config(train=dict(steps=4))."""
-    from flax_lm import config, defaults
+    from flax_lm.config import load as config, defaults
     c = defaults.get_config()
     c.model.update(vocab_size=512, max_len=32, d_model=64, n_layers=2, n_heads=4)
     c.data.update(source=str(SHAKESPEARE), max_bytes=200_000)

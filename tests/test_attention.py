@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_lm.attention import dot_product_attention
-from flax_lm.explicit_attention import heads_first
+from flax_lm.ops.attention import dot_product_attention
+from flax_lm.ops.explicit_attention import heads_first
 
 
 def _qkv(seed=0, b=2, t=7, n=3, h=8):

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flax_lm.checkpointing import Checkpointer
-from flax_lm.train_state import TrainState
+from flax_lm.workdir.checkpointing import Checkpointer
+from flax_lm.training.train_state import TrainState
 
 
 def test_a_save_in_one_process_copies_replicated_arrays_whole_and_compiles_nothing(tmp_path, caplog):

@@ -112,7 +112,7 @@ def test_a_url_workdir_is_refused_in_one_line(command):
 def test_a_url_workdir_is_refused_through_the_python_api_too():
     from conftest import tiny_config
 
-    from flax_lm import train
+    from flax_lm.training import train
     from flax_lm.errors import UserError
     with pytest.raises(UserError, match="a workdir is a local path, not a URL"):
         train.train(tiny_config(), "s3://bucket/run")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flax_lm import config
+from flax_lm.config import load as config
 from flax_lm.errors import UserError
 
 

@@ -4,7 +4,7 @@ several problems reported whole: through the command line, as a user meets them.
 import pytest
 from test_cli import flax_lm
 
-from flax_lm import config, defaults
+from flax_lm.config import load as config, defaults
 from flax_lm.errors import UserError
 
 

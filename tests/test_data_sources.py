@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import SHAKESPEARE, SHARED_DATA, tiny_config
 
-from flax_lm import config as config_lib
-from flax_lm import train
+from flax_lm.config import load as config_lib
+from flax_lm.training import train
 from flax_lm.data import corpus, length_buckets, lm_data, packing_stats, pipeline, token_store
 from flax_lm.errors import UserError
-from flax_lm.prepare import prepare
+from flax_lm.workdir.prepare import prepare
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from flax_lm import defaults, optim
-from flax_lm.layerwise import depth
+from flax_lm.config import defaults
+from flax_lm.training import optim
+from flax_lm.training.layerwise import depth
 from flax_lm.models import bert
 
 CFG = bert.BertConfig(vocab_size=50, max_len=16, d_model=16, n_layers=3, n_heads=2, d_ff=32, num_labels=2)

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 from test_beam_search import CountingDecoder  # noqa: E402
 from test_cli import flax_lm  # noqa: E402
 
-from flax_lm import config as config_lib  # noqa: E402
+from flax_lm.config import load as config_lib  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.generation import (  # noqa: E402
     CausalDecoder,
@@ -310,7 +310,8 @@ def test_sampling_is_reproducible_and_stays_in_the_top_k(models):
 def test_sharded_decoding_equals_one_device(models, phased, request):
     """Parameters tensor-parallel over 2 devices, the batch over 4 (the tests' 8 CPU devices);
     "growing": the cache sharded as it grows, in two phases of 8 and 15 slots (`growing`)."""
-    from flax_lm import defaults, mesh, sharding
+    from flax_lm.config import defaults
+    from flax_lm.parallel import mesh, sharding
     if phased:
         request.getfixturevalue("phased_cache")
     _, model, params = models
@@ -378,7 +379,7 @@ def test_generate_command_streams_batches_and_refuses_bad_input(tmp_path):
 
 
 def test_sample_section_maps_to_generation_settings():
-    from flax_lm import defaults
+    from flax_lm.config import defaults
     sample = defaults.get_config().sample.to_dict()
     sample.update(early_stopping="never", stop_token_ids="13, 198,5", length_penalty=0.5, num_beams=4)
     config = settings.from_sample_section(sample, eos_token_id=5, seed=3)

@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from flax_lm import config, defaults
+from flax_lm.config import load as config, defaults
 from flax_lm.data import conll, corpus, pipeline, squad, text_classification, wordpiece
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError

@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import tiny_config  # noqa: E402
 
-from flax_lm import run as run_lib  # noqa: E402
-from flax_lm import train  # noqa: E402
+from flax_lm.workdir import run as run_lib  # noqa: E402
+from flax_lm.training import train  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.interop.export import export  # noqa: E402
 from flax_lm.interop.hf_import import import_hf  # noqa: E402

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from flax_lm import config
+from flax_lm.config import load as config
 from flax_lm.data import length_buckets, lm_data
 from flax_lm.errors import UserError
-from flax_lm.train import train
+from flax_lm.training.train import train
 
 
 def test_buckets_are_powers_of_two_then_the_full_length():

@@ -15,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 
 from test_interop import _cli, _tokenizer_json  # noqa: E402
 
-from flax_lm import config as config_lib  # noqa: E402
-from flax_lm import run as run_lib  # noqa: E402
-from flax_lm import train  # noqa: E402
+from flax_lm.config import load as config_lib  # noqa: E402
+from flax_lm.workdir import run as run_lib  # noqa: E402
+from flax_lm.training import train  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.generation import CausalDecoder, GenerationConfig, generate  # noqa: E402
 from flax_lm.interop import llama as llama_interop  # noqa: E402

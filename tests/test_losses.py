@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from flax_lm.losses import linear_cross_entropy
+from flax_lm.ops.losses import linear_cross_entropy
 
 
 def _inputs(b=3, t=10, d=8, v=37, seed=0):
@@ -76,7 +76,7 @@ def test_training_smooths_the_targets_and_evaluation_reports_the_plain_loss():
 
 
 def test_label_smoothing_outside_language_modelling_is_refused():
-    from flax_lm import config
+    from flax_lm.config import load as config
     from flax_lm.errors import UserError
     with pytest.raises(UserError, match="train.label_smoothing applies to the tasks that predict text"):
         config.load("bert_tiny", ["--config.train.label_smoothing=0.1"])

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 WRITE = """
 import sys
-from flax_lm.metrics_log import MetricsLog
+from flax_lm.training.metrics_log import MetricsLog
 log = MetricsLog(sys.argv[1])
 log.write(1, {"loss": 2.5, "learning_rate": 1e-3})
 log.write(2, {"loss": 2.25, "skipped": None})

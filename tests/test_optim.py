@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from flax_lm import defaults, optim
+from flax_lm.config import defaults
+from flax_lm.training import optim
 from flax_lm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
 
@@ -64,7 +65,8 @@ def test_adafactor_trains_t5_sharded_over_fsdp_and_tensor(tmp_path):
     while its full moments follow their parameters' sharding; training runs and learns."""
     from conftest import tiny_config
 
-    from flax_lm import config, train
+    from flax_lm.config import load as config
+    from flax_lm.training import train
     cfg = tiny_config(train=dict(steps=12, eval_every=12, checkpoint_every=12),
                       optim=dict(optimizer="adafactor", learning_rate=1e-2, weight_decay=0.0),
                       parallel=dict(data=2, fsdp=2, tensor=2))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from flax_lm import train
-from flax_lm.attention import dot_product_attention
+from flax_lm.training import train
+from flax_lm.ops.attention import dot_product_attention
 from flax_lm.data import lm_data
 from flax_lm.models import build_model
 

@@ -18,13 +18,14 @@ from conftest import ROOT, tiny_config, xla_flags
 from jax.sharding import PartitionSpec as P
 from test_cli import TINY
 
-from flax_lm import distributed, optim, train
-from flax_lm import mesh as mesh_lib
-from flax_lm import run as run_lib
+from flax_lm.parallel import distributed
+from flax_lm.training import optim, train
+from flax_lm.parallel import mesh as mesh_lib
+from flax_lm.workdir import run as run_lib
 from flax_lm.errors import UserError
 from flax_lm.models import build_model
-from flax_lm.state_init import create_state, state_shardings
-from flax_lm.strategy import JitSteps, PmapSteps
+from flax_lm.training.state_init import create_state, state_shardings
+from flax_lm.parallel.strategy import JitSteps, PmapSteps
 from flax_lm.tasks import get_task
 
 STEPS = 3
@@ -195,7 +196,7 @@ def test_two_processes_train_checkpoint_and_resume_as_one_process(tmp_path, shak
     cfg = tiny_config(train=dict(steps=6, log_every=1, eval_every=3, checkpoint_every=3),
                       optim=dict(schedule="constant"))  # the schedule is then the same for 3 and 6 steps
     recipe = tmp_path / "tiny.py"
-    recipe.write_text(f"from flax_lm import config\n\n\ndef get_config():\n"
+    recipe.write_text(f"from flax_lm.config import load as config\n\n\ndef get_config():\n"
                       f"    return config.from_json({cfg.to_json()!r})\n")
     # 2 processes x 4 devices: 3 steps and a checkpoint both write, then a resume to step 6
     first = _two_processes(recipe, tmp_path / "two", "--config.train.steps=3")
@@ -241,7 +242,7 @@ def _slices_spanned(mesh, axis: str) -> int:
 
 def test_explicit_dcn_sizes_choose_the_axes_that_cross_slices():
     pytest.importorskip("libtpu", reason="TPU topologies need libtpu (pip install \"jax[tpu]\")")
-    from flax_lm import tpu_compile
+    from flax_lm.parallel import tpu_compile
     devices = tpu_compile.topology_devices("v5e:2x2", num_slices=2)  # 2 slices of 4 chips
     layout = dict(data=2, fsdp=4, tensor=1)
     for dcn, data_spans, fsdp_spans in ((dict(), 2, 1),  # automatic: data crosses
@@ -286,7 +287,7 @@ def test_an_explicit_sharding_mesh_is_refused_in_one_line():
     """jax.make_mesh makes AxisType.Explicit axes by default; the steps take Auto ones only."""
     from jax.sharding import AxisType
 
-    from flax_lm import sharding
+    from flax_lm.parallel import sharding
     explicit = jax.make_mesh((8, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Explicit,) * 3)
     with pytest.raises(UserError, match=r"mesh axes \['data', 'fsdp', 'tensor'\] are not AxisType.Auto"):
         with sharding.activate(explicit):

@@ -4,7 +4,8 @@ import jax
 import pytest
 from conftest import tiny_config
 
-from flax_lm import cli, profiling, train
+from flax_lm import cli
+from flax_lm.training import profiling, train
 
 
 def test_a_profiled_run_writes_a_trace_that_tensorboard_reads(tmp_path, shakespeare, capsys):

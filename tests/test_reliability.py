@@ -19,16 +19,17 @@ import pytest
 from conftest import tiny_config
 
 from bench import soak
-from flax_lm import config as config_lib
-from flax_lm import backends, optim, train
-from flax_lm import run as run_lib
-from flax_lm.checkpointing import UNREADABLE, Checkpointer
+from flax_lm.config import load as config_lib
+from flax_lm import backends
+from flax_lm.training import optim, train
+from flax_lm.workdir import run as run_lib
+from flax_lm.workdir.checkpointing import UNREADABLE, Checkpointer
 from flax_lm.data import length_buckets
 from flax_lm.errors import UserError
 from flax_lm.models import build_model
-from flax_lm.state_init import create_state, state_shardings
+from flax_lm.training.state_init import create_state, state_shardings
 from flax_lm.tasks import get_task
-from flax_lm.train_step import make_train_step
+from flax_lm.training.train_step import make_train_step
 
 
 def _final(cfg, workdir):
@@ -129,7 +130,7 @@ def test_resume_refuses_a_changed_model_or_data_and_allows_safe_changes(tmp_path
 
 
 def test_a_run_from_before_a_config_key_existed_resumes_at_its_default(tmp_path):
-    from flax_lm import resume_check
+    from flax_lm.workdir import resume_check
     saved = json.loads(tiny_config().to_json())
     del saved["data"]["packing"]  # written by a flax_lm that had no such key
     assert resume_check.check_config(tiny_config(), saved, tmp_path) == []
@@ -175,7 +176,7 @@ def test_a_nonfinite_step_changes_no_parameter(policy, platform, shakespeare, mo
     cfg.parallel.update(data=1)
     model = build_model(cfg.model)
     tx = optim.make_optimizer(cfg.optim, cfg.train.steps, cfg.model.n_layers)
-    from flax_lm import mesh as mesh_lib
+    from flax_lm.parallel import mesh as mesh_lib
     mesh = mesh_lib.make_mesh(cfg, jax.devices()[:1])
     _, shardings = state_shardings(model, tx, mesh, 0, cfg.model.max_len)
     state = create_state(model, tx, mesh, 0, cfg.model.max_len, shardings)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flax_lm import cli
-from flax_lm import run as run_lib
+from flax_lm.workdir import run as run_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from flax_lm import cli, train
+from flax_lm import cli
+from flax_lm.training import train
 from flax_lm.data import pipeline, token_store
 from flax_lm.errors import UserError
-from flax_lm.prepare import prepare
+from flax_lm.workdir.prepare import prepare
 
 
 def _store_config(cfg, out):

@@ -11,7 +11,8 @@ from test_cli import flax_lm
 
 pytest.importorskip("libtpu", reason="TPU topologies need libtpu (pip install \"jax[tpu]\")")
 
-from flax_lm import tpu_compile, tpu_cost, tpu_topology  # noqa: E402
+from flax_lm.parallel import tpu_compile  # noqa: E402
+from flax_lm.backends import tpu_cost, tpu_topology  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.models import build_model, head_name  # noqa: E402
 
@@ -53,7 +54,8 @@ def test_multi_host_and_multi_slice_topologies_shard_the_state():
 
 
 def test_auto_attention_is_chosen_for_the_topology_not_for_this_machine():
-    from flax_lm import attention, mesh, sharding
+    from flax_lm.ops import attention
+    from flax_lm.parallel import mesh, sharding
     topology_mesh = mesh.make_mesh(tiny_config(), tpu_compile.topology_devices("v5e:2x2"))
     assert attention.resolve("auto") == "explicit"  # this CPU's choice
     with sharding.activate(topology_mesh):

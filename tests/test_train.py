@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from flax_lm import run as run_lib
-from flax_lm import train
+from flax_lm.workdir import run as run_lib
+from flax_lm.training import train
 from flax_lm.models import build_model
-from flax_lm.state_init import create_state, state_shardings
+from flax_lm.training.state_init import create_state, state_shardings
 from flax_lm.tasks import get_task
-from flax_lm.train_step import make_train_step
+from flax_lm.training.train_step import make_train_step
 
 
 def _metrics(workdir, prefix):
@@ -55,8 +55,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, shakespeare):
 def test_grad_accumulation_equals_one_larger_batch(shakespeare):
     cfg = tiny_config(model=dict(dropout=0.0))
     model = build_model(cfg.model)
-    from flax_lm import mesh as mesh_lib
-    from flax_lm import optim
+    from flax_lm.parallel import mesh as mesh_lib
+    from flax_lm.training import optim
     cfg.parallel.update(data=1)
     mesh = mesh_lib.make_mesh(cfg, jax.devices()[:1])
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)

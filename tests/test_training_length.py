@@ -1,11 +1,11 @@
-"""Training length: `train.steps`, or `train.epochs` over the training split (flax_lm.training_length)."""
+"""Training length: `train.steps`, or `train.epochs` over the training split (flax_lm.config.training_length)."""
 
 import json
 
 import pytest
 from test_cli import TINY, flax_lm
 
-from flax_lm import config
+from flax_lm.config import load as config
 from flax_lm.errors import UserError
 
 @pytest.mark.parametrize("overrides, message", [

@@ -3,7 +3,7 @@
 import importlib.util
 import os
 
-from flax_lm import tpu_topology
+from flax_lm.backends import tpu_topology
 from flax_lm.backends.base import Backend
 from flax_lm.errors import UserError
 
@@ -23,7 +23,7 @@ class TpuBackend(Backend):
 
 def topology_devices(name: str, num_slices: int = 1) -> list:
     """The devices of a TPU topology such as v5e-16 or v5e:4x4 (num_slices of them for multi-slice);
-    the names are flax_lm.tpu_topology's."""
+    the names are flax_lm.backends.tpu_topology's."""
     name = tpu_topology.libtpu_name(name)
     if importlib.util.find_spec("libtpu") is None:
         raise UserError("compiling for a TPU topology needs libtpu: pip install 'flax_lm[tpu]'")

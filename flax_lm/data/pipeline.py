@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jax
 
-from flax_lm import init_from
-from flax_lm import workdir as workdir_lib
+from flax_lm.workdir import init_from
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import (
     conll,
     corpus,

@@ -1,6 +1,6 @@
 """A pre-tokenized corpus on disk, read lazily: `data.source = "tokens:DIR"`.
 
-`flax-lm prepare` (flax_lm/prepare.py) writes DIR once: the token stream that a run would
+`flax-lm prepare` (flax_lm/workdir/prepare.py) writes DIR once: the token stream that a run would
 build in memory (each document's ids, then the end token), as raw little-endian integers
 in one or more part files, with the tokenizer that made them. A run then maps the parts
 (np.memmap) instead of reading text: start-up costs nothing, memory holds only the pages
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from flax_lm import workdir as workdir_lib
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import lm_data
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError

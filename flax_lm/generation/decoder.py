@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from flax_lm import sharding
+from flax_lm.parallel import sharding
 from flax_lm.models import family_module, t5
 from flax_lm.models.layers import DTYPES, grown_cache
 

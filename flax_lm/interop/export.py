@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from flax_lm import workdir as workdir_lib
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.data import unigram, wordpiece
 from flax_lm.errors import UserError
 from flax_lm.interop import families
 from flax_lm.models import DECODERS, head_name
-from flax_lm.run import load_run
+from flax_lm.workdir.run import load_run
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 

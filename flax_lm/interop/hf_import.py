@@ -8,15 +8,16 @@ and `train` (fine-tuning) all work on it.
 import json
 from pathlib import Path
 
-from flax_lm import config as config_lib
-from flax_lm import defaults, state_init
-from flax_lm import workdir as workdir_lib
+from flax_lm.config import load as config_lib
+from flax_lm.config import defaults
+from flax_lm.training import state_init
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import pipeline
 from flax_lm.errors import UserError
 from flax_lm.interop import families
 from flax_lm.interop.hf_files import load_state_dict, load_tokenizer, resolve_source
 from flax_lm.models import head_name, task_of_head
-from flax_lm.run import setup
+from flax_lm.workdir.run import setup
 
 
 def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm import backends
-from flax_lm.attention import dot_product_attention
+from flax_lm.ops.attention import dot_product_attention
 from flax_lm.models.layers import (DTYPES, Projection, dtypes, from_run_config, gelu, split_qkv,
                                   tied_logits)
 from flax_lm.models.remat import POLICIES

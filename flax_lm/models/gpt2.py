@@ -2,7 +2,7 @@
 
 Pre-LayerNorm blocks, learned positions, tied input/output embeddings, tanh GELU and
 residual projections initialised with std 0.02 / sqrt(2 * n_layers). Parameters carry
-logical axis names (see `flax_lm.sharding`). Tensor names carry their shapes:
+logical axis names (see `flax_lm.parallel.sharding`). Tensor names carry their shapes:
 B batch, T length, D d_model, N heads, H head size, F d_ff, V vocab.
 """
 
@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flax_lm.attention import dot_product_attention
+from flax_lm.ops.attention import dot_product_attention
 from flax_lm.models.layers import (
     DTYPES,
     Projection,
@@ -176,7 +176,7 @@ class GPT2LMHeadModel(nn.Module):
         documents packed into each row (with per-document `position_ids_BxT`): tokens attend
         only within their own document. With `return_hidden`,
         returns (final hidden states B x T x D, output embedding V x D) instead, for
-        losses that fuse the output projection (`flax_lm.losses`).
+        losses that fuse the output projection (`flax_lm.ops.losses`).
 
         Decoding passes `cache` (from `init_cache`, S slots) and `cache_index`: the T tokens
         fill slots cache_index..cache_index+T-1, the attention mask then covers all S slots

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lm import backends
-from flax_lm.explicit_attention import heads_first
+from flax_lm.ops.explicit_attention import heads_first
 from flax_lm.models.remat import POLICIES
 
 # config dtype names -> JAX dtypes, for every family's compute and parameter dtypes

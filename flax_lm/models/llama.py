@@ -4,7 +4,7 @@ Pre-RMSNorm blocks, rotary position embeddings on queries and keys, grouped-quer
 (`n_kv_heads` key/value heads shared by groups of query heads), a SwiGLU feed-forward
 (down(silu(gate(x)) * up(x))), no biases anywhere, and an output head tied to the input
 embedding or separate (`tie_word_embeddings`). Parameters carry logical axis names (see
-`flax_lm.sharding`) and are named as the Hugging Face modules are, so import and export are
+`flax_lm.parallel.sharding`) and are named as the Hugging Face modules are, so import and export are
 reshapes. Tensor names carry their shapes: B batch, T length, S key/cache length, D d_model,
 N query heads, K key/value heads, H head size, F d_ff, V vocab.
 """
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flax_lm.attention import dot_product_attention
+from flax_lm.ops.attention import dot_product_attention
 from flax_lm.models.layers import (
     DTYPES,
     LMHead,

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flax_lm.attention import dot_product_attention
-from flax_lm.explicit_attention import heads_first
+from flax_lm.ops.attention import dot_product_attention
+from flax_lm.ops.explicit_attention import heads_first
 from flax_lm.models.layers import (
     DTYPES,
     LMHead,
@@ -290,7 +290,7 @@ class T5ForConditionalGeneration(nn.Module):
         """Logits B x T x V (compute dtype). Masks are 1 for real tokens, 0 for padding; the
         decoder is causal besides. With `return_hidden`, (hidden B x T x D, output embedding
         V x D) such that logits = hidden @ embedding.T (the tied model's d_model**-0.5 is in
-        hidden), for losses that fuse the output projection (`flax_lm.losses`)."""
+        hidden), for losses that fuse the output projection (`flax_lm.ops.losses`)."""
         encoded_BxSxD = self.encode(input_ids_BxS, attention_mask_BxS, deterministic)
         return self.decode(decoder_input_ids_BxT, encoded_BxSxD=encoded_BxSxD, attention_mask_BxS=attention_mask_BxS,
                            decoder_attention_mask_BxT=decoder_attention_mask_BxT, deterministic=deterministic,

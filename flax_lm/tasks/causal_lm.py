@@ -2,7 +2,7 @@
 
 import math
 
-from flax_lm.losses import linear_cross_entropy
+from flax_lm.ops.losses import linear_cross_entropy
 
 
 class CausalLM:

@@ -9,7 +9,7 @@ class Seq2SeqLM(CausalLM):
     `weights` (B x T float32, 0 on target padding, which the loss ignores).
 
     Metrics of generated text (BLEU, chrF, ROUGE) need decoding, which an eval step cannot
-    do; `flax_lm.seq2seq_eval` adds them to an evaluation. The loss weights and perplexity are
+    do; `flax_lm.training.seq2seq_eval` adds them to an evaluation. The loss weights and perplexity are
     those of `CausalLM`.
     """
 

@@ -1,10 +1,10 @@
 """The config as a person reads it (`flax-lm config`): every key with its value, and the keys
-that match a pattern with their types, defaults and help (from `flax_lm.defaults`)."""
+that match a pattern with their types, defaults and help (from `flax_lm.config.defaults`)."""
 
 import difflib
 import fnmatch
 
-from flax_lm import config, defaults
+from flax_lm.config import load as config, defaults
 from flax_lm.errors import UserError
 
 

@@ -1,6 +1,6 @@
 """Shared recipe builders, for config families that differ only in size."""
 
-from flax_lm import defaults
+from flax_lm.config import defaults
 
 
 def gpt2_openwebtext(steps: int, grad_accum_steps: int, learning_rate: float):

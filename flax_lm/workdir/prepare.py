@@ -11,7 +11,7 @@ split of a TFDS split), streaming it, never holding it whole.
 import time
 from pathlib import Path
 
-from flax_lm import workdir as workdir_lib
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import corpus, pipeline, token_store
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError

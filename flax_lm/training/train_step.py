@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flax_lm import backends, sharding
+from flax_lm import backends
+from flax_lm.parallel import sharding
 from flax_lm.tasks.base import Task, total_loss
-from flax_lm.train_state import TrainState
+from flax_lm.training.train_state import TrainState
 
 
 def make_train_step(model, task: Task, tx: optax.GradientTransformation, schedule, grad_accum_steps: int,

@@ -5,7 +5,7 @@ The topology's devices come from `jax.experimental.topologies`; the mesh, shardi
 optimizer and step are the ones `train` builds, lowered with abstract arrays, so nothing is
 allocated. XLA's own accounting gives the per-chip memory (`memory_analysis`) and FLOPs
 (`cost_analysis`); the chip's HBM decides whether the config fits. The TPU compiler's cost model
-gives the modelled step (flax_lm.tpu_cost): time, tokens/s and MFU per chip.
+gives the modelled step (flax_lm.backends.tpu_cost): time, tokens/s and MFU per chip.
 """
 
 import re
@@ -14,14 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lm import checkpointing, optim, sharding, state_init, tpu_cost
-from flax_lm import mesh as mesh_lib
+from flax_lm.workdir import checkpointing
+from flax_lm.training import optim, state_init
+from flax_lm.parallel import sharding
+from flax_lm.backends import tpu_cost
+from flax_lm.parallel import mesh as mesh_lib
 from flax_lm.data import pipeline
 from flax_lm.errors import UserError
 from flax_lm.models import build_model, flops_per_token, head_name
 from flax_lm.tasks import get_task
 from flax_lm.backends import tpu as tpu_backend
-from flax_lm.train_step import jit_train_step
+from flax_lm.training.train_step import jit_train_step
 
 GIB = tpu_cost.GIB
 topology_devices = tpu_backend.topology_devices  # the devices `compile_train_step` compiles for

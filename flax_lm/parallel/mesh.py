@@ -7,7 +7,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 
 from flax_lm.errors import UserError
-from flax_lm.sharding import MESH_AXES
+from flax_lm.parallel.sharding import MESH_AXES
 
 
 def mesh_shape(parallel_cfg, num_devices: int) -> tuple[int, int, int]:

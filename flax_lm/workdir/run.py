@@ -6,10 +6,13 @@ from pathlib import Path
 
 import jax
 
-from flax_lm import best, checkpointing, init_from, optim, sharding, state_init, training_length
-from flax_lm import config as config_lib
-from flax_lm import mesh as mesh_lib
-from flax_lm import workdir as workdir_lib
+from flax_lm.workdir import best, checkpointing, init_from
+from flax_lm.training import optim, state_init
+from flax_lm.parallel import sharding
+from flax_lm.config import training_length
+from flax_lm.config import load as config_lib
+from flax_lm.parallel import mesh as mesh_lib
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import pipeline, unigram
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
@@ -33,7 +36,7 @@ class Run:
     abstract_state: object
     shardings: object
     checkpointer: checkpointing.Checkpointer
-    steps: int  # optimizer steps of the run (flax_lm.training_length); 0 for train.epochs without its train split
+    steps: int  # optimizer steps of the run (flax_lm.config.training_length); 0 for train.epochs without its train split
 
     def whole_to_global(self, whole_batch: dict) -> dict:
         """A whole batch that every process holds (e.g. evaluation's) -> global arrays sharded over

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from flax_lm import config as config_lib
+from flax_lm.config import load as config_lib
 from flax_lm.errors import UserError
 
 CONFIG = "config.json"

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flax_lm.sharding import param_names
+from flax_lm.parallel.sharding import param_names
 
 _EMBEDDINGS = ("embeddings", "wte", "wpe", "embed_tokens")
 _LAYER = re.compile(r"^(?:layer|h)_(\d+)$")

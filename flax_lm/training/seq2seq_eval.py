@@ -4,7 +4,7 @@ run's `sample` settings: greedy, or beam search with num_beams > 1) and compared
 import numpy as np
 
 from flax_lm.metrics import generated_text_metrics
-from flax_lm.run import decoding_weights, generate_ids
+from flax_lm.workdir.run import decoding_weights, generate_ids
 
 
 def generated_outputs(run, params, dataset, count: int) -> list[str]:

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
-from flax_lm import backends, sharding
+from flax_lm import backends
+from flax_lm.parallel import sharding
 
 # 512 x 512 blocks amortize the kernel's per-block overhead and fill the MXU (MaxText's
 # default) while the f32 score tile (1 MiB) stays well inside VMEM; shorter sequences take

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flax_lm import workdir as workdir_lib
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.interop import families, hf_files

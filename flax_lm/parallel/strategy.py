@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flax_lm import sharding
-from flax_lm.train_step import jit_train_step, make_train_step
+from flax_lm.parallel import sharding
+from flax_lm.training.train_step import jit_train_step, make_train_step
 
 PMAP_AXIS = "devices"
 
@@ -85,6 +85,6 @@ class PmapSteps:
 
 
 def make_steps(run, task) -> JitSteps | PmapSteps:
-    """The train steps of a run (flax_lm.run.Run), by its `parallel.strategy`."""
+    """The train steps of a run (flax_lm.workdir.run.Run), by its `parallel.strategy`."""
     kind = PmapSteps if run.cfg.parallel.strategy == "pmap" else JitSteps
     return kind(run.model, task, run.tx, run.schedule, run.cfg.train, run.mesh, run.shardings)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flax_lm import seq2seq_eval
-from flax_lm import workdir as workdir_lib
+from flax_lm.training import seq2seq_eval
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import pipeline
 from flax_lm.errors import UserError
-from flax_lm.evaluate import make_evaluator
-from flax_lm.run import load_run
+from flax_lm.training.evaluate import make_evaluator
+from flax_lm.workdir.run import load_run
 from flax_lm.tasks import get_task
 
 

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flax_lm.layerwise import scale_by_layer
-from flax_lm.sharding import param_names
+from flax_lm.training.layerwise import scale_by_layer
+from flax_lm.parallel.sharding import param_names
 
 # Parameters that get weight decay: matrices and embeddings. Biases, LayerNorm scales
 # and any other vector stay undecayed, as in GPT-2/BERT practice.

@@ -1,7 +1,7 @@
 """Loading, overriding and validating run configs.
 
 A recipe is a Python file with `get_config()` returning an `ml_collections.ConfigDict`
-built from `flax_lm.defaults.get_config()`. Command-line overrides use the
+built from `flax_lm.config.defaults.get_config()`. Command-line overrides use the
 `--config.section.key=value` convention. Everything a user can get wrong here raises
 `UserError` with one line naming the key.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-from flax_lm import defaults, training_length
+from flax_lm.config import defaults, training_length
 from flax_lm.errors import UserError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -101,7 +101,7 @@ def _load_recipe(path_or_name: str) -> ml_collections.ConfigDict:
     recipe = _run_recipe(path)
     if not isinstance(recipe, ml_collections.ConfigDict):
         raise UserError(f"--config: get_config() in {path} returned a {type(recipe).__name__}, not the "
-                        f"ml_collections.ConfigDict of flax_lm.defaults.get_config()")
+                        f"ml_collections.ConfigDict of flax_lm.config.defaults.get_config()")
     # Re-apply the recipe onto a fresh schema so that a recipe cannot add keys.
     cfg = defaults.get_config()
     _merge(cfg, recipe.to_dict(), prefix="")
@@ -283,9 +283,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         problems.append(f"optim.min_lr_ratio must be in [0, 1]; got {o.min_lr_ratio}")
     # Imported here: the attention and remat modules import JAX, this module need not.
-    from flax_lm.attention import IMPLEMENTATIONS
+    from flax_lm.ops.attention import IMPLEMENTATIONS
     from flax_lm.models.remat import POLICIES
-    from flax_lm.profiling import parse_steps
+    from flax_lm.training.profiling import parse_steps
     if m.attention not in IMPLEMENTATIONS:
         problems.append(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
     if m.remat_policy not in POLICIES:

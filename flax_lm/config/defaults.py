@@ -1,7 +1,7 @@
 """The complete config schema with its default values and a one-line help for each key.
 
 Every recipe in `configs/` starts from `get_config()` and changes values; it may not
-add keys. Validation (`flax_lm.config`) compares a recipe against this schema, so a
+add keys. Validation (`flax_lm.config.load`) compares a recipe against this schema, so a
 key that is not here is a user error, and so is a value of another type. Each key is
 declared once, its help beside its default (`flax-lm config --keys PATTERN` shows both).
 """
@@ -59,7 +59,7 @@ def _declared() -> _Schema:
     key("model.param_dtype", "float32", "storage dtype of the parameters: float32 | bfloat16")
     key("model.scan_layers", False, "nn.scan over the blocks (one compiled block)")
     key("model.remat_policy", "none", "what the backward pass recomputes; see flax_lm.models.remat.POLICIES")
-    key("model.attention", "auto", "attention implementation; see flax_lm.attention.IMPLEMENTATIONS")
+    key("model.attention", "auto", "attention implementation; see flax_lm.ops.attention.IMPLEMENTATIONS")
     key("model.type_vocab_size", 2, "encoders: segment (token type) embeddings")
     key("model.pad_token_id", 0, "encoders: the tokenizer's padding id (RoBERTa positions start after it)")
     key("model.num_labels", 0, "classification heads: 0 takes the count from the data; 1 is regression")

@@ -5,10 +5,11 @@ import math
 import jax
 import numpy as np
 
-from flax_lm import config as config_lib
-from flax_lm import seq2seq_eval, sharding
+from flax_lm.config import load as config_lib
+from flax_lm.training import seq2seq_eval
+from flax_lm.parallel import sharding
 from flax_lm.data import length_buckets
-from flax_lm.train_step import make_eval_step
+from flax_lm.training.train_step import make_eval_step
 
 
 def make_evaluator(run, task):

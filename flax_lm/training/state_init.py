@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lm import sharding
+from flax_lm.parallel import sharding
 from flax_lm.errors import UserError
 from flax_lm.models import t5
-from flax_lm.train_state import TrainState
+from flax_lm.training.train_state import TrainState
 
 
 def rngs(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -8,8 +8,8 @@ comparing against it. `evaluate`, `predict` and `export` use it when a run kept 
 import math
 from pathlib import Path
 
-from flax_lm import checkpointing
-from flax_lm import workdir as workdir_lib
+from flax_lm.workdir import checkpointing
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.errors import UserError
 
 DIRECTORY = "best"

@@ -85,14 +85,14 @@ def activate(mesh: jax.sharding.Mesh):
     """Makes `mesh` and the logical-axis rules ambient, for tracing and running steps.
 
     Every step runs under this, so a mesh a caller passes is checked here. Only meshes whose axes
-    are all AxisType.Auto are taken (flax_lm.mesh.make_mesh makes those): the models place
+    are all AxisType.Auto are taken (flax_lm.parallel.mesh.make_mesh makes those): the models place
     activations with `nn.with_logical_constraint` and leave the rest to the compiler, which an
     explicit-sharding mesh (AxisType.Explicit, `jax.make_mesh`'s default) does not allow, so one
     is refused with a UserError that says how to make an Auto one."""
     explicit = [name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind != AxisType.Auto]
     if explicit:
         raise UserError(f"mesh axes {explicit} are not AxisType.Auto: flax_lm shards by logical-axis rules on an "
-                        f"Auto mesh; make it with flax_lm.mesh.make_mesh, or jax.make_mesh(..., "
+                        f"Auto mesh; make it with flax_lm.parallel.mesh.make_mesh, or jax.make_mesh(..., "
                         f"axis_types=(jax.sharding.AxisType.Auto,) * {len(mesh.axis_names)})")
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
         yield

@@ -9,7 +9,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from flax_lm import backends, explicit_attention, splash_attention
+from flax_lm import backends
+from flax_lm.ops import explicit_attention, splash_attention
 
 # "auto": the backend's choice (`backends`): splash on TPU, cuDNN on GPU where it applies,
 #   explicit on CPU, xla elsewhere.

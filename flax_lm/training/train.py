@@ -15,16 +15,19 @@ import jax
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from flax_lm import fresh_workdir, hardware, preemption, profiling, resume_check, seq2seq_eval, training_length
-from flax_lm import workdir as workdir_lib
-from flax_lm.best import BestKeeper
+from flax_lm.workdir import fresh_workdir, resume_check
+from flax_lm.parallel import hardware
+from flax_lm.training import preemption, profiling, seq2seq_eval
+from flax_lm.config import training_length
+from flax_lm.workdir import layout as workdir_lib
+from flax_lm.workdir.best import BestKeeper
 from flax_lm.data import length_buckets, lm_data, packing_stats, pipeline
 from flax_lm.errors import UserError
-from flax_lm.evaluate import format_metrics, make_evaluator
-from flax_lm.metrics_log import MetricsLog
+from flax_lm.training.evaluate import format_metrics, make_evaluator
+from flax_lm.training.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
-from flax_lm.run import restore_or_init, sample_text, setup
-from flax_lm.strategy import make_steps
+from flax_lm.workdir.run import restore_or_init, sample_text, setup
+from flax_lm.parallel.strategy import make_steps
 from flax_lm.tasks import get_task
 
 

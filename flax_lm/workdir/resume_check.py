@@ -10,10 +10,10 @@ and the changes are reported.
 import json
 from pathlib import Path
 
-from flax_lm import defaults
-from flax_lm import workdir as workdir_lib
+from flax_lm.config import defaults
+from flax_lm.workdir import layout as workdir_lib
 from flax_lm.errors import UserError
-from flax_lm.init_from import ARCHITECTURE_KEYS
+from flax_lm.workdir.init_from import ARCHITECTURE_KEYS
 
 # Keys (or whole sections, ending in ".") whose change a resume allows.
 SAFE = (

@@ -1,0 +1,1 @@
+"""Run configs: loading, validation, the key schema, defaults and recipes."""

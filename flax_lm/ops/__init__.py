@@ -1,0 +1,1 @@
+"""Numerical building blocks the models call: attention implementations and losses."""

@@ -1,0 +1,1 @@
+"""Devices and how a run spreads over them: mesh, sharding, multi-host, ahead-of-time compile."""
