@@ -25,7 +25,7 @@ import jax  # noqa: E402
 
 from bench import gpt2_train, harness  # noqa: E402
 from flax_lm.config import load as config_lib  # noqa: E402
-from flax_lm.parallel import tpu_compile  # noqa: E402
+from flax_lm.training import tpu_compile  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.models import build_model  # noqa: E402
 from flax_lm.training.state_init import host_params  # noqa: E402

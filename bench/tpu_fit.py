@@ -11,7 +11,7 @@ import time
 
 from bench.harness import add_row, machine
 from flax_lm.config import load as config_lib
-from flax_lm.parallel import tpu_compile
+from flax_lm.training import tpu_compile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU; run nothing
 

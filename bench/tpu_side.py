@@ -32,7 +32,7 @@ def maxtext_side(args: list[str]) -> dict:
     import maxtext
     from maxtext.trainers.pre_train import train_compile
 
-    from flax_lm.parallel import tpu_compile
+    from flax_lm.training import tpu_compile
     from flax_lm.backends import tpu_cost
     kept = {}
     compile_step = train_compile.jit_and_compile

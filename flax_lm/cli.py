@@ -258,7 +258,7 @@ def _compile(args, overrides) -> int:
     import json
 
     from flax_lm.config import load as config
-    from flax_lm.parallel import tpu_compile
+    from flax_lm.training import tpu_compile
     cfg = config.load(args.config, overrides)
     if args.num_slices < 1:
         raise UserError(f"--num-slices must be at least 1; got {args.num_slices}")

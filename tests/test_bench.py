@@ -16,7 +16,7 @@ import pytest
 from bench import __main__ as bench_main
 from bench import bert_mlm, gpt2_generate, gpt2_train, harness, max_batch
 from flax_lm.config import load as config_lib
-from flax_lm.parallel import tpu_compile
+from flax_lm.training import tpu_compile
 from flax_lm.models import gpt2
 
 TINY = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.n_heads=2",

@@ -25,7 +25,7 @@ from flax_lm.workdir import run as run_lib
 from flax_lm.errors import UserError
 from flax_lm.models import build_model
 from flax_lm.training.state_init import create_state, state_shardings
-from flax_lm.parallel.strategy import JitSteps, PmapSteps
+from flax_lm.training.strategy import JitSteps, PmapSteps
 from flax_lm.tasks import get_task
 
 STEPS = 3
@@ -242,7 +242,7 @@ def _slices_spanned(mesh, axis: str) -> int:
 
 def test_explicit_dcn_sizes_choose_the_axes_that_cross_slices():
     pytest.importorskip("libtpu", reason="TPU topologies need libtpu (pip install \"jax[tpu]\")")
-    from flax_lm.parallel import tpu_compile
+    from flax_lm.training import tpu_compile
     devices = tpu_compile.topology_devices("v5e:2x2", num_slices=2)  # 2 slices of 4 chips
     layout = dict(data=2, fsdp=4, tensor=1)
     for dcn, data_spans, fsdp_spans in ((dict(), 2, 1),  # automatic: data crosses

@@ -116,7 +116,7 @@ def test_under_a_mesh_each_device_runs_the_kernel_on_its_batch_rows_and_heads():
 def test_on_tpu_auto_attention_is_the_splash_kernel_and_the_train_step_compiles_with_it(caplog):
     """The default (`model.attention=auto`) is splash on a TPU topology, with packed documents'
     segment ids, and the kernel takes the call (no fallback is reported)."""
-    from flax_lm.parallel import tpu_compile
+    from flax_lm.training import tpu_compile
     devices = tpu_compile.topology_devices("v5e:2x2")
     with jax.set_mesh(jax.sharding.Mesh(np.asarray(devices).reshape(4), ("data",))):
         assert attention.resolve("auto", dtype=jnp.bfloat16, head_dim=64) == "splash"

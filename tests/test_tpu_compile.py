@@ -11,7 +11,7 @@ from test_cli import flax_lm
 
 pytest.importorskip("libtpu", reason="TPU topologies need libtpu (pip install \"jax[tpu]\")")
 
-from flax_lm.parallel import tpu_compile  # noqa: E402
+from flax_lm.training import tpu_compile  # noqa: E402
 from flax_lm.backends import tpu_cost, tpu_topology  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
 from flax_lm.models import build_model, head_name  # noqa: E402

@@ -27,7 +27,7 @@ from flax_lm.training.evaluate import format_metrics, make_evaluator
 from flax_lm.training.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
 from flax_lm.workdir.run import restore_or_init, sample_text, setup
-from flax_lm.parallel.strategy import make_steps
+from flax_lm.training.strategy import make_steps
 from flax_lm.tasks import get_task
 
 
