@@ -19,7 +19,7 @@ import ml_collections
 from flax_lm.config import defaults, training_length
 from flax_lm.errors import UserError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 CHOICES = {
     "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
