@@ -11,6 +11,7 @@ import difflib
 import importlib.util
 import json
 import math
+import re
 import traceback
 from pathlib import Path
 
@@ -285,7 +286,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     # Imported here: the attention and remat modules import JAX, this module need not.
     from flax_lm.ops.attention import IMPLEMENTATIONS
     from flax_lm.models.remat import POLICIES
-    from flax_lm.training.profiling import parse_steps
     if m.attention not in IMPLEMENTATIONS:
         problems.append(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
     if m.remat_policy not in POLICIES:
@@ -364,3 +364,14 @@ def _t5_problems(cfg) -> list[str]:
 def metric_names(text: str) -> list[str]:
     """"bleu, chrf" -> ["bleu", "chrf"]."""
     return [m.strip().lower() for m in text.split(",") if m.strip()]
+
+
+def parse_steps(text: str) -> tuple[int, int] | None:
+    """(START, STOP) from "START:STOP" with 0 <= START < STOP; None for "" (off)."""
+    if not text.strip():
+        return None
+    match = re.fullmatch(r"(\d{1,12}):(\d{1,12})", text.strip(), re.ASCII)
+    if match and int(match[1]) < int(match[2]):
+        return int(match[1]), int(match[2])
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise UserError(f"train.profile_steps must be START:STOP with 0 <= START < STOP, got {shown!r}")

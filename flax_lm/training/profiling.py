@@ -8,25 +8,13 @@ profile plugin reads (`plugins/profile/RUN/HOST.xplane.pb`):
     tensorboard --logdir WORKDIR/profile
 """
 
-import re
 from pathlib import Path
 
 import jax
 
-from flax_lm.errors import UserError
+from flax_lm.config.load import parse_steps
 
 PROFILE_DIR = "profile"
-
-
-def parse_steps(text: str) -> tuple[int, int] | None:
-    """(START, STOP) from "START:STOP" with 0 <= START < STOP; None for "" (off)."""
-    if not text.strip():
-        return None
-    match = re.fullmatch(r"(\d{1,12}):(\d{1,12})", text.strip(), re.ASCII)
-    if match and int(match[1]) < int(match[2]):
-        return int(match[1]), int(match[2])
-    shown = text if len(text) <= 40 else text[:40] + "..."
-    raise UserError(f"train.profile_steps must be START:STOP with 0 <= START < STOP, got {shown!r}")
 
 
 class StepProfiler:
