@@ -1,10 +1,25 @@
-"""The library's structure: no import circle, and no platform named outside the backends."""
+"""The library's structure: no import circle, no import from a higher layer, and no platform named
+outside the backends."""
 
 import ast
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parents[1] / "flax_lm"
 PLATFORMS = {"cpu", "gpu", "tpu", "cuda", "rocm"}
+# The layers, lowest first (docs/architecture.md draws them): a module imports from its own layer or
+# the ones below. Each entry is a package (or module) of flax_lm.
+LAYERS = (
+    ("errors", "json_files"),
+    ("backends",),
+    ("parallel",),                      # logical axes -> mesh axes, processes
+    ("ops",),                           # attention kernels and their dispatch, losses
+    ("models", "metrics"),
+    ("data", "tasks"),
+    ("generation",),
+    ("config",),                        # load, validate, defaults (knows the families and tasks)
+    ("training", "workdir", "interop"),  # a run: its step and loop, its workdir, its import and export
+    ("cli",),
+)
 # (file, literal): why it is no JAX platform
 NOT_A_PLATFORM = {("flax_lm/interop/hf_files.py", "cpu"): "PyTorch's map_location for torch.load"}
 
@@ -53,6 +68,28 @@ def test_the_library_has_no_import_circle():
     assert "flax_lm.workdir.run" in graph and graph["flax_lm.workdir.run"]  # the walk sees the modules and their imports
     cycle = _cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    found = [i for i, names in enumerate(LAYERS) if part in names]
+    assert found, f"{module} is in no layer of LAYERS"
+    return found[0]
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{m} imports {d}" for m in sorted(graph) for d in sorted(graph[m])
+            if m != "flax_lm" and _layer(d) > _layer(m)]
+
+
+def test_no_module_imports_from_a_higher_layer():
+    graph = _imports()
+    assert not _upward(graph), "\n".join(_upward(graph))
+
+
+def test_an_upward_import_is_found_where_there_is_one():
+    assert _upward({"flax_lm.models.gpt2": {"flax_lm.training.optim", "flax_lm.ops.attention"}}) == [
+        "flax_lm.models.gpt2 imports flax_lm.training.optim"]
 
 
 def test_a_circle_is_found_where_there_is_one():

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import jax
 
-from flax_lm.workdir import init_from
-from flax_lm.workdir import layout as workdir_lib
+from flax_lm import json_files
 from flax_lm.data import (
     conll,
     corpus,
@@ -40,28 +39,30 @@ class Prepared:
     label_names: list[str] | None  # classification labels or NER tags, in id order
 
 
-def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...] = SPLITS) -> Prepared:
+def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...] = SPLITS,
+            source_tokenizer=None) -> Prepared:
     """The tokenizer, label names and datasets of the run's task; the tokenizer and label
-    names are saved in the workdir the first time."""
+    names are saved in the workdir the first time. `source_tokenizer(source)` reads the tokenizer
+    of `train.init_from` (a workdir or an HF directory, which the layers above know)."""
     workdir = Path(workdir)
     if cfg.task in PRETRAINING:
         if token_store.is_store(cfg.data.source):
             store = _store(cfg)
-            saved = workdir / workdir_lib.TOKENIZER
+            saved = workdir / tokenizer_lib.FILE
             if saved.is_file() and tokenizer_lib.load(saved).to_str() != store.tokenizer.to_str():
                 raise UserError(f"{saved} is not the tokenizer of data.source {cfg.data.source!r}; "
                                 f"a run keeps the tokenizer it started with (use a new workdir)")
             tokenizer = _checked_and_saved(cfg, workdir, store.tokenizer, is_primary)
             return Prepared(tokenizer, _pretraining_splits(cfg, store, tokenizer), None)
         documents = _documents(cfg.data)
-        tokenizer = tokenizer_for(cfg, workdir, documents, is_primary)
+        tokenizer = tokenizer_for(cfg, workdir, documents, is_primary, source_tokenizer)
         return Prepared(tokenizer, _pretraining_splits(cfg, documents, tokenizer), None)
     reader = _FINE_TUNING[cfg.task]
     for split in ("train", "validation"):
         if not cfg.data[split]:
             raise UserError(f"task {cfg.task!r} needs data.{split}, the file of its {split} split")
     train_rows = reader.read(cfg, cfg.data.train)
-    tokenizer = tokenizer_for(cfg, workdir, reader.texts(train_rows), is_primary)
+    tokenizer = tokenizer_for(cfg, workdir, reader.texts(train_rows), is_primary, source_tokenizer)
     labels = reader.labels(cfg, workdir, train_rows, is_primary)
     datasets = {}
     for split in splits:
@@ -75,7 +76,7 @@ def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...]
 def load_saved(cfg, workdir: Path) -> Prepared:
     """The tokenizer and label names a run saved in its workdir, with no data read."""
     workdir = Path(workdir)
-    tokenizer = tokenizer_lib.load(workdir / workdir_lib.TOKENIZER)
+    tokenizer = tokenizer_lib.load(workdir / tokenizer_lib.FILE)
     labels = None
     if cfg.task in _FINE_TUNING:
         labels = _FINE_TUNING[cfg.task].saved_labels(workdir)
@@ -124,10 +125,11 @@ def _names(labels):
     return labels.names if isinstance(labels, text_classification.LabelMap) else list(labels)
 
 
-def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool):
-    """The workdir's tokenizer (resume), else the configured file, else that of `train.init_from`,
-    else one trained on `texts` (byte-level BPE for decoders, WordPiece for encoders)."""
-    saved = workdir / workdir_lib.TOKENIZER
+def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool, source_tokenizer=None):
+    """The workdir's tokenizer (resume), else the configured file, else that of `train.init_from`
+    (read by `source_tokenizer`), else one trained on `texts` (byte-level BPE for decoders,
+    WordPiece for encoders)."""
+    saved = workdir / tokenizer_lib.FILE
     if saved.is_file():
         tokenizer = tokenizer_lib.load(saved)
     elif cfg.data.tokenizer.endswith(".txt"):
@@ -135,7 +137,7 @@ def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool):
     elif cfg.data.tokenizer:
         tokenizer = tokenizer_lib.load(cfg.data.tokenizer)
     elif cfg.train.init_from:
-        tokenizer = init_from.tokenizer(cfg.train.init_from)
+        tokenizer = source_tokenizer(cfg.train.init_from)
     elif cfg.model.family in DECODERS:
         tokenizer = tokenizer_lib.train_bpe(texts, cfg.model.vocab_size)
     elif cfg.model.family == "t5":
@@ -148,7 +150,7 @@ def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool):
 def _checked_and_saved(cfg, workdir: Path, tokenizer, is_primary: bool):
     """`tokenizer` if the model can use it (vocabulary size, special ids), saved in the workdir the
     first time."""
-    saved = workdir / workdir_lib.TOKENIZER
+    saved = workdir / tokenizer_lib.FILE
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
         raise UserError(
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
@@ -306,10 +308,10 @@ class _TokenClassification:
         return names
 
     def saved_labels(self, workdir):
-        return workdir_lib.read_json(workdir / self.LABELS)
+        return json_files.read_json(workdir / self.LABELS)
 
     def save(self, workdir, names):
-        workdir_lib.write_json(workdir / self.LABELS, names)
+        json_files.write_json(workdir / self.LABELS, names)
 
     @staticmethod
     def saved_labels_from_names(names):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from flax_lm.workdir import layout as workdir_lib
+from flax_lm import json_files
 from flax_lm.data import lm_data
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
@@ -123,7 +123,7 @@ def write_part(directory: Path, part: int, parts: int, documents: Iterable[str],
         file.flush()
         os.fsync(file.fileno())
     os.replace(partial, base.with_suffix(".bin"))
-    workdir_lib.write_json(base.with_suffix(".json"), counts)   # last: its presence says the part is whole
+    json_files.write_json(base.with_suffix(".json"), counts)   # last: its presence says the part is whole
     return counts
 
 
@@ -146,11 +146,11 @@ def write_store_file(directory: Path, tokenizer: Tokenizer, eos: int, parts: int
             "vocab_size": tokenizer.get_vocab_size(), "tokenizer_sha256": tokenizer_digest(tokenizer),
             "source": source}
     store = Path(directory) / STORE_FILE
-    existing = workdir_lib.read_json(store) if store.is_file() else meta
+    existing = json_files.read_json(store) if store.is_file() else meta
     if existing != meta:
         raise UserError(f"{store}: was written for other settings ({_difference(existing, meta)}); "
                         f"write to a new directory")
-    workdir_lib.write_json(store, meta)
+    json_files.write_json(store, meta)
 
 
 class Store:
@@ -161,7 +161,7 @@ class Store:
         if not (directory / STORE_FILE).is_file():
             raise UserError(f"data.source {source!r}: {directory} is not a token store (no {STORE_FILE}); "
                             f"make one with flax-lm prepare --config ... --out {directory}")
-        meta = workdir_lib.read_json(directory / STORE_FILE)
+        meta = json_files.read_json(directory / STORE_FILE)
         if meta.get("format") != FORMAT:
             raise UserError(f"{directory / STORE_FILE}: format {meta.get('format')!r}, this flax_lm reads {FORMAT!r}")
         self.tokenizer = tokenizer_lib.load(directory / TOKENIZER_FILE)
@@ -176,7 +176,7 @@ class Store:
             if not counts.is_file():
                 missing.append(part)
                 continue
-            tokens = workdir_lib.read_json(counts)["tokens"]
+            tokens = json_files.read_json(counts)["tokens"]
             size = ids.stat().st_size if ids.is_file() else -1
             if size != tokens * dtype.itemsize:
                 raise UserError(f"{ids}: holds {max(size, 0)} bytes, its part file says "

@@ -9,6 +9,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from flax_lm.errors import UserError
 
+# the name of a run's tokenizer in its workdir (the data layer saves it there the first time)
+FILE = "tokenizer.json"
 EOS = "<|endoftext|>"
 END_TOKENS = (EOS, "<|end_of_text|>", "</s>")
 

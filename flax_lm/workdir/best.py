@@ -8,8 +8,8 @@ comparing against it. `evaluate`, `predict` and `export` use it when a run kept 
 import math
 from pathlib import Path
 
+from flax_lm import json_files
 from flax_lm.workdir import checkpointing
-from flax_lm.workdir import layout as workdir_lib
 from flax_lm.errors import UserError
 
 DIRECTORY = "best"
@@ -38,7 +38,7 @@ class BestKeeper:
             self.checkpointer.save(step, state, {}, force=True)
             self.checkpointer.wait()  # the record below must never name a checkpoint still being written
             if self.enabled:
-                workdir_lib.write_json(self.workdir / DIRECTORY / RECORD,
+                json_files.write_json(self.workdir / DIRECTORY / RECORD,
                                        {"metric": self.metric, "value": value, "step": step})
             return False
         self.evals_without_improvement += 1
@@ -62,7 +62,7 @@ def restore(workdir: Path, target):
 
 def _record(workdir: Path) -> dict | None:
     path = Path(workdir) / DIRECTORY / RECORD
-    return workdir_lib.read_json(path) if path.is_file() else None
+    return json_files.read_json(path) if path.is_file() else None
 
 
 def _checkpointer(workdir: Path, async_writes: bool) -> checkpointing.Checkpointer:

@@ -1,14 +1,13 @@
 """The layout of a run's work directory, the unit of a run."""
 
-import json
-import os
 from pathlib import Path
 
 from flax_lm.config import load as config_lib
+from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 
 CONFIG = "config.json"
-TOKENIZER = "tokenizer.json"
+TOKENIZER = tokenizer_lib.FILE
 CHECKPOINTS = "checkpoints"
 
 
@@ -32,19 +31,3 @@ def load_config(workdir: Path):
     if not path.is_file():
         raise UserError(f"--workdir {workdir}: no {CONFIG} there; is it the workdir of a `flax-lm train` run?")
     return config_lib.from_json(path.read_text(encoding="utf-8"))
-
-
-def write_json(path: Path, value) -> None:
-    """Writes `value` whole, then renames it into place: a reader (another process, a run that
-    was killed mid-write) sees the old file or the new one, never half of one."""
-    partial = Path(path).with_name(f"{Path(path).name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-
-
-def read_json(path: Path):
-    """A JSON file the run wrote; a missing or damaged one is a UserError."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
-        raise UserError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:200]})") from None

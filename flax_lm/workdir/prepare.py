@@ -11,6 +11,7 @@ split of a TFDS split), streaming it, never holding it whole.
 import time
 from pathlib import Path
 
+from flax_lm.workdir import init_from
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import corpus, pipeline, token_store
 from flax_lm.data import tokenizer as tokenizer_lib
@@ -60,4 +61,4 @@ def _tokenizer(cfg, out: Path, options: dict):
                         f"write to a new directory")
     needs_text = not saved.is_file() and not d.tokenizer and not cfg.train.init_from
     texts = corpus.read_documents(d.source, d.max_bytes or TOKENIZER_TEXT, **options) if needs_text else []
-    return pipeline.tokenizer_for(cfg, out, texts, is_primary=True)
+    return pipeline.tokenizer_for(cfg, out, texts, is_primary=True, source_tokenizer=init_from.tokenizer)

@@ -10,6 +10,7 @@ and the changes are reported.
 import json
 from pathlib import Path
 
+from flax_lm import json_files
 from flax_lm.config import defaults
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.errors import UserError
@@ -34,7 +35,7 @@ def saved_config(workdir: Path) -> dict | None:
     checkpoints, config = workdir / workdir_lib.CHECKPOINTS, workdir / workdir_lib.CONFIG
     if not (config.is_file() and checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
         return None
-    return workdir_lib.read_json(config)
+    return json_files.read_json(config)
 
 
 def adopt_resolved(cfg, saved: dict) -> None:

@@ -61,7 +61,8 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
     is_primary = jax.process_index() == 0
     if is_primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    prepared = pipeline.prepare(cfg, workdir, is_primary, splits) if splits else pipeline.load_saved(cfg, workdir)
+    prepared = (pipeline.prepare(cfg, workdir, is_primary, splits, init_from.tokenizer) if splits
+                else pipeline.load_saved(cfg, workdir))
     if prepared.label_names is not None:
         _set_num_labels(cfg, len(prepared.label_names))
     model = build_model(cfg.model, head_name(cfg))
