@@ -138,7 +138,10 @@ def flax_trainer(cfg, batch: dict, seq_len: int):
 def torch_setup():
     """PyTorch on all cores; returns the device for the reference: the GPU when JAX runs on one
     and PyTorch sees it, else the CPU (a warning when that makes the sides unequal)."""
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError:
+        sys.exit("bench: the reference side is PyTorch, which is not installed: pip install 'flax_lm[torch]'")
     torch.set_num_threads(os.cpu_count())
     if jax.default_backend() == "cpu":
         return torch.device("cpu")

@@ -1,6 +1,7 @@
 """`python -m bench`: every figure in the JSON, and one row in the right table of RESULTS.md,
 from the tiniest models (the speeds themselves belong to bench/, not to tests)."""
 
+import importlib.util
 import json
 import os
 import platform
@@ -23,6 +24,9 @@ TINY = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.mode
         "--config.model.vocab_size=256"]
 FAST = ["--steps", "2", "--rounds", "1", "--warmup", "1", "--no-record"]
 PEAK = 1e12
+# the benchmarks that measure PyTorch beside flax_lm
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="PyTorch is not installed (pip install flax_lm[torch])")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,15 @@ def gpt2_result(tmp_path_factory):
     return result, argv
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed")
+def test_a_benchmark_without_pytorch_says_in_one_line_what_to_install():
+    with pytest.raises(SystemExit) as exited:
+        bench_main.main(["gpt2-train", "--config", "gpt2_tiny", *FAST, *TINY])
+    assert exited.value.code == "bench: the reference side is PyTorch, which is not installed: " \
+                                "pip install 'flax_lm[torch]'"
+
+
+@needs_torch
 def test_gpt2_train_reports_every_figure_for_both_sides(gpt2_result):
     r, argv = gpt2_result
     assert r["command"] == "python -m bench " + " ".join(argv)
@@ -56,6 +69,7 @@ def test_gpt2_train_reports_every_figure_for_both_sides(gpt2_result):
     assert r["peak_memory_bytes"] == {"flax_lm": None, "torch": None}  # CPU: neither library counts
 
 
+@needs_torch
 def test_the_two_flop_formulas(gpt2_result):
     r, _ = gpt2_result
     cfg = gpt2.GPT2Config(vocab_size=256, max_len=16, d_model=32, n_layers=2, n_heads=2, d_ff=128)
@@ -92,6 +106,7 @@ def _recorded_row(table, result, tmp_path, monkeypatch) -> tuple[list[str], list
     return header, cells
 
 
+@needs_torch
 def test_gpt2_train_appends_one_row_to_its_table(gpt2_result, tmp_path, monkeypatch):
     r, _ = gpt2_result
     header, cells = _recorded_row(gpt2_train.TABLE, r, tmp_path, monkeypatch)
@@ -101,6 +116,7 @@ def test_gpt2_train_appends_one_row_to_its_table(gpt2_result, tmp_path, monkeypa
     assert any(c.startswith("jax ") and "transformers" in c for c in cells)
 
 
+@needs_torch
 def test_bert_mlm_and_generate_report_and_record(tmp_path, monkeypatch):
     bert = bert_mlm.main(["--config", "bert_tiny", "--batch", "2", "--seq-len", "16", "--predictions", "3", *FAST,
                           *TINY, "--config.model.d_ff=64"], prog="python -m bench bert-mlm")
@@ -207,6 +223,7 @@ def test_largest_batch_search_finds_the_last_batch_that_fits_from_any_guess(gues
     assert max_batch.largest(lambda b: False, 8, 100, guess=guess) == 0
 
 
+@needs_torch
 def test_max_batch_on_cpu_is_judged_by_the_memory_analysis_against_the_budget(tmp_path, monkeypatch, capsys):
     path = tmp_path / "max.json"
     argv = ["max-batch", "--config", "gpt2_tiny", "--seq-len", "16", "--memory-gib", "0.01", "--multiple", "4",

@@ -29,7 +29,7 @@ from flax_lm.training.train_step import jit_train_step
 GIB = tpu_cost.GIB
 topology_devices = tpu_backend.topology_devices  # the devices `compile_train_step` compiles for
 # How the TPU compiler words a program that needs more than the chip has: "... HLO temporaries (172.93G) ..."
-_OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?temporaries \(([\d.]+)G\)", re.S)
+_OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED:.*?Ran out of memory.*?temporaries \(([\d.]+)G\)", re.S)
 # Off while measuring: libtpu's collective matmuls are while loops, whose bodies its cost model counts once.
 NO_COLLECTIVE_MATMUL_LOOPS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                               "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
