@@ -16,7 +16,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm import backends
 from flax_lm.ops.attention import dot_product_attention
-from flax_lm.models.layers import (DTYPES, Projection, dtypes, from_run_config, gelu, split_qkv,
+from flax_lm.models.config import ModelConfig
+from flax_lm.models.layers import (DTYPES, Projection, dtypes, from_run_config, gelu, layer_norm, split_qkv,
                                   tied_logits)
 from flax_lm.models.remat import POLICIES
 
@@ -24,26 +25,14 @@ VARIANTS = ("bert", "roberta")
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
-    vocab_size: int
-    max_len: int             # usable positions (RoBERTa's table has pad_token_id + 1 more rows)
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
+class BertConfig(ModelConfig):
+    # max_len: usable positions (RoBERTa's table has pad_token_id + 1 more rows)
+    layer_norm_epsilon: float = 1e-12
+    dropout: float = 0.1
     type_vocab_size: int = 2
     pad_token_id: int = 0
     variant: str = "bert"
     num_labels: int = 2      # for the classification heads; 1 means regression
-    layer_norm_epsilon: float = 1e-12
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    scan_layers: bool = False
-    remat_policy: str = "none"
-    attention: str = "auto"
 
     @classmethod
     def from_config(cls, model_cfg) -> "BertConfig":
@@ -64,13 +53,6 @@ class BertConfig:
 def _dense(cfg: BertConfig, features: tuple, in_axes: tuple, out_axes: tuple, name: str) -> Projection:
     return Projection(features, in_axes, out_axes, nn.initializers.normal(cfg.initializer_range),
                       bias_axes=out_axes, name=name, **dtypes(cfg))
-
-
-def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_epsilon,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), name=name, **dtypes(cfg))
 
 
 def _embed(cfg: BertConfig, rows: int, axis: str | None, name: str) -> nn.Embed:
@@ -99,7 +81,7 @@ class Embeddings(nn.Module):
                    + _embed(cfg, cfg.max_len + cfg.position_offset, "positions", "position_embeddings")(
                        position_ids(input_ids_BxT, cfg))
                    + _embed(cfg, cfg.type_vocab_size, None, "token_type_embeddings")(token_type_ids_BxT))
-        x_BxTxD = _layer_norm(cfg, "LayerNorm")(x_BxTxD)
+        x_BxTxD = layer_norm(cfg, "LayerNorm")(x_BxTxD)
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(x_BxTxD)
         return nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed")), word
 
@@ -136,11 +118,11 @@ class Layer(nn.Module):
         cfg = self.cfg
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
         h_BxTxD = SelfAttention(cfg, self.deterministic, name="attention")(x_BxTxD, kv_mask_BxT)
-        x_BxTxD = _layer_norm(cfg, "attention_ln")(x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out"))
+        x_BxTxD = layer_norm(cfg, "attention_ln")(x_BxTxD + checkpoint_name(drop(h_BxTxD), "attn_out"))
         h_BxTxF = gelu(_dense(cfg, (cfg.d_ff,), ("embed",), ("mlp",), "intermediate")(x_BxTxD), False)
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "act_length", "act_mlp"))
         h_BxTxD = _dense(cfg, (cfg.d_model,), ("mlp",), ("embed",), "output")(h_BxTxF)
-        x_BxTxD = _layer_norm(cfg, "output_ln")(x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out"))
+        x_BxTxD = layer_norm(cfg, "output_ln")(x_BxTxD + checkpoint_name(drop(h_BxTxD), "mlp_out"))
         return nn.with_logical_constraint(x_BxTxD, ("batch", "act_length", "act_embed")), None
 
 
@@ -185,7 +167,7 @@ class MaskedLMHead(nn.Module):
     def __call__(self, x_BxPxD, word: nn.Embed):
         cfg = self.cfg
         h_BxPxD = gelu(_dense(cfg, (cfg.d_model,), ("embed",), ("embed_out",), "transform")(x_BxPxD), False)
-        h_BxPxD = _layer_norm(cfg, "transform_ln")(h_BxPxD)
+        h_BxPxD = layer_norm(cfg, "transform_ln")(h_BxPxD)
         bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                             (cfg.vocab_size,), DTYPES[cfg.param_dtype])
         logits_BxPxV = tied_logits(h_BxPxD, word) + bias_V.astype(h_BxPxD.dtype)

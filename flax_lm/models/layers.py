@@ -22,11 +22,20 @@ def dtypes(cfg) -> dict:
     return {"dtype": DTYPES[cfg.dtype], "param_dtype": DTYPES[cfg.param_dtype]}
 
 
-def from_run_config(cls, model_cfg, **resolved):
-    """The model config dataclass `cls` from the `model` section of a run config: the keys it has
-    fields for, with `resolved` (values the family derives, e.g. d_ff from d_model) over them."""
-    fields = {f.name for f in dataclasses.fields(cls)}
+def from_run_config(cls, model_cfg, keys_of=None, **resolved):
+    """The model config dataclass `cls` from the `model` section of a run config: the keys it (or
+    the dataclass `keys_of`) has fields for, with `resolved` (values the family derives, e.g. d_ff
+    from d_model) over them."""
+    fields = {f.name for f in dataclasses.fields(keys_of or cls)}
     return cls(**{**{k: v for k, v in model_cfg.items() if k in fields}, **resolved})
+
+
+def layer_norm(cfg, name: str) -> nn.LayerNorm:
+    """nn.LayerNorm with the config's epsilon and dtypes, its scale and bias on the "embed" axis."""
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_epsilon, **dtypes(cfg),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), name=name)
 
 
 class Projection(nn.Module):

@@ -21,6 +21,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.ops.attention import dot_product_attention
 from flax_lm.ops.explicit_attention import heads_first
+from flax_lm.models.config import ModelConfig
 from flax_lm.models.layers import (
     DTYPES,
     LMHead,
@@ -42,28 +43,17 @@ LAYERS = "block"
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
-    vocab_size: int
-    max_len: int                 # the longest input or target the model is used with (no absolute positions)
-    d_model: int
-    n_layers: int                # encoder layers
-    n_heads: int
+class T5Config(ModelConfig):
+    # max_len: the longest input or target the model is used with (no absolute positions); n_layers: encoder layers
     d_ff: int = 0                # 0: 4 * d_model
+    layer_norm_epsilon: float = 1e-6
+    initializer_range: float = 1.0  # T5's initializer_factor: 1.0 is Hugging Face's default init
     n_decoder_layers: int = 0    # 0: n_layers
     head_dim: int = 0            # 0: d_model // n_heads (T5's d_kv)
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     feed_forward: str = "relu"   # relu | gated-gelu
     tie_word_embeddings: bool = True
-    layer_norm_epsilon: float = 1e-6
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    initializer_range: float = 1.0  # T5's initializer_factor: 1.0 is Hugging Face's default init
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    scan_layers: bool = False
-    remat_policy: str = "none"
-    attention: str = "auto"
 
     def __post_init__(self):
         # 0 stands for the derived size; resolved here so every reader sees the real one.
