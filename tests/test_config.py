@@ -1,16 +1,26 @@
 """Config recipes, overrides and validation."""
 
+from pathlib import Path
+
 import pytest
 
 from flax_lm.config import load as config
+from flax_lm import models
 from flax_lm.errors import UserError
 
 
-@pytest.mark.parametrize("name", ["gpt2_tiny", "gpt2_small", "gpt2_medium", "gpt2_large", "gpt2_xl", "gpt3_1p3b",
-                                  "gpt3_6p7b", "gpt3_175b"])
-def test_recipes_load_and_validate(name):
+RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_loads_and_validates(name):
     cfg = config.load(name)
-    assert cfg.model.family == "gpt2"
+    model = models.build_model(cfg.model, models.head_name(cfg))  # the family's config takes the recipe's values
+    assert model.cfg.n_layers == cfg.model.n_layers
+
+
+def test_the_recipes_are_found():
+    assert {"gpt2_tiny", "bert_base", "t5_small", "llama_small", "sst2"} <= set(RECIPES)
 
 
 def test_gpt2_small_is_the_124m_model():
@@ -50,7 +60,7 @@ def test_bad_overrides_name_the_key(override, message):
 
 def test_a_recipe_cannot_add_keys(tmp_path):
     recipe = tmp_path / "bad.py"
-    recipe.write_text("from flax_lm import defaults\n"
+    recipe.write_text("from flax_lm.config import defaults\n"
                       "def get_config():\n    c = defaults.get_config()\n    c.model.extra = 1\n    return c\n")
     with pytest.raises(UserError, match="unknown config key 'model.extra'"):
         config.load(str(recipe))

@@ -222,7 +222,7 @@ def test_saved_config_json_parses_or_names_the_problem(text):
 
 
 RECIPES = [
-    "from flax_lm import defaults\ndef get_config():\n    return defaults.get_config()\n",
+    "from flax_lm.config import defaults\ndef get_config():\n    return defaults.get_config()\n",
     "def get_config():\n    return 3\n",
     "def get_config():\n    return {'model': {'d_model': 64}}\n",
     "get_config = None\n",
