@@ -18,12 +18,13 @@ def _files(workdir):
 
 def test_a_second_train_is_refused_and_the_lock_dies_with_kill_9(tmp_path):
     work = tmp_path / "run"
-    first = soak.Training(work, soak.OVERRIDES + ["--config.train.steps=100000", "--config.train.checkpoint_every=5"])
+    same_command = soak.OVERRIDES + ["--config.train.steps=100000", "--config.train.checkpoint_every=5"]
+    first = soak.Training(work, same_command)
     first.start()
     assert first.wait_until(lambda: first.latest_checkpoint() >= 5)
     first.process.send_signal(signal.SIGSTOP)  # frozen: its files stay as they are while the second tries
     before = _files(work)
-    second = flax_lm("train", *TINY, "--workdir", str(work))
+    second = flax_lm("train", "--config", "gpt2_tiny", *same_command, "--workdir", str(work), timeout=120)
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and f"host {socket.gethostname()}, pid {first.process.pid}, since " in lines[0], lines
