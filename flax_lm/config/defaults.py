@@ -132,6 +132,8 @@ def _declared() -> _Schema:
     key("train.keep_checkpoints", 3, "newest checkpoints kept")
     key("train.async_checkpointing", True, "write checkpoints while training goes on")
     key("train.progress_bar", True, "show a progress bar on the console")
+    key("train.lock_stale_seconds", 120.0, "a workdir lock whose heartbeat stopped this long ago is taken over "
+        "(only where flock does not hold, e.g. gcsfuse or NFS, and the holder is on another host)")
     key("train.init_from", "", "a flax_lm workdir or HF model dir/hub id: initial weights and tokenizer")
     key("train.best_metric", "", "keep the checkpoint with the best value of this eval metric (e.g. accuracy)")
     key("train.early_stopping_patience", 0, "stop after this many evals without a better best_metric; 0: never")

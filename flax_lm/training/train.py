@@ -21,6 +21,7 @@ from flax_lm.training import preemption, profiling, seq2seq_eval
 from flax_lm.config import training_length
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.workdir.best import BestKeeper
+from flax_lm.workdir import lock as workdir_lock
 from flax_lm.data import length_buckets, lm_data, packing_stats, pipeline
 from flax_lm.errors import UserError
 from flax_lm.training.evaluate import format_metrics, make_evaluator
@@ -35,7 +36,14 @@ def train(cfg, workdir: str | Path) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final validation metrics, or {}
     when a signal stopped it early (its state is saved, and the same command resumes it) or it
     had already reached `train.steps` (then nothing is run). A new run that fails before its
-    first step leaves the workdir as it found it (`fresh_workdir`)."""
+    first step leaves the workdir as it found it (`fresh_workdir`). It holds the workdir's lock
+    throughout: a second train on the workdir is a UserError."""
+    is_primary = jax.process_index() == 0
+    with workdir_lock.held(workdir, cfg.train.lock_stale_seconds, note=lambda line: _say(is_primary, f"note: {line}")):
+        return _train(cfg, workdir)
+
+
+def _train(cfg, workdir: str | Path) -> dict:
     is_primary = jax.process_index() == 0
     saved = resume_check.saved_config(workdir)
     allowed_changes = resume_check.check_config(cfg, saved, workdir) if saved else []
