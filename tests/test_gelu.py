@@ -24,7 +24,7 @@ def test_values_and_gradients_equal_autodiff_of_nn_gelu(approximate):
     y, grad = _as_users_compile(jax.value_and_grad(lambda x: gelu(x, approximate).sum()), x)
     want = _as_users_compile(jax.grad(lambda x: nn.gelu(x, approximate=approximate).sum()), x)
     np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-6)
-    torch_gelu = torch.nn.functional.gelu(torch.from_numpy(np.asarray(x)),
+    torch_gelu = torch.nn.functional.gelu(torch.from_numpy(np.array(x)),  # a copy: torch wants it writable
                                           approximate="tanh" if approximate else "none")
     np.testing.assert_allclose(y, jnp.sum(nn.gelu(x, approximate=approximate)), rtol=1e-6)
     np.testing.assert_allclose(gelu(x, approximate), torch_gelu.numpy(), rtol=1e-5, atol=1e-5)

@@ -82,7 +82,8 @@ def config_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-PLOTS = {"## CPU backend": ("cpu_vs_pytorch.png", "CPU backend against PyTorch eager")}
+PLOTS = {"## CPU backend": ("cpu_vs_pytorch.png", "CPU backend against PyTorch eager"),
+         "## TPU modelled step against MaxText": ("tpu_vs_maxtext.png", "TPU modelled step against MaxText")}
 
 
 def benchmarks() -> str:
