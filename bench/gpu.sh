@@ -5,17 +5,16 @@
 # (default /tmp/flax_lm_gpu_run): one JSON per benchmark, the logs, summary.log, and a copy of
 # bench/RESULTS.md with the rows they add (copy them over by hand; this script records nothing in
 # the tree). After each step they are packed into $OUT/results.tgz (default OUT=/tmp/flax_lm_gpu),
-# since a lent machine sends back at most 8 files, and what a step finished survives a call cut off.
+# since a remote machine may send back only a few files, and what a step finished survives a call cut off.
 #
 #   bash bench/gpu.sh                 # every step, in the order of STEPS: about 20 minutes on an H100
 #   bash bench/gpu.sh gpt2_small_train checks ...   # only the steps named, still in STEPS' order
 #
-# A lent machine runs one command for at most 10 minutes, and a session has 15 minutes of device
-# time in all, the machine's start included: STEPS puts first what the open targets need most, and
-# each step stops after STEP_TIMEOUT seconds (default 240), marked TIMED OUT, so that one slow step
-# cannot take the call's other steps with it. The plan for a session's device time: first
-# `bash bench/gpu.sh gpt2_small_train checks generate_b1 generate_b256` (run's timeout_s 580), then,
-# with 5 minutes or more left, `bash bench/gpu.sh bert_base_mlm gpt2_small_train_cudnn max_batch`.
+# Each step stops after STEP_TIMEOUT seconds (default 240), marked TIMED OUT, so that one slow step
+# cannot take the call's other steps with it, and STEPS puts first what the open targets need most:
+# where a remote machine limits a command to 10 minutes, run
+# `bash bench/gpu.sh gpt2_small_train checks generate_b1 generate_b256` first, then
+# `bash bench/gpu.sh bert_base_mlm gpt2_small_train_cudnn max_batch`.
 #
 # The targets these answer (issues 6 and 9): GPT-2 124M at T=1024 >= 500K tokens/s and >= 1.2x
 # torch.compile; BERT-base MLM at T=128 >= 4,500 sequences/s and >= 1.5x; decoding >= 3,000

@@ -32,7 +32,7 @@ from flax_lm.models import flops_per_token as nanogpt_flops_per_token  # noqa: E
 from flax_lm.tasks import get_task  # noqa: E402
 from flax_lm.training.train_step import make_train_step  # noqa: E402
 
-# bench/gpu.sh points this at a copy, so a run on a lent machine leaves the tree as it was
+# bench/gpu.sh points this at a copy, so a run on a remote GPU machine leaves the tree as it was
 RESULTS = Path(os.environ.get("FLAX_LM_RESULTS") or Path(__file__).with_name("RESULTS.md"))
 
 
@@ -251,8 +251,8 @@ def peak_memory(torch_device) -> dict:
 
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The host CPU as /proc/cpuinfo names it, with its family and model numbers where the name alone
-    does not tell the generation ("AMD EPYC (family 25, model 17)"): lent machines differ from session
-    to session, and a ratio against PyTorch moves with the CPU (AMX or not). Elsewhere, the architecture."""
+    does not tell the generation ("AMD EPYC (family 25, model 17)"): cloud machines of one name differ,
+    and a ratio against PyTorch moves with the CPU (AMX or not). Elsewhere, the architecture."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
