@@ -2,7 +2,7 @@
 # The README's test command: the base install, then the whole suite on both ends of what flax_lm
 # supports, each in its own virtualenv under $FLAX_LM_VENVS (built from the package registries on
 # a fresh machine, reused and brought up to date after that):
-#   newest: Python 3.12 with the newest jax[tpu], flax, optax, orbax and transformers the index
+#   newest: Python 3.12 with the newest jax, libtpu, flax, optax, orbax and transformers the index
 #           serves, and no PyTorch (the index's torch for 3.12 is a CUDA build of several GB): the
 #           parity tests skip there, saying so.
 #   oldest: Python 3.11 with pyproject.toml's floors installed exactly (launch/floors.py) and the
@@ -48,7 +48,12 @@ EOF
 bash launch/base_install_check.sh
 
 newest=$(venv 3.12 py3.12-newest)
-"$newest" -m pip install -q -U --upgrade-strategy eager -e ".[test]" "jax[tpu]" flax optax orbax-checkpoint transformers
+# The newest jax and jaxlib by their version, and libtpu by name: the newest jax's tpu extra pins a
+# libtpu the index may not serve yet, and left to itself pip then settles on an older jax
+newest_jax=$("$newest" -m pip index versions jax 2>/dev/null | sed -n 's/^jax (\(.*\))$/\1/p' || true)
+[ -n "$newest_jax" ] || { echo "launch/test.sh: the package index lists no jax" >&2; exit 1; }
+"$newest" -m pip install -q -U --upgrade-strategy eager -e ".[test]" "jax==$newest_jax" "jaxlib==$newest_jax" \
+  libtpu flax optax orbax-checkpoint transformers
 
 oldest=$(venv 3.11 py3.11-floors)
 "$oldest" launch/floors.py > "$venvs/floors.txt"
@@ -58,7 +63,7 @@ oldest=$(venv 3.11 py3.11-floors)
 # two workers: compiling is single-threaded, so a second test process uses the second core
 failed=0
 versions "$newest" newest
-"$newest" -m pytest -q -n 2 -rs tests "$@" || failed=1
+"$newest" -m pytest -q -n 2 -rfEs tests "$@" || failed=1
 versions "$oldest" oldest
-"$oldest" -m pytest -q -n 2 -rs tests "$@" || failed=1
+"$oldest" -m pytest -q -n 2 -rfEs tests "$@" || failed=1
 exit "$failed"
