@@ -1,6 +1,8 @@
 """Training length: `train.steps`, or `train.epochs` over the training split (flax_lm.config.training_length)."""
 
 import json
+import math
+import re
 
 import pytest
 from test_cli import TINY, flax_lm
@@ -30,28 +32,34 @@ def _train_records(workdir):
 
 
 def test_epochs_derive_the_steps_the_schedule_spans_and_resume_extends_them(tmp_path):
-    """239 windows of 16 tokens in batches of 8: 29 steps an epoch; half an epoch is 15 steps. The
-    linear decay reaches 0 at the derived last step, and a resume with more epochs goes on there."""
+    """Windows of 16 tokens in batches of 8 (about 239 windows, 29 steps an epoch: the count depends on
+    the BPE vocabulary the installed `tokenizers` learns); half an epoch is half of those steps,
+    rounded up. The linear decay reaches 0 at the derived last step, and a resume with more epochs
+    goes on there."""
     work = tmp_path / "run"
     args = [*TINY, "--config.data.max_bytes=6000", "--config.sample.max_new_tokens=0", "--config.train.log_every=1",
             "--config.optim.schedule=linear", "--config.optim.min_lr_ratio=0", "--config.train.steps=0",
             "--workdir", str(work)]
     half = flax_lm("train", *args, "--config.train.epochs=0.5")
     assert half.returncode == 0, half.stderr
-    assert "train.epochs=0.5: 15 steps (29 an epoch: 239 examples // train.batch_size 8)" in half.stdout
+    windows = int(re.search(r"data: (\d+) training sequences", half.stdout)[1])
+    epoch = windows // 8
+    steps = math.ceil(epoch / 2)
+    assert f"train.epochs=0.5: {steps} steps ({epoch} an epoch: {windows} examples // train.batch_size 8)" \
+        in half.stdout
     records = _train_records(work)
-    assert records[-1]["step"] == 15
+    assert records[-1]["step"] == steps
     before, last = records[-2]["train/learning_rate"], records[-1]["train/learning_rate"]
-    assert last / (before - last) == pytest.approx(1.0, rel=1e-4)   # 0 one step on: at step 15 of 15
+    assert last / (before - last) == pytest.approx(1.0, rel=1e-4)   # 0 one step on: at the last step
 
     whole = flax_lm("train", *args, "--config.train.epochs=1")
     assert whole.returncode == 0, whole.stderr
     assert "resuming with a changed train.epochs: 0.5 -> 1.0" in whole.stdout
-    assert "train.epochs=1: 29 steps" in whole.stdout and "resumed from step 15" in whole.stdout
-    assert _train_records(work)[-1]["step"] == 29
+    assert f"train.epochs=1: {epoch} steps" in whole.stdout and f"resumed from step {steps}" in whole.stdout
+    assert _train_records(work)[-1]["step"] == epoch
     evaluated = flax_lm("evaluate", "--workdir", str(work))   # set up without the training split
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((work / "eval_validation.json").read_text())["step"] == 29  # the full metrics
+    assert json.loads((work / "eval_validation.json").read_text())["step"] == epoch  # the full metrics
 
 
 def test_a_warmup_longer_than_the_epochs_is_one_line(tmp_path):
