@@ -95,10 +95,18 @@ def _recorded_row(table, result, tmp_path, monkeypatch) -> tuple[list[str], list
     monkeypatch.setattr(harness, "RESULTS", copy)
     table.record(result)
     text = copy.read_text()
-    start = text.index(table.heading)
-    end = text.find("\n## ", start)
-    section = text[start:end if end > 0 else len(text)].rstrip("\n").splitlines()
-    assert len(text.splitlines()) == len(before.splitlines()) + 1
+
+    def section_of(text):
+        start = text.find(table.heading)
+        if start < 0:
+            return []
+        end = text.find("\n## ", start)
+        return text[start:end if end > 0 else len(text)].rstrip("\n").splitlines()
+    section = section_of(text)
+    # one row more in the table (which is made, with its heading, where RESULTS.md has none yet)
+    def rows(section):
+        return [line for line in section if line.startswith("| ") and not line.startswith(("| date |", "| --- |"))]
+    assert len(rows(section)) == len(rows(section_of(before))) + 1
     header = next(line for line in section if line.startswith("| date |"))
     header, cells = ([cell.strip() for cell in line.strip().strip("|").split("|")] for line in (header, section[-1]))
     assert header == [title for title, _ in table.columns]
