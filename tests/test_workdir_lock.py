@@ -2,9 +2,11 @@
 touches nothing, readers are not blocked, the lock dies with kill -9, a stale lease is taken over."""
 
 import json
+import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 from test_cli import TINY, flax_lm
 
@@ -16,6 +18,20 @@ def _files(workdir):
     return {str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in workdir.rglob("*")}
 
 
+def _wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """Until the kernel has stopped every thread of `pid` (a signal is delivered asynchronously; an
+    asynchronous checkpoint write may still be landing when send_signal returns)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for t in os.listdir(f"/proc/{pid}/task")}
+        if states <= {"T", "t"}:
+            time.sleep(0.2)  # writes the threads issued before stopping have reached the disk
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 def test_a_second_train_is_refused_and_the_lock_dies_with_kill_9(tmp_path):
     work = tmp_path / "run"
     same_command = soak.OVERRIDES + ["--config.train.steps=100000", "--config.train.checkpoint_every=5"]
@@ -23,6 +39,7 @@ def test_a_second_train_is_refused_and_the_lock_dies_with_kill_9(tmp_path):
     first.start()
     assert first.wait_until(lambda: first.latest_checkpoint() >= 5)
     first.process.send_signal(signal.SIGSTOP)  # frozen: its files stay as they are while the second tries
+    _wait_stopped(first.process.pid)
     before = _files(work)
     second = flax_lm("train", "--config", "gpt2_tiny", *same_command, "--workdir", str(work), timeout=120)
     assert second.returncode == 2
