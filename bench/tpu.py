@@ -74,12 +74,13 @@ CASES = {
 
 
 def flax_args(case: Case, extra: list[str]) -> list[str]:
-    """`flax-lm compile` arguments of a case (its overrides, then the caller's)."""
+    """`flax-lm compile` arguments of a case (its overrides, then the caller's). Attention is
+    flax_lm's XLA dot-product form that recomputes its scores (no Pallas kernel on either side)."""
     data, fsdp = (case.chips, 1) if case.layout == "data" else (1, case.chips)
     return ["compile", "--config", case.model.recipe, "--topology", case.topology, *case.model.flax,
             f"--config.train.batch_size={case.per_chip * case.chips}", f"--config.model.max_len={case.seq_len}",
             f"--config.data.seq_len={case.seq_len}", "--config.model.scan_layers=false",
-            f"--config.model.remat_policy={case.remat}", "--config.model.attention=xla",
+            f"--config.model.remat_policy={case.remat}", "--config.model.attention=recompute",
             f"--config.parallel.data={data}", f"--config.parallel.fsdp={fsdp}", *extra]
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lm import backends
-from flax_lm.ops import explicit_attention, splash_attention
+from flax_lm.ops import explicit_attention, recompute_attention, splash_attention
 
 # "auto": the backend's choice (`backends`): splash on TPU, cuDNN on GPU where it applies,
 #   explicit on CPU, xla elsewhere.
@@ -18,9 +18,11 @@ from flax_lm.ops import explicit_attention, splash_attention
 # "cudnn": cuDNN flash attention on NVIDIA GPUs (fp16/bf16 only).
 # "explicit": softmax attention with a hand-written backward pass over (B*N, T, H)
 #   batched matmuls; XLA:CPU runs it 2.3x faster than its own derivative.
+# "recompute": explicit's products and layout, the T x S scores recomputed from q and k where
+#   they are read instead of stored (less memory traffic, more FLOPs; see recompute_attention).
 # "reference": plain einsum/softmax; the only one with attention dropout.
 # "splash": Pallas splash attention, the TPU flash kernel (interpreted off TPU; see splash_attention).
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit", "reference", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit", "recompute", "reference", "splash")
 _said = set()  # the fallbacks already reported, once a process each
 
 
@@ -81,7 +83,7 @@ def dot_product_attention(
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}")
     b, t, n, _ = q_BxTxNxH.shape
-    explicit = implementation == "explicit" and dropout_rate == 0.0
+    explicit = implementation in ("explicit", "recompute") and dropout_rate == 0.0
     if kv_cache_layout and not explicit:  # the others take B x S x K x H
         k, v = (explicit_attention.heads_last(x, b) for x in (k, v))
         kv_cache_layout = False
@@ -89,7 +91,7 @@ def dot_product_attention(
     groups = n * b // k.shape[0] if kv_cache_layout else n // k.shape[2]
     if groups > 1 and bias_BxNxTxS is not None:
         raise ValueError("grouped keys and values with a bias are not supported")
-    if groups > 1 and not kv_cache_layout and implementation in ("explicit", "reference", "splash"):
+    if groups > 1 and not kv_cache_layout and implementation in ("explicit", "recompute", "reference", "splash"):
         # XLA's own takes them grouped; the others repeat them, except the explicit one reading a
         # cache (a copy of it every step). Repeating measured 4% faster than grouping in
         # llama_tiny's CPU training step.
@@ -97,8 +99,9 @@ def dot_product_attention(
         groups = 1
     if explicit:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
-        return explicit_attention.attention(q_BxTxNxH, k, v, allowed, bias_BxNxTxS, _scale(q_BxTxNxH, scale),
-                                            kv_cache_layout, groups)
+        kernel = explicit_attention if implementation == "explicit" else recompute_attention
+        return kernel.attention(q_BxTxNxH, k, v, allowed, bias_BxNxTxS, _scale(q_BxTxNxH, scale), kv_cache_layout,
+                                groups)
     if implementation == "reference" or dropout_rate > 0.0:
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
         return _reference(q_BxTxNxH, k, v, allowed, dropout_rate, dropout_rng, bias_BxNxTxS, scale)
