@@ -24,11 +24,13 @@ ASK_SECONDS = 10.0  # how long to wait for the coordination service to say who i
 
 
 class Watchdog:
-    """Ends this process when `progress()` is not called for `seconds` (0: never)."""
+    """Ends this process when `progress()` is not called for `seconds` (0: never) once it has
+    been called: the first step's data preparation and compilation, which may take longer than
+    any later step on a pod, are not timed (a process lost before then is JAX's heartbeat's)."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
-        self._last = time.monotonic()
+        self._last = None
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -46,6 +48,8 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.seconds / 4)):
+            if self._last is None:
+                continue
             idle = time.monotonic() - self._last
             if idle > self.seconds:
                 end_run(lost_processes(ASK_SECONDS),
