@@ -137,9 +137,10 @@ def _spaced_override(extra: list[str]) -> str:
 def _train(args, overrides) -> int:
     from flax_lm.config import load as config
     from flax_lm.parallel import distributed
-    from flax_lm.training import train
-    joined = distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before JAX starts
-    cfg = config.load(args.config, overrides)
+    from flax_lm.training import train, watchdog
+    cfg = config.load(args.config, overrides)  # starts no JAX backend: initialize comes next
+    joined = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                    heartbeat_seconds=watchdog.heartbeat_for(cfg.train.watchdog_seconds))
     if joined:
         print(f"joined the run as {joined}", flush=True)
     train.train(cfg, args.workdir)

@@ -9,6 +9,7 @@ topology's when compiling ahead of time on another machine, else from JAX's defa
 
 import jax
 
+from flax_lm.backends import cpu, tpu
 from flax_lm.backends.base import Backend
 from flax_lm.backends.cpu import CpuBackend
 from flax_lm.backends.gpu import GpuBackend
@@ -35,3 +36,15 @@ def current() -> Backend:
 def for_platform(name: str) -> Backend:
     """The backend of platform `name` ("cpu", "gpu", "tpu", ...)."""
     return _BY_PLATFORM.get(name, _PORTABLE)
+
+
+def self_discovering_cluster() -> str | None:
+    """What this machine is, for log lines ("TPU VM"), where it is a worker of a cluster whose
+    processes `jax.distributed.initialize()` finds with no arguments; else None."""
+    return "TPU VM" if tpu.on_tpu_vm() else None
+
+
+def before_explicit_cluster() -> None:
+    """Whatever a platform needs before `jax.distributed.initialize` joins processes given by
+    address (--coordinator): CPU processes need a cross-process collectives implementation."""
+    cpu.use_cross_process_collectives()

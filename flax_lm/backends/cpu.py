@@ -25,3 +25,9 @@ class CpuBackend(Backend):
         weights sliced out of the stacks, its residuals written into theirs) as passes of their
         own. The parameters stay stacked, so a checkpoint moves between platforms as it is."""
         return n_layers
+
+
+def use_cross_process_collectives() -> None:
+    """CPU processes of one run exchange collectives over gloo (XLA:CPU has no other cross-process
+    implementation). The setting configures only the CPU backend: other platforms are unaffected."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")

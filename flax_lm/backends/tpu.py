@@ -42,3 +42,13 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
         raise UserError(f"--topology {name!r}: libtpu gives {len(devices)} cores, not one device per chip, "
                         f"which flax_lm's meshes need; names that work look like {EXAMPLE_TOPOLOGIES}")
     return devices
+
+
+def on_tpu_vm() -> bool:
+    """Whether this machine has TPU chips (JAX's own check, by PCI device ids): a Cloud TPU VM,
+    whose workers JAX finds from the TPU metadata."""
+    try:
+        from jax._src import hardware_utils  # private; a JAX without it means no auto-detection
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except Exception:
+        return False

@@ -134,6 +134,9 @@ def _declared() -> _Schema:
     key("train.progress_bar", True, "show a progress bar on the console")
     key("train.lock_stale_seconds", 120.0, "a workdir lock whose heartbeat stopped this long ago is taken over "
         "(only where flock does not hold, e.g. gcsfuse or NFS, and the holder is on another host)")
+    key("train.watchdog_seconds", 600.0, "a multi-process run whose steps, evaluations and saves make no progress "
+        "this long (the first step's compilation included) ends with one line naming the lost process; JAX's "
+        "heartbeat timeout is half of it; 0: never")
     key("train.init_from", "", "a flax_lm workdir or HF model dir/hub id: initial weights and tokenizer")
     key("train.best_metric", "", "keep the checkpoint with the best value of this eval metric (e.g. accuracy)")
     key("train.early_stopping_patience", 0, "stop after this many evals without a better best_metric; 0: never")

@@ -3,18 +3,22 @@
 Where the processes come from, first match wins:
 1. `flax-lm train --coordinator HOST:PORT --num-processes N --process-id I`;
 2. the environment: FLAX_LM_COORDINATOR, FLAX_LM_NUM_PROCESSES, FLAX_LM_PROCESS_ID;
-3. a Cloud TPU VM: JAX finds the other workers itself (no arguments), so the same
-   `flax-lm train` command runs unchanged on every worker of a pod slice;
+3. a machine whose workers JAX finds itself (`backends.self_discovering_cluster`): there the
+   same `flax-lm train` command runs unchanged on every worker;
 4. otherwise one process, and nothing is initialised.
 
 Every process then sees all devices of all processes (`jax.devices()`) and its own
 (`jax.local_devices()`); process 0 alone writes the workdir's config, tokenizer and logs.
+
+The coordination service counts a process whose heartbeat stopped `heartbeat_seconds` ago as
+lost; training.watchdog ends a run that stalls, naming the lost process.
 """
 
 import os
 
 import jax
 
+from flax_lm import backends
 from flax_lm.errors import UserError
 
 ENV_COORDINATOR = "FLAX_LM_COORDINATOR"      # HOST:PORT of process 0's coordination service
@@ -23,21 +27,23 @@ ENV_PROCESS_ID = "FLAX_LM_PROCESS_ID"        # 0 .. N-1; process 0 runs the coor
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               environ=os.environ) -> str | None:
-    """Initialises JAX's distributed runtime from the flags (or `environ`, or a TPU VM); returns
-    what it joined, for a log line, or None for a single process. Call before any JAX computation."""
+               environ=os.environ, heartbeat_seconds: int = 100) -> str | None:
+    """Initialises JAX's distributed runtime from the flags (or `environ`, or a self-discovering
+    cluster); returns what it joined, for a log line, or None for a single process. Call before
+    any JAX computation. The coordination service counts a process whose heartbeat stopped
+    `heartbeat_seconds` ago as lost."""
+    settings = dict(heartbeat_timeout_seconds=heartbeat_seconds)
     explicit = _explicit_settings(coordinator, num_processes, process_id, environ)
     if explicit is not None:
         coordinator, num_processes, process_id = explicit
-        # CPU processes exchange collectives over gloo (XLA:CPU has no other cross-process
-        # implementation); it configures only the CPU backend, so GPU runs are unaffected.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        backends.before_explicit_cluster()
         _call_initialize(f"--coordinator {coordinator}", coordinator_address=coordinator,
-                         num_processes=num_processes, process_id=process_id)
+                         num_processes=num_processes, process_id=process_id, **settings)
         return f"process {process_id} of {num_processes} (coordinator {coordinator})"
-    if _on_tpu_vm():
-        _call_initialize("on this TPU VM")  # the workers' addresses come from the TPU metadata
-        return f"TPU VM worker {jax.process_index()} of {jax.process_count()}"
+    cluster = backends.self_discovering_cluster()
+    if cluster:
+        _call_initialize(f"on this {cluster}", **settings)  # JAX finds the workers' addresses
+        return f"{cluster} worker {jax.process_index()} of {jax.process_count()}"
     return None
 
 
@@ -71,15 +77,6 @@ def _integer(name: str, value) -> int:
         return int(value)
     except ValueError:
         raise UserError(f"{name} must be an integer; got {value!r}") from None
-
-
-def _on_tpu_vm() -> bool:
-    """Whether this machine has TPU chips (JAX's own check, by PCI device ids)."""
-    try:
-        from jax._src import hardware_utils  # private; a JAX without it means no auto-detection
-        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-    except Exception:
-        return False
 
 
 def _call_initialize(where: str, **kwargs) -> None:

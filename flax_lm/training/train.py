@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flax_lm.workdir import fresh_workdir, resume_check
 from flax_lm.parallel import hardware
-from flax_lm.training import preemption, profiling, seq2seq_eval
+from flax_lm.training import preemption, profiling, seq2seq_eval, watchdog
 from flax_lm.config import training_length
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.workdir.best import BestKeeper
@@ -37,13 +37,20 @@ def train(cfg, workdir: str | Path) -> dict:
     when a signal stopped it early (its state is saved, and the same command resumes it) or it
     had already reached `train.steps` (then nothing is run). A new run that fails before its
     first step leaves the workdir as it found it (`fresh_workdir`). It holds the workdir's lock
-    throughout: a second train on the workdir is a UserError."""
-    is_primary = jax.process_index() == 0
-    with workdir_lock.held(workdir, cfg.train.lock_stale_seconds, note=lambda line: _say(is_primary, f"note: {line}")):
-        return _train(cfg, workdir)
+    throughout: a second train on the workdir is a UserError. A multi-process run that loses a
+    process, or makes no progress for train.watchdog_seconds, ends with one line (`watchdog`)."""
+    is_primary, multi_process = jax.process_index() == 0, jax.process_count() > 1
+    with workdir_lock.held(workdir, cfg.train.lock_stale_seconds, note=lambda line: _say(is_primary, f"note: {line}")), \
+            watchdog.Watchdog(cfg.train.watchdog_seconds if multi_process else 0) as dog:
+        try:
+            return _train(cfg, workdir, dog)
+        except Exception as e:  # a user's mistake is every process's own; anything else may be a lost peer's
+            if multi_process and not isinstance(e, UserError):
+                watchdog.end_run_if_lost(e)
+            raise
 
 
-def _train(cfg, workdir: str | Path) -> dict:
+def _train(cfg, workdir: str | Path, dog: watchdog.Watchdog) -> dict:
     is_primary = jax.process_index() == 0
     saved = resume_check.saved_config(workdir)
     allowed_changes = resume_check.check_config(cfg, saved, workdir) if saved else []
@@ -88,6 +95,7 @@ def _train(cfg, workdir: str | Path) -> dict:
         metrics = evaluate_split(current.params, validation_data, t.eval_batches)
         log.write(step, metrics, prefix="eval/")
         stop = best.update(step, metrics, current) if best else False
+        dog.progress()
         return metrics, stop
 
     pending = None  # (step, metrics on device): read one step late, so the device never waits
@@ -106,6 +114,7 @@ def _train(cfg, workdir: str | Path) -> dict:
                 reporter.train_metrics(*pending)
             pending = (step + 1, metrics)
             reporter.advance(_tokens(host_batch))
+            dog.progress()
             if run.checkpointer.due(step + 1):
                 run.checkpointer.save(step + 1, steps.global_state(state), iterator.state())
             if stop_requests.requested(step + 1):

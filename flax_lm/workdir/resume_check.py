@@ -20,7 +20,7 @@ from flax_lm.workdir.init_from import ARCHITECTURE_KEYS
 SAFE = (
     "train.steps", "train.epochs", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpointing", "train.progress_bar", "train.best_metric",
-    "train.lock_stale_seconds",
+    "train.lock_stale_seconds", "train.watchdog_seconds",
     "train.early_stopping_patience", "train.nonfinite_policy", "train.loss_spike_factor",
     "train.loss_chunk_len", "train.grad_accum_steps", "train.init_from",
     "optim.learning_rate", "optim.warmup_steps", "optim.schedule", "optim.min_lr_ratio", "optim.weight_decay",
