@@ -86,3 +86,15 @@ def test_targets_matching_nothing_is_a_readable_error():
     with pytest.raises(ValueError, match="matches no projection"):
         lora.add_adapters({"h_0": {"mlp": {"kernel": jnp.zeros((2, 2))}}},
                           ("q_proj",), 2, jax.random.PRNGKey(0))
+
+
+def test_peft_config_keys_are_validated():
+    from flax_lm.config import load
+    from flax_lm.errors import UserError
+    assert load.load(None, ["--config.peft.rank=4"]).peft.rank == 4
+    with pytest.raises(UserError, match="peft.rank"):
+        load.load(None, ["--config.peft.rank=0"])
+    with pytest.raises(UserError, match="peft.method"):
+        load.load(None, ["--config.peft.method=qlora"])
+    with pytest.raises(UserError, match="peft.method=lora"):
+        load.load(None, ["--config.peft.method=lora"])
