@@ -98,3 +98,27 @@ def test_peft_config_keys_are_validated():
         load.load(None, ["--config.peft.method=qlora"])
     with pytest.raises(UserError, match="peft.method=lora"):
         load.load(None, ["--config.peft.method=lora"])
+
+
+def test_gpt2_adapter_loads_in_peft_with_equal_logits(tmp_path):
+    peft = pytest.importorskip("peft")
+    import torch
+    import transformers
+    from flax_lm.interop import gpt2 as gpt2_interop
+    from flax_lm.interop.peft_adapter import write_gpt2_adapter
+    model, base, adapted = _setup(rank=4)
+    rng = np.random.RandomState(0)
+    adapted = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype)
+        if "lora_b" in jax.tree_util.keystr(p) else x, adapted)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**gpt2_interop.config_to_hf(CFG)))
+    tensors = gpt2_interop.params_to_hf(jax.tree.map(np.asarray, base), CFG)
+    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
+    hf.eval()
+    write_gpt2_adapter(tmp_path / "adapter", adapted, CFG.n_layers, rank=4, alpha=16.0)
+    peft_model = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        theirs = peft_model(torch.from_numpy(IDS)).logits.numpy()
+    ours = model.apply({"params": lora.merge(adapted, 16.0, 4)}, IDS)
+    assert not np.allclose(ours, model.apply({"params": base}, IDS), atol=1e-3)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
