@@ -148,6 +148,11 @@ def _declared() -> _Schema:
     key("train.profile_steps", "", "START:STOP (e.g. 10:15): write a JAX profiler trace of those steps to "
         "WORKDIR/profile; empty: off")
 
+    key("peft.method", "none", "none | lora (low-rank adapters beside peft.targets; the base stays frozen)")
+    key("peft.rank", 8, "LoRA rank r")
+    key("peft.alpha", 16.0, "LoRA alpha; the adapter update is scaled by alpha / rank")
+    key("peft.dropout", 0.0, "dropout on the LoRA input (PEFT's lora_dropout)")
+    key("peft.targets", "", "comma-separated flax_lm module names to adapt; empty: PEFT's default per family")
     key("optim.optimizer", "adamw", "adamw | adafactor (factored second moments, updates relative to each weight)")
     key("optim.learning_rate", 1e-3, "peak, after warmup")
     key("optim.warmup_steps", 30, "steps of linear warmup from 0 to the peak learning rate")

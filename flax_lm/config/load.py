@@ -26,6 +26,7 @@ CHOICES = {
     "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
              "span_corruption", "seq2seq"),
     "model.family": ("gpt2", "llama", "bert", "t5"),
+    "peft.method": ("none", "lora"),
     "model.variant": ("bert", "roberta"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -39,6 +40,7 @@ CHOICES = {
     "data.too_long": ("truncate", "refuse"),
 }
 POSITIVE = (
+    "peft.rank", "peft.alpha",
     "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
     "train.batch_size", "train.grad_accum_steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "model.type_vocab_size",
@@ -255,7 +257,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps ({t.grad_accum_steps})")
     if not 0.0 < cfg.data.validation_fraction < 1.0:
         problems.append(f"data.validation_fraction must be in (0, 1); got {cfg.data.validation_fraction}")
-    for name in ("model.dropout", "model.attention_dropout", "train.label_smoothing"):
+    for name in ("model.dropout", "model.attention_dropout", "train.label_smoothing", "peft.dropout"):
         if not 0.0 <= _get(cfg, name) < 1.0:
             problems.append(f"config key {name!r} must be in [0, 1); got {_get(cfg, name)}")
     if t.label_smoothing and cfg.task not in LANGUAGE_MODELLING:
@@ -263,6 +265,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                         f"({', '.join(LANGUAGE_MODELLING)}); the task is {cfg.task!r}")
     if m.attention_dropout > 0 and m.attention != "reference":
         problems.append("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
+    if cfg.peft.method == "lora":  # the adapters and frozen-base optimizer exist; train does not build them
+        problems.append("peft.method=lora: flax-lm train does not build LoRA adapters; use peft.method=none")
     problems += training_length.problems(t, o.warmup_steps)
     p = cfg.parallel
     if p.strategy == "pmap" and (p.fsdp != 1 or p.tensor != 1):

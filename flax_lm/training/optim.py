@@ -80,3 +80,12 @@ def make_optimizer(optim_cfg, total_steps: int, n_layers: int) -> optax.Gradient
     return chain[0] if len(chain) == 1 else optax.chain(*chain)
 
 
+
+
+def freeze_except(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+    """`tx` on the leaves `trainable` marks True (a tree of bools or a function of the params);
+    every other leaf gets a zero update and holds no optimizer state (LoRA's frozen base)."""
+    def labels(params):
+        mask = trainable(params) if callable(trainable) else trainable
+        return jax.tree.map(lambda t: "train" if t else "frozen", mask)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
