@@ -11,6 +11,7 @@ The pooling and normalisation default to those of the sentence-transformers pipe
 workdir was imported from (all-MiniLM-L6-v2: mean, normalised), else mean and none.
 """
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -61,6 +62,7 @@ def embed(workdir: str | Path, input_path: str | Path, output_path: str | Path, 
         raise UserError(f"flax-lm embed: model family {cfg.model.family!r} has no embeddings")
     examples = text_classification.read_examples(input_path, cfg.data.text_column, require_labels=False,
                                                  skip_bad_records=cfg.data.skip_bad_records)
+    examples = dataclasses.replace(examples, labels=None)  # a labelled file embeds too; its labels play no part
     if not len(examples):
         raise UserError(f"--input {input_path}: no texts in it")
     run, state = load_run(workdir, step)
