@@ -80,7 +80,24 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="make a workdir from a Hugging Face model directory or hub id")
     p.add_argument("--hf", required=True, help="a local model directory or a hub id")
     p.add_argument("--workdir", required=True, help="a new directory")
-    p.add_argument("--task", default=None, help="the task head of a bare encoder (e.g. classification)")
+    p.add_argument("--task", default=None, help="a task head to put on a base model (e.g. classification); without "
+                                                "it a base model (BertModel, GPT2Model, LlamaModel) is imported as "
+                                                "itself, for flax-lm embed and export")
+
+    p = sub.add_parser("embed", help="write sentence embeddings of the texts of a file (a base model's, or a "
+                                     "fine-tuned run's encoder's)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--input", required=True, help=".txt, one text a line, or a .csv/.tsv/.jsonl/.parquet table "
+                                                   "whose data.text_column (default: sentence) holds the texts")
+    p.add_argument("--output", required=True, help="its extension says the format: .jsonl one {\"text\", "
+                                                    "\"embedding\"} object a line, .npy one float32 array N x D")
+    p.add_argument("--pooling", default=None, choices=("mean", "cls", "last"),
+                   help="mean over the attention mask, the first ([CLS]) or the last real token's hidden state "
+                        "(default: the imported sentence-transformers pipeline's, else mean)")
+    p.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
+                   help="divide each embedding by its L2 norm (default: as the imported sentence-transformers "
+                        "pipeline does, else not)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
     return parser
 
 
@@ -298,8 +315,15 @@ def _import(args, _) -> int:
     return 0
 
 
+def _embed(args, _) -> int:
+    from flax_lm.training.embed import embed
+    count, dimension = embed(args.workdir, args.input, args.output, args.pooling, args.normalize, args.step)
+    print(f"embedded {count} texts ({dimension} dimensions) into {args.output}")
+    return 0
+
+
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate, "export": _export,
-            "import": _import, "compile": _compile, "prepare": _prepare, "config": _config}
+            "import": _import, "compile": _compile, "prepare": _prepare, "config": _config, "embed": _embed}
 
 
 def entry_point() -> None:

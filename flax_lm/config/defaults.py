@@ -41,7 +41,8 @@ def key_help() -> dict[str, str]:
 def _declared() -> _Schema:
     key = _Schema()
     key("task", "causal_lm", "causal_lm | masked_lm | classification | token_classification | question_answering "
-        "(encoders) | span_corruption (T5 pre-training) | seq2seq (text-to-text: translation, summarization)")
+        "(encoders) | span_corruption (T5 pre-training) | seq2seq (text-to-text: translation, summarization) | embedding (an imported base "
+        "model, for flax-lm embed; not trained)")
 
     key("model.family", "gpt2", "gpt2 | llama (decoders) | bert (encoder) | t5 (encoder-decoder)")
     key("model.variant", "bert", "encoders: bert | roberta (positions after the padding id, no NSP)")

@@ -24,7 +24,7 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 CHOICES = {
     "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
-             "span_corruption", "seq2seq"),
+             "span_corruption", "seq2seq", "embedding"),
     "model.family": ("gpt2", "llama", "bert", "t5"),
     "peft.method": ("none", "lora"),
     "model.variant": ("bert", "roberta"),
@@ -304,7 +304,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 LANGUAGE_MODELLING = ("causal_lm", "span_corruption", "seq2seq")  # losses of a fused output projection
 # task -> the model families that serve it (other tasks: bert)
-FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama"), "span_corruption": ("t5",), "seq2seq": ("t5",)}
+FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama"), "span_corruption": ("t5",), "seq2seq": ("t5",),
+                    "embedding": ("bert", "gpt2", "llama")}
 GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
 

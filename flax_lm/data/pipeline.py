@@ -57,6 +57,9 @@ def prepare(cfg, workdir: Path, is_primary: bool = True, splits: tuple[str, ...]
         documents = _documents(cfg.data)
         tokenizer = tokenizer_for(cfg, workdir, documents, is_primary, source_tokenizer)
         return Prepared(tokenizer, _pretraining_splits(cfg, documents, tokenizer), None)
+    if cfg.task not in _FINE_TUNING:
+        raise UserError(f"task {cfg.task!r} has no training data: it is an imported base model for flax-lm embed; "
+                        f"fine-tune it with train.init_from=ITS_WORKDIR and a task")
     reader = _FINE_TUNING[cfg.task]
     for split in ("train", "validation"):
         if not cfg.data[split]:

@@ -21,7 +21,7 @@ from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.data import unigram, wordpiece
 from flax_lm.errors import UserError
-from flax_lm.interop import families
+from flax_lm.interop import families, hf_files
 from flax_lm.models import DECODERS, head_name
 from flax_lm.workdir.run import load_run
 
@@ -42,6 +42,8 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     tensors = module.params_to_hf(host_params, model_cfg, head)
     if family in DECODERS and getattr(model_cfg, "tie_word_embeddings", True):
         tensors.pop("lm_head.weight")  # tied to the input embedding; transformers re-ties it
+    if head == "":
+        tensors = _base_model_tensors(tensors, family, model_cfg)
     tensors = {k: np.ascontiguousarray(v.astype(DTYPES[dtype], copy=False)) for k, v in tensors.items()}
 
     out = Path(out_dir)
@@ -78,7 +80,21 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
                                                 "model_max_length": run.cfg.model.max_len,
                                                 "clean_up_tokenization_spaces": False})
     _write_json(out / "special_tokens_map.json", specials)
+    pipeline_file = Path(workdir) / hf_files.SENTENCE_PIPELINE
+    if pipeline_file.is_file():
+        hf_files.write_sentence_pipeline(out, json.loads(pipeline_file.read_text()), model_cfg.d_model)
     return out
+
+
+# transformers' base_model_prefix: where a model with a head keeps its base model's tensors
+_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+
+
+def _base_model_tensors(tensors: dict, family: str, model_cfg) -> dict:
+    """The tensors of a model with a head named as its base model (`BertModel`, `GPT2Model`, ...)
+    saves them: without the prefix, and without the head (a decoder's tied lm_head)."""
+    prefix = _BASE_PREFIX.get(family) or f"{model_cfg.variant}."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _as_a_new_file_would_be(path: Path) -> None:

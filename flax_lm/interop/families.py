@@ -7,6 +7,9 @@ _MODULES = {"gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5}
 # HF architecture -> (flax_lm model family, interop module, flax_lm head)
 ARCHITECTURES = {arch: (family, module, head) for family, module in _MODULES.items()
                  for arch, head in module.ARCHITECTURES.items()}
+# The decoders' headless classes: flax_lm holds one as the tied causal LM, whose head has no weights of its own.
+BASE_DECODERS = {"GPT2Model": "gpt2", "LlamaModel": "llama"}
+ARCHITECTURES.update({arch: (family, _MODULES[family], "") for arch, family in BASE_DECODERS.items()})
 _MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "bert": "BertModel",
                 "roberta": "RobertaModel", "t5": "T5ForConditionalGeneration"}
 
@@ -32,5 +35,7 @@ def module_for(family: str):
 
 
 def architecture(family: str, model_cfg, head: str) -> str:
-    """The HF class name of a flax_lm model with `head`."""
+    """The HF class name of a flax_lm model with `head` ("": the base model)."""
+    if head == "" and family in BASE_DECODERS.values():
+        return next(arch for arch, f in BASE_DECODERS.items() if f == family)
     return module_for(family).architecture(model_cfg, head)

@@ -79,3 +79,54 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     except Exception as e:
         raise UserError(f"{directory}: no tokenizer.json, and transformers cannot convert its tokenizer "
                         f"({type(e).__name__})") from None
+
+
+# A workdir's sentence-transformers pipeline (pooling, normalisation, truncation), from an imported
+# model directory's modules.json; `flax-lm embed` defaults to it and `export` writes it back.
+SENTENCE_PIPELINE = "sentence_pipeline.json"
+
+
+def sentence_pipeline(directory: Path) -> dict | None:
+    """{"pooling": "mean" | "cls" | "last", "normalize": bool, "max_seq_length": int or None} of a
+    sentence-transformers model directory (Transformer, Pooling and optionally Normalize modules),
+    None when it is not one. A pooling flax_lm does not compute (max, sqrt-length) is a UserError."""
+    modules_file = directory / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text())
+        kinds = {m["type"].rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{modules_file}: not a sentence-transformers modules list ({e})") from None
+    pooling = "mean"  # sentence-transformers' default when the Pooling module has no settings
+    if "Pooling" in kinds and (directory / kinds["Pooling"] / "config.json").is_file():
+        settings = json.loads((directory / kinds["Pooling"] / "config.json").read_text())
+        chosen = [k for k, v in settings.items() if k.startswith("pooling_mode_") and v is True]
+        known = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
+        if len(chosen) != 1 or chosen[0] not in known:
+            raise UserError(f"{directory / kinds['Pooling']}: pooling {', '.join(chosen) or 'none'} is not supported "
+                            f"(flax-lm embed pools by mean, cls or last alone)")
+        pooling = known[chosen[0]]
+    max_seq_length = None
+    if (directory / "sentence_bert_config.json").is_file():
+        max_seq_length = json.loads((directory / "sentence_bert_config.json").read_text()).get("max_seq_length")
+    return {"pooling": pooling, "normalize": "Normalize" in kinds, "max_seq_length": max_seq_length}
+
+
+def write_sentence_pipeline(out: Path, pipeline: dict, dimension: int) -> None:
+    """The sentence-transformers files of `pipeline` (see `sentence_pipeline`) in model directory
+    `out`, so that `SentenceTransformer(out)` embeds as the workdir does."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if pipeline["normalize"]:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {"word_embedding_dimension": dimension, "pooling_mode_cls_token": pipeline["pooling"] == "cls",
+               "pooling_mode_mean_tokens": pipeline["pooling"] == "mean", "pooling_mode_max_tokens": False,
+               "pooling_mode_mean_sqrt_len_tokens": False,
+               "pooling_mode_lasttoken": pipeline["pooling"] == "last"}
+    files = {"modules.json": modules, "1_Pooling/config.json": pooling}
+    if pipeline.get("max_seq_length"):
+        files["sentence_bert_config.json"] = {"max_seq_length": pipeline["max_seq_length"], "do_lower_case": False}
+    for name, value in files.items():
+        (out / name).write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")

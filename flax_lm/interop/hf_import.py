@@ -15,14 +15,17 @@ from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import pipeline
 from flax_lm.errors import UserError
 from flax_lm.interop import families
-from flax_lm.interop.hf_files import load_state_dict, load_tokenizer, resolve_source
+from flax_lm.interop.hf_files import (SENTENCE_PIPELINE, load_state_dict, load_tokenizer, resolve_source,
+                                      sentence_pipeline)
 from flax_lm.models import head_name, task_of_head
 from flax_lm.workdir.run import setup
 
 
 def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path:
-    """Creates `workdir` from the HF model `source`; returns the workdir. `task` chooses the head
-    of a bare encoder (BertModel); a model with a head has its task."""
+    """Creates `workdir` from the HF model `source`; returns the workdir. A model with a head has
+    its task. A base model (BertModel, GPT2Model, LlamaModel) is imported as itself, task
+    `embedding`, unless `task` puts a head on it (a fresh one: e.g. classification); a
+    sentence-transformers directory's pooling and normalisation are kept for `flax-lm embed`."""
     directory = resolve_source(source)
     config_file = directory / "config.json"
     if not config_file.is_file():
@@ -32,6 +35,8 @@ def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path
     cfg = defaults.get_config()
     cfg.model.update(module.config_from_hf(hf_config))
     cfg.task = _task_for(head, task, arch)
+    if head == "" and cfg.model.family in families.BASE_DECODERS.values():  # its LM head is its embedding
+        cfg.model.tie_word_embeddings = True
     if head == "pretraining":
         cfg.data.nsp = True
     config_lib.validate(cfg)
@@ -43,6 +48,9 @@ def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path
     workdir.mkdir(parents=True, exist_ok=True)
     load_tokenizer(directory).save(str(workdir / workdir_lib.TOKENIZER))
     _save_label_names(hf_config, cfg, workdir)
+    pipeline_settings = sentence_pipeline(directory) if cfg.task == "embedding" else None
+    if pipeline_settings is not None:
+        (workdir / SENTENCE_PIPELINE).write_text(json.dumps(pipeline_settings) + "\n", encoding="utf-8")
     run = setup(cfg, workdir, splits=())
     fresh = None
     if head != head_name(cfg):  # a bare encoder under a task head: the head starts fresh
@@ -56,17 +64,12 @@ def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path
     return workdir
 
 
-
-
 def _task_for(head: str, task: str | None, arch: str) -> str:
     if head:
         if task and task != task_of_head(head):
             raise UserError(f"--task {task}: {arch} is a {task_of_head(head)} model")
         return task_of_head(head)
-    if not task:
-        raise UserError(f"{arch} has no task head; choose one with --task (masked_lm, classification, "
-                        f"token_classification, question_answering)")
-    return task
+    return task or "embedding"
 
 
 def _save_label_names(hf_config: dict, cfg, workdir: Path) -> None:

@@ -18,7 +18,10 @@ def task_of_head(head: str) -> str:
 
 def head_name(cfg) -> str:
     """The head a run config's task needs: "causal_lm" for the decoders (GPT-2, Llama), "seq2seq"
-    for T5 (span corruption and text-to-text alike), a `bert.HEADS` key for encoders."""
+    for T5 (span corruption and text-to-text alike), a `bert.HEADS` key for encoders; "" (no head) for
+    the base model of an `embedding` run (a decoder's is its tied causal LM, whose head has no weights)."""
+    if cfg.task == "embedding":
+        return ""
     if cfg.model.family in DECODERS:
         return "causal_lm"
     if cfg.model.family == "t5":

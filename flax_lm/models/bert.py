@@ -179,6 +179,19 @@ def gather_positions(x_BxTxD, positions_BxP):
     return jnp.take_along_axis(x_BxTxD, positions_BxP[..., None], axis=1)
 
 
+class BertModel(nn.Module):
+    """The bare encoder with its pooler, as `transformers.BertModel` / `RobertaModel`: a base model
+    imported to serve embeddings. Returns (hidden states B x T x D, pooled first token B x D)."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids_BxT, token_type_ids_BxT=None, attention_mask_BxT=None, *, deterministic=True):
+        x_BxTxD, pooled_BxD, _ = Encoder(self.cfg, name="bert")(
+            input_ids_BxT, token_type_ids_BxT, attention_mask_BxT, deterministic=deterministic)
+        return x_BxTxD, pooled_BxD
+
+
 class BertForPreTraining(nn.Module):
     """Masked LM + next-sentence prediction. Returns (MLM logits, NSP logits B x 2)."""
 
@@ -275,6 +288,7 @@ def flops_per_token(cfg: BertConfig, seq_len: int) -> float:
 
 
 HEADS = {
+    "": BertModel,  # no head: the base model
     "pretraining": BertForPreTraining,
     "masked_lm": BertForMaskedLM,
     "sequence_classification": BertForSequenceClassification,

@@ -3,13 +3,14 @@
 from flax_lm.tasks.base import Task
 from flax_lm.tasks.causal_lm import CausalLM
 from flax_lm.tasks.classification import SequenceClassification
+from flax_lm.tasks.embedding import SentenceEmbedding
 from flax_lm.tasks.masked_lm import MaskedLM
 from flax_lm.tasks.question_answering import QuestionAnswering
 from flax_lm.tasks.seq2seq import Seq2SeqLM
 from flax_lm.tasks.token_classification import TokenClassification
 
-__all__ = ["CausalLM", "MaskedLM", "QuestionAnswering", "Seq2SeqLM", "SequenceClassification", "Task",
-           "TokenClassification", "get_task"]
+__all__ = ["CausalLM", "MaskedLM", "QuestionAnswering", "Seq2SeqLM", "SentenceEmbedding", "SequenceClassification",
+           "Task", "TokenClassification", "get_task"]
 
 
 def get_task(cfg, label_names: list[str] | None = None) -> Task:
@@ -27,4 +28,6 @@ def get_task(cfg, label_names: list[str] | None = None) -> Task:
         return TokenClassification(label_names)
     if cfg.task == "question_answering":
         return QuestionAnswering()
+    if cfg.task == "embedding":
+        return SentenceEmbedding()
     raise ValueError(f"unknown task {cfg.task!r}")
