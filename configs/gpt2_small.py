@@ -8,7 +8,7 @@ from flax_lm.config import recipes
 
 
 def get_config():
-    c = recipes.gpt2_openwebtext(steps=600_000, grad_accum_steps=1, learning_rate=6e-4)
+    c = recipes.gpt2_openwebtext(steps=600_000, grad_accum_steps=4, learning_rate=6e-4)
     c.model.update(vocab_size=50257, max_len=1024, d_model=768, n_layers=12, n_heads=12,
-                   dtype="bfloat16", scan_layers=True, remat_policy="none")
+                   dtype="bfloat16", scan_layers=True, remat_policy="dots_no_batch")
     return c

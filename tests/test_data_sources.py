@@ -1,8 +1,10 @@
 """Data sources behind one config string: TFDS by name (a real data set built here by a TFDS
-builder from the shared Tiny Shakespeare), JSON lines, CSV, Parquet and text files. Reading
-is sharded per process, disjoint and complete; every source resumes mid-epoch exactly."""
+builder from the shared Tiny Shakespeare), Hugging Face `datasets` (data files and directories
+written by `save_to_disk`, offline), JSON lines, CSV, Parquet and text files. Reading is sharded
+per process, disjoint and complete; every source resumes mid-epoch exactly."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,12 +18,13 @@ from flax_lm.data import corpus, length_buckets, lm_data, packing_stats, pipelin
 from flax_lm.errors import UserError
 from flax_lm.workdir.prepare import prepare
 
-tfds = pytest.importorskip("tensorflow_datasets")
 
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     """A TFDS data directory holding `shakespeare_speeches`, prepared by its builder package."""
+    global tfds
+    tfds = pytest.importorskip("tensorflow_datasets")
     if not SHAKESPEARE.is_file():
         pytest.skip(f"shared data not found at {SHAKESPEARE}")
     from tfds_builders.shakespeare_speeches import shakespeare_speeches_dataset_builder as module
@@ -211,3 +214,131 @@ def test_an_unknown_tfds_name_on_the_command_line(tmp_path, tfds_dir):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "tfds:no_such_data_set: no such TFDS data set" in last and tfds_dir in last
+
+
+# Hugging Face `datasets`: what it reads with no network (data files, directories of them, save_to_disk)
+
+
+def _hf_env(tmp_path) -> dict:
+    """The environment of a `flax-lm` process that reads `hf:` sources offline, its cache in `tmp_path`."""
+    return {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+
+
+@pytest.fixture
+def hf_datasets(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="datasets is not installed (pip install flax_lm[hf])")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    return datasets
+
+
+def _speeches(count: int) -> list[str]:
+    """The first `count` blank-line separated speeches of Tiny Shakespeare."""
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"shared data not found at {SHAKESPEARE}")
+    return [s for s in SHAKESPEARE.read_text().split("\n\n") if s.strip()][:count]
+
+
+def test_hf_data_files_and_saved_datasets_read_as_the_files_do(tmp_path, hf_datasets):
+    speeches = _speeches(300)
+    jsonl = _write_jsonl(tmp_path / "speeches.jsonl", speeches)
+    hf_datasets.Dataset.from_dict({"text": speeches}).to_parquet(tmp_path / "speeches.parquet")
+    hf_datasets.DatasetDict(train=hf_datasets.Dataset.from_dict({"text": speeches[:200]}),
+                            validation=hf_datasets.Dataset.from_dict({"text": speeches[200:]})).save_to_disk(
+        tmp_path / "saved")
+    files = corpus.read_documents(str(jsonl))
+    assert files == speeches
+    assert corpus.read_documents(f"hf:{jsonl}") == files
+    assert corpus.read_documents(f"hf:{tmp_path}/*.parquet") == files
+    assert corpus.read_documents(f"hf:{tmp_path / 'saved'}") == speeches[:200]
+    assert corpus.read_documents(f"hf:{tmp_path / 'saved'}:validation") == speeches[200:]
+    # per-process shards: contiguous, disjoint, and sorted by key together the whole split
+    shards = [corpus.read_shard(f"hf:{jsonl}", shard=(i, 3)) for i in range(3)]
+    assert [len(s) for s in shards] == [100, 100, 100]
+    assert corpus.cap([d for s in shards for d in s], 0) == files
+    # text pairs (seq2seq) from the columns of a split
+    from flax_lm.data import seq2seq_data
+    pairs = hf_datasets.Dataset.from_dict({"en": speeches[:5], "de": speeches[5:10]})
+    hf_datasets.DatasetDict(train=pairs).save_to_disk(tmp_path / "pairs")
+    read = seq2seq_data.read_pairs(f"hf:{tmp_path / 'pairs'}:train", "en", "de")
+    assert read.sources == speeches[:5] and read.targets == speeches[5:10] and read.lines == [1, 2, 3, 4, 5]
+
+
+def test_hf_sources_train_a_causal_lm_and_a_classifier_offline(tmp_path, hf_datasets):
+    speeches = _speeches(200)
+    hf_datasets.Dataset.from_dict({"text": speeches}).to_parquet(tmp_path / "speeches.parquet")
+    lm = subprocess.run([sys.executable, "-m", "flax_lm.cli", "train", *_TINY_LM, "--config.train.steps=3",
+                         f"--config.data.source=hf:{tmp_path / 'speeches.parquet'}", "--workdir", str(tmp_path / "lm")],
+                        capture_output=True, text=True, timeout=300, env=_hf_env(tmp_path))
+    assert lm.returncode == 0, lm.stderr
+    assert json.loads((tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+    # a classification data set as the hub serves them: splits of one DatasetDict, labels a ClassLabel
+    features = hf_datasets.Features({"sentence": hf_datasets.Value("string"),
+                                     "label": hf_datasets.ClassLabel(names=["calm", "angry"])})
+    rows = {"sentence": speeches, "label": [int("!" in s) for s in speeches]}
+    splits = hf_datasets.Dataset.from_dict(rows, features=features)
+    hf_datasets.DatasetDict(train=splits.select(range(160)), validation=splits.select(range(160, 200))).save_to_disk(
+        tmp_path / "moods")
+    work = tmp_path / "classifier"
+    done = subprocess.run([sys.executable, "-m", "flax_lm.cli", "train", "--config", "sst2", *_TINY_BERT,
+                           f"--config.data.train=hf:{tmp_path / 'moods'}:train",
+                           f"--config.data.validation=hf:{tmp_path / 'moods'}:validation", "--config.data.test=",
+                           "--config.train.steps=3", "--workdir", str(work)],
+                          capture_output=True, text=True, timeout=300, env=_hf_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((work / "labels.json").read_text())["names"] == ["angry", "calm"]
+    evaluated = json.loads((work / "metrics.jsonl").read_text().splitlines()[-1])
+    assert evaluated["eval/examples"] == 40 and evaluated["eval/support/angry"] == sum(rows["label"][160:])
+
+
+_TINY_LM = ["--config", "gpt2_tiny", "--config.model.d_model=32", "--config.model.n_layers=1",
+            "--config.model.n_heads=2", "--config.model.vocab_size=300", "--config.model.max_len=16",
+            "--config.train.batch_size=8", "--config.train.progress_bar=false", "--config.optim.warmup_steps=1",
+            "--config.train.eval_every=3", "--config.train.eval_batches=1", "--config.sample.max_new_tokens=0"]
+_TINY_BERT = ["--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.n_heads=2",
+              "--config.model.d_ff=64", "--config.model.vocab_size=400", "--config.train.batch_size=8",
+              "--config.train.progress_bar=false", "--config.optim.warmup_steps=1", "--config.train.eval_every=3"]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("hf:SAVED:test", "hf:SAVED: has no split 'test'; it has train, validation"),
+    ("hf:ONE:train", "hf:ONE: is one saved Dataset, not a DatasetDict of splits; leave :train off"),
+    ("hf:FILE:validation", "Unknown split \"validation\""),
+    ("hf:DIR/*.parquet", "hf:DIR/*.parquet: no file matches it"),
+    ("hf:FILE", None),
+    ("hf:", "give a data set name or path"),
+])
+def test_bad_hf_sources_are_one_line(tmp_path, hf_datasets, source, message):
+    (tmp_path / "dir").mkdir()
+    hf_datasets.Dataset.from_dict({"text": ["one", "two"]}).save_to_disk(tmp_path / "one")
+    hf_datasets.DatasetDict(train=hf_datasets.Dataset.from_dict({"text": ["a"]}),
+                            validation=hf_datasets.Dataset.from_dict({"text": ["b"]})).save_to_disk(tmp_path / "saved")
+    _write_jsonl(tmp_path / "texts.jsonl", ["first", "second"])
+    paths = {"SAVED": tmp_path / "saved", "ONE": tmp_path / "one", "FILE": tmp_path / "texts.jsonl",
+             "DIR": tmp_path / "dir"}
+    for name, path in paths.items():
+        source, message = source.replace(name, str(path)), message and message.replace(name, str(path))
+    if message is None:   # the file reads; a field it does not have is named with those it has
+        with pytest.raises(UserError, match=r"the records have no field 'body'; their fields are \['id', 'text'\]"):
+            corpus.read_documents(source, document_field="body")
+        return
+    with pytest.raises(UserError) as error:
+        corpus.read_documents(source)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_unknown_hf_name_offline_and_a_missing_datasets_package_on_the_command_line(tmp_path):
+    pytest.importorskip("datasets")
+    args = ["train", *_TINY_LM, "--workdir", str(tmp_path / "run"), "--config.data.source=hf:no_such_data_set_x"]
+    unknown = subprocess.run([sys.executable, "-m", "flax_lm.cli", *args], capture_output=True, text=True,
+                             timeout=300, env=_hf_env(tmp_path))
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert "hf:no_such_data_set_x: could not be loaded (" in unknown.stderr
+    assert "a hub name needs a network or the data set in the local datasets cache" in unknown.stderr
+    # without the package (an import of it fails as where it is not installed)
+    main = "import sys; sys.modules['datasets'] = None; from flax_lm.cli import main; sys.exit(main())"
+    missing = subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "hf: sources need the datasets package: pip install 'flax_lm[hf]'" in missing.stderr
+    assert not (tmp_path / "run").exists()

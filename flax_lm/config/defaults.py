@@ -75,11 +75,14 @@ def _declared() -> _Schema:
     key("model.rope_theta", 10000.0, "Llama: base of the rotary position embedding's frequencies")
 
     key("data.source", "default", "pre-training text: default (the embedded corpus), tfds:NAME[/CONFIG][:SPLIT], "
+        "hf:NAME[:SPLIT] (Hugging Face datasets: a hub name, a local or save_to_disk directory, or data files), "
         "or comma-separated files/globs: plain text (a file is a "
         "document), .jsonl, .csv, .tsv, .parquet (a record is a document)")
-    key("data.document_field", "text", "the field of a JSONL/CSV/Parquet/TFDS record that holds its text")
+    key("data.document_field", "text", "the field of a JSONL/CSV/Parquet/TFDS/hf: record that holds its text")
     key("data.tfds_data_dir", "", "where TFDS data sets are (prepared, or prepared there); empty: TFDS's own")
     key("data.tfds_download", True, "prepare a TFDS data set that is not in tfds_data_dir yet (downloads)")
+    key("data.hf_config", "", "hf: sources: the config of a data set that has several (glue's sst2); "
+        "empty: its only one")
     key("data.packing", "concat", "causal LM: concat joins documents into one stream that attends across them "
         "(GPT-2) | segments cuts the same windows but tokens attend, and positions count, within their own document")
     key("data.tokenizer", "", "a tokenizer.json to reuse; empty trains one")
@@ -92,7 +95,7 @@ def _declared() -> _Schema:
     key("data.mask_prob", 0.15, "masked LM: share of the tokens masked")
     key("data.max_predictions", 0, "masked LM: masked positions per sequence; 0 = ceil(mask_prob * max_len)")
     key("data.train", "", "fine-tuning train split: classification .csv/.tsv/.jsonl/.parquet or a tfds: "
-        "split; NER: CoNLL; QA: SQuAD v1.1 .json; seq2seq: see data.source_field")
+        "or hf: split; NER: CoNLL; QA: SQuAD v1.1 .json; seq2seq: see data.source_field")
     key("data.validation", "", "fine-tuning dev split, as data.train")
     key("data.test", "", "fine-tuning test split, as data.train")
     key("data.text_column", "sentence", "classification: the column of the text")
@@ -127,6 +130,10 @@ def _declared() -> _Schema:
     key("train.loss_chunk_len", 16, "positions per chunk of the fused output-projection loss; 0: unfused")
     key("train.label_smoothing", 0.0, "LM tasks: this share of each target spread over the vocabulary")
     key("train.log_every", 10, "steps between logged train metrics")
+    key("train.wandb", False, "log metrics to Weights & Biases too (pip install 'flax_lm[wandb]'; WANDB_MODE=offline "
+        "writes the run in the workdir with no network); TensorBoard and metrics.jsonl are always written")
+    key("train.wandb_project", "flax_lm", "train.wandb: the W&B project")
+    key("train.wandb_name", "", "train.wandb: the W&B run's name; empty: the workdir's name")
     key("train.eval_every", 100, "steps between evaluations on the validation split")
     key("train.eval_batches", 8, "batches an evaluation reads; 0 evaluates the whole validation split")
     key("train.checkpoint_every", 100, "steps between checkpoints")

@@ -2,14 +2,15 @@
 
 "default" is the embedded corpus: the Python standard library's own top-level
 modules, which every Python install carries, so the default job needs no download.
-"tfds:NAME[/CONFIG][:SPLIT]" is a TFDS data set (`tfds_source`). Anything else is a
+"tfds:NAME[/CONFIG][:SPLIT]" is a TFDS data set (`tfds_source`), "hf:NAME[:SPLIT]" a Hugging
+Face `datasets` one (`hf_source`). Anything else is a
 comma-separated list of files or globs: a plain-text file is one document; in a
 .jsonl/.json, .csv, .tsv or .parquet file each record is one, its text in the field
 `data.document_field`.
 
 Reading may be sharded (`shard=(index, count)`): with as many files as processes or
 more, each process reads only its files; otherwise each keeps every count-th record
-(a TFDS split is split evenly). The shards are disjoint, together they are the whole
+(a TFDS or `datasets` split is split evenly). The shards are disjoint, together they are the whole
 source, and each document carries its place in the whole (`Document.key`), so
 shards gathered and sorted give the documents of an unsharded read, in its order.
 """
@@ -20,7 +21,7 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from flax_lm.data import input_files, text_classification, tfds_source
+from flax_lm.data import hf_source, input_files, text_classification, tfds_source
 from flax_lm.errors import UserError
 
 DEFAULT_SOURCE = "default"
@@ -57,25 +58,28 @@ def read_documents(source: str, max_bytes: int = 0, **options) -> list[str]:
 
 
 def read_shard(source: str, max_bytes: int = 0, *, document_field: str = "text", tfds_data_dir: str = "",
-               tfds_download: bool = True, skip_bad_records: bool = False,
+               tfds_download: bool = True, skip_bad_records: bool = False, hf_config: str = "",
                shard: tuple[int, int] = (0, 1)) -> list[Document]:
     """The non-empty documents of `shard` of the source, in reading order; reading stops after
     `max_bytes` characters (0: no limit). An unsharded read is the first `max_bytes` of the
     whole source; so is any set of shards each capped so, gathered, sorted and cut again."""
     kept = list(iter_shard(source, max_bytes, document_field=document_field, tfds_data_dir=tfds_data_dir,
-                           tfds_download=tfds_download, skip_bad_records=skip_bad_records, shard=shard))
+                           tfds_download=tfds_download, skip_bad_records=skip_bad_records, hf_config=hf_config,
+                           shard=shard))
     if not kept and shard[1] == 1:
         raise UserError(f"data.source: the corpus {source!r} is empty (no text in it)")
     return kept
 
 
 def iter_shard(source: str, max_bytes: int = 0, *, document_field: str = "text", tfds_data_dir: str = "",
-               tfds_download: bool = True, skip_bad_records: bool = False,
+               tfds_download: bool = True, skip_bad_records: bool = False, hf_config: str = "",
                shard: tuple[int, int] = (0, 1)) -> Iterator[Document]:
     """`read_shard`'s documents one by one, each file (or TFDS record) read when reached, so a
     corpus larger than memory streams through (`flax-lm prepare`)."""
-    if tfds_source.is_tfds(source):
-        texts = tfds_source.TfdsSplit(source, tfds_data_dir, tfds_download).records([document_field], shard)
+    if tfds_source.is_tfds(source) or hf_source.is_hf(source):
+        split = (hf_source.HfSplit(source, hf_config) if hf_source.is_hf(source)
+                 else tfds_source.TfdsSplit(source, tfds_data_dir, tfds_download))
+        texts = split.records([document_field], shard)
         index, count = shard
         documents = (Document(index * _KEY_STRIDE + i, r[document_field]) for i, r in enumerate(texts))
     else:

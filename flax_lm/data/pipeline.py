@@ -176,7 +176,8 @@ def _documents(data) -> list[str]:
     """The pre-training documents. With several processes each reads its shard and the
     shards are exchanged (`exchange`), so every process has what one process would read."""
     options = dict(document_field=data.document_field, tfds_data_dir=data.tfds_data_dir,
-                   tfds_download=data.tfds_download, skip_bad_records=data.skip_bad_records)
+                   tfds_download=data.tfds_download, skip_bad_records=data.skip_bad_records,
+                   hf_config=data.hf_config)
     if jax.process_count() == 1:
         return corpus.read_documents(data.source, data.max_bytes, **options)
     shard = corpus.read_shard(data.source, data.max_bytes, shard=(jax.process_index(), jax.process_count()),
@@ -261,7 +262,7 @@ class _Classification:
         return text_classification.read_examples(path, d.text_column, d.text_pair_column, d.label_column,
                                                  require_labels=require_labels, skip_bad_records=d.skip_bad_records,
                                                  tfds_data_dir=d.tfds_data_dir, tfds_download=d.tfds_download,
-                                                 known_labels=known_labels)
+                                                 known_labels=known_labels, hf_config=d.hf_config)
 
     @staticmethod
     def texts(rows):
@@ -363,7 +364,7 @@ class _Seq2Seq(_Unlabelled):
         d = cfg.data
         return seq2seq_data.read_pairs(path, d.source_field, d.target_field, require_targets=require_labels,
                                        skip_bad_records=d.skip_bad_records, tfds_data_dir=d.tfds_data_dir,
-                                       tfds_download=d.tfds_download)
+                                       tfds_download=d.tfds_download, hf_config=d.hf_config)
 
     @staticmethod
     def texts(rows):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from flax_lm.data import input_files, length_buckets, tfds_source, unigram
+from flax_lm.data import hf_source, input_files, length_buckets, tfds_source, unigram
 from flax_lm.data.text_classification import _FORMATS, _BadField, _field, _read_file, _read_tfds
 from flax_lm.errors import UserError
 
@@ -37,8 +37,10 @@ class Pairs:
 
 
 def read_pairs(path: str | Path, source_field: str, target_field: str, *, require_targets: bool = True,
-               skip_bad_records: bool = False, tfds_data_dir: str = "", tfds_download: bool = True) -> Pairs:
-    """The pairs of `path`: a table or TFDS split (`tfds:NAME[/CONFIG][:SPLIT]`) with columns
+               skip_bad_records: bool = False, tfds_data_dir: str = "", tfds_download: bool = True,
+               hf_config: str = "") -> Pairs:
+    """The pairs of `path`: a table, TFDS split (`tfds:NAME[/CONFIG][:SPLIT]`) or `datasets` split
+    (`hf:NAME[:SPLIT]`, config `hf_config`) with columns
     `source_field` and `target_field`, else parallel files `{path}.{source_field}` and
     `{path}.{target_field}`.
 
@@ -49,9 +51,10 @@ def read_pairs(path: str | Path, source_field: str, target_field: str, *, requir
     """
     path = str(path)
     source_file, target_file = Path(f"{path}.{source_field}"), Path(f"{path}.{target_field}")
-    if tfds_source.is_tfds(path) or (Path(path).is_file() and Path(path).suffix.lower() in _FORMATS):
+    if tfds_source.is_tfds(path) or hf_source.is_hf(path) or (Path(path).is_file()
+                                                              and Path(path).suffix.lower() in _FORMATS):
         return _read_table(path, source_field, target_field, require_targets, skip_bad_records, tfds_data_dir,
-                           tfds_download)
+                           tfds_download, hf_config)
     if source_file.is_file() and target_file.is_file():
         return _read_parallel(path, source_file, target_file, skip_bad_records)
     if not require_targets and source_file.is_file():
@@ -68,11 +71,11 @@ def read_pairs(path: str | Path, source_field: str, target_field: str, *, requir
 
 
 def _read_table(path: str, source_field: str, target_field: str, require_targets: bool, skip_bad_records: bool,
-                tfds_data_dir: str, tfds_download: bool) -> Pairs:
-    """The pairs of a table file or TFDS split (columns read by text_classification's readers)."""
+                tfds_data_dir: str, tfds_download: bool, hf_config: str = "") -> Pairs:
+    """The pairs of a table file, TFDS or `datasets` split (columns read by text_classification's readers)."""
     bad = input_files.BadRecords(path, skip_bad_records, "row")
-    if tfds_source.is_tfds(path):
-        columns, rows = _read_tfds(path, [source_field, target_field], tfds_data_dir, tfds_download)
+    if tfds_source.is_tfds(path) or hf_source.is_hf(path):
+        columns, rows = _read_tfds(path, [source_field, target_field], tfds_data_dir, tfds_download, hf_config)
     else:
         columns, rows = _read_file(Path(path), bad)
     if not rows:

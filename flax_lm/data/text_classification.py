@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from flax_lm.data import input_files, length_buckets, tfds_source
+from flax_lm.data import hf_source, input_files, length_buckets, tfds_source
 from flax_lm.data.dataset import encoder_batch
 from flax_lm.errors import UserError
 
@@ -39,9 +39,10 @@ class Examples:
 
 def read_examples(path: str | Path, text_column: str, text_pair_column: str = "", label_column: str = "label",
                   require_labels: bool = True, skip_bad_records: bool = False, tfds_data_dir: str = "",
-                  tfds_download: bool = True, known_labels: list[str] | None = None) -> Examples:
+                  tfds_download: bool = True, known_labels: list[str] | None = None, hf_config: str = "") -> Examples:
     """Reads a `.csv`, `.tsv` (no quoting: SST-2 has unbalanced quotes), `.jsonl`/`.json` (JSON lines)
-    or `.parquet` file, or a TFDS split `tfds:NAME[/CONFIG][:SPLIT]` (class ids become their names).
+    or `.parquet` file, or a TFDS split `tfds:NAME[/CONFIG][:SPLIT]` or `datasets` split `hf:NAME[:SPLIT]`
+    (`hf_config`: its config name; class ids become their names).
 
     With require_labels=False a file without `label_column` is accepted (labels=None), for prediction,
     and so are a `.txt` file (one text a line) and a CSV/TSV without a header: its first line is a row
@@ -52,9 +53,9 @@ def read_examples(path: str | Path, text_column: str, text_pair_column: str = ""
     `skip_bad_records`: then such rows are left out and reported in one line (`input_files.BadRecords`).
     """
     bad = input_files.BadRecords(path, skip_bad_records, "row")
-    if tfds_source.is_tfds(str(path)):
+    if tfds_source.is_tfds(str(path)) or hf_source.is_hf(str(path)):
         columns, rows = _read_tfds(str(path), [text_column, text_pair_column, label_column], tfds_data_dir,
-                                   tfds_download)
+                                   tfds_download, hf_config)
     elif Path(path).suffix.lower() == ".txt" and Path(path).is_file():
         columns, rows = _read_lines(Path(path), text_column, text_pair_column, require_labels, bad)
     else:
@@ -100,11 +101,12 @@ def _read_file(path: Path, bad: input_files.BadRecords) -> tuple[list[str], list
     return _read_jsonl(path, text, bad) if kind == "jsonl" else _read_delimited(path, text, kind, bad)
 
 
-def _read_tfds(source: str, wanted: list[str], data_dir: str,
-               download: bool) -> tuple[list[str], list[tuple[int, dict]]]:
-    """The fields of a TFDS split and (record number, {field: value}) rows holding those of `wanted`
-    it has, class ids as class names."""
-    split = tfds_source.TfdsSplit(source, data_dir, download)
+def _read_tfds(source: str, wanted: list[str], data_dir: str, download: bool,
+               hf_config: str = "") -> tuple[list[str], list[tuple[int, dict]]]:
+    """The fields of a TFDS (or, `hf:`, `datasets`) split and (record number, {field: value}) rows
+    holding those of `wanted` it has, class ids as class names."""
+    split = (hf_source.HfSplit(source, hf_config) if hf_source.is_hf(source)
+             else tfds_source.TfdsSplit(source, data_dir, download))
     fields = split.fields()
     columns = [c for c in wanted if c in fields]
     rows = []

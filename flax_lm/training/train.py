@@ -67,7 +67,8 @@ def _train(cfg, workdir: str | Path, dog: watchdog.Watchdog) -> dict:
             workdir_lib.save_config(run.workdir, cfg)
         for change in allowed_changes:
             _say(is_primary, f"resuming with a changed {change}")
-        log = MetricsLog(run.workdir, enabled=is_primary)
+        log = MetricsLog(run.workdir, enabled=is_primary, wandb=(t.wandb_project, t.wandb_name, cfg.to_dict())
+                         if t.wandb else None)
         state, data_state = restore_or_init(run, warn=lambda line: _say(is_primary, f"warning: {line}"))
     start = int(jax.device_get(state.step))
     train_data, validation_data = run.splits["train"], run.splits["validation"]

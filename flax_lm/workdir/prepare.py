@@ -36,7 +36,7 @@ def prepare(cfg, out: Path, part: int = 0, parts: int = 1) -> dict:
                         "leave it 0 with --parts > 1")
     out.mkdir(parents=True, exist_ok=True)
     options = dict(document_field=d.document_field, tfds_data_dir=d.tfds_data_dir, tfds_download=d.tfds_download,
-                   skip_bad_records=d.skip_bad_records)
+                   skip_bad_records=d.skip_bad_records, hf_config=d.hf_config)
     tokenizer = _tokenizer(cfg, out, options)
     eos = pipeline.end_token(cfg, tokenizer)
     token_store.write_store_file(out, tokenizer, eos, parts, d.source)
