@@ -2,10 +2,14 @@
 
 import math
 
+import jax.numpy as jnp
+
+from flax_lm.data import pipeline
 from flax_lm.ops.losses import linear_cross_entropy
+from flax_lm.tasks.base import Task, shapes
 
 
-class CausalLM:
+class CausalLM(Task):
     """Batch: `inputs` and `targets` (B x T int32, targets shifted by one) and
     `weights` (B x T float32, 0 where a position must not count); with packed documents
     also `segment_ids` and `positions` (B x T int32, see `flax_lm.data.lm_data`).
@@ -34,3 +38,13 @@ class CausalLM:
 
     def metrics(self, outputs, dataset, term_losses):
         return {"perplexity": math.exp(min(term_losses["lm"], 50.0))}
+
+    def batch_spec(self, cfg, batch_size):
+        B, T = batch_size, pipeline.seq_len(cfg)
+        spec = {"inputs": ((B, T), jnp.int32), "targets": ((B, T), jnp.int32), "weights": ((B, T), jnp.float32)}
+        if cfg.data.packing == "segments":   # packed documents kept apart: the attention masks by segment
+            spec.update(segment_ids=((B, T), jnp.int32), positions=((B, T), jnp.int32))
+        return shapes(spec)
+
+    def end_of_run_sample(self, inference, validation, prompt):
+        return "sample:\n" + inference.continue_text(prompt)

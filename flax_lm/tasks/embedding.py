@@ -10,11 +10,12 @@ import jax.numpy as jnp
 
 from flax_lm.models import bert, t5
 from flax_lm.models.decoder import DecoderConfig
+from flax_lm.tasks.base import Task
 
 POOLINGS = ("mean", "cls", "last")
 
 
-class SentenceEmbedding:
+class SentenceEmbedding(Task):
     """Batch: the encoder inputs (`input_ids`, `token_type_ids`, `attention_mask`, B x T, right-padded).
     Output "embedding" (B x D float32):
 

@@ -5,10 +5,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lm.tasks.encoder import apply_encoder, cross_entropy
+from flax_lm.data import pipeline
+from flax_lm.tasks.base import Task
+from flax_lm.tasks.encoder import apply_encoder, cross_entropy, encoder_spec
 
 
-class MaskedLM:
+class MaskedLM(Task):
     """Batch: the encoder inputs, `masked_positions` / `masked_ids` / `masked_weights` (B x P) and,
     with NSP, `next_sentence_label` (B,). The vocabulary projection runs only at the P masked
     positions. Loss terms: "mlm" per masked token, "nsp" per example."""
@@ -42,3 +44,12 @@ class MaskedLM:
         if self.nsp:
             m["nsp_accuracy"] = float(np.mean(outputs["nsp_correct"]))
         return m
+
+    def batch_spec(self, cfg, batch_size):
+        B = batch_size
+        P = cfg.data.max_predictions or math.ceil(cfg.data.mask_prob * pipeline.seq_len(cfg))  # as MLMDataset's
+        own = {"masked_positions": ((B, P), jnp.int32), "masked_ids": ((B, P), jnp.int32),
+               "masked_weights": ((B, P), jnp.float32)}
+        if self.nsp:
+            own["next_sentence_label"] = ((B,), jnp.int32)
+        return encoder_spec(cfg, B, **own)

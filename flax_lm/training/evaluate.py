@@ -6,31 +6,32 @@ import jax
 import numpy as np
 
 from flax_lm.config import load as config_lib
-from flax_lm.training import seq2seq_eval
 from flax_lm.parallel import sharding
 from flax_lm.data import length_buckets
+from flax_lm.training.inference import RunInference
 from flax_lm.training.train_step import make_eval_step
 
 
 def make_evaluator(run, task):
     """Returns evaluate_split(params, dataset, max_batches=0) -> metrics for a run, with its eval
-    step compiled once; batches are the run's micro-batch size. A seq2seq run also scores the text
-    it generates (`train.generate_metrics`). `evaluate_split.outputs(params,
-    dataset)` gives the per-example outputs instead (for `predict`).
+    step compiled once; batches are the run's micro-batch size. A task that generates text scores
+    it too (`train.generate_metrics`, `Task.generated_metrics`). `evaluate_split.outputs(params,
+    dataset)` gives the per-example outputs instead (for `predict`), and
+    `evaluate_split.inference(params)` the model as the task's predictions and samples use it.
 
     Every process loads each whole batch and places its own rows; the results come back replicated,
     so every process can read them (several processes cannot read an array sharded over them)."""
     with sharding.activate(run.mesh):
         eval_step = jax.jit(make_eval_step(run.model, task), out_shardings=sharding.replicated(run.mesh))
     t = run.cfg.train
-    generated = config_lib.metric_names(t.generate_metrics) if run.cfg.task == "seq2seq" else []
+    generated = config_lib.metric_names(t.generate_metrics)
 
     def evaluate_split(params, dataset, max_batches: int = 0) -> dict[str, float]:
         micro_batch = t.batch_size // t.grad_accum_steps
         with sharding.activate(run.mesh):
             metrics = evaluate(eval_step, task, params, dataset, micro_batch, max_batches, run.whole_to_global)
-        if generated:  # over the examples the loss saw
-            metrics.update(seq2seq_eval.generated_metrics(run, params, dataset, generated, max_batches * micro_batch))
+        count = min(len(dataset), max_batches * micro_batch) if max_batches else len(dataset)  # those the loss saw
+        metrics.update(task.generated_metrics(inference(params), dataset, generated, count))
         return metrics
 
     def outputs(params, dataset) -> dict[str, np.ndarray]:
@@ -38,7 +39,10 @@ def make_evaluator(run, task):
             return run_batches(eval_step, params, dataset, t.batch_size // t.grad_accum_steps, 0,
                                run.whole_to_global)[1]
 
-    evaluate_split.outputs = outputs
+    def inference(params) -> RunInference:
+        return RunInference(run, params, outputs)
+
+    evaluate_split.outputs, evaluate_split.inference = outputs, inference
     return evaluate_split
 
 

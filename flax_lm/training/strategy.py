@@ -84,7 +84,7 @@ class PmapSteps:
         return state, jax.tree.map(lambda x: x[0], metrics)  # equal on every device after the psum
 
 
-def make_steps(run, task) -> JitSteps | PmapSteps:
-    """The train steps of a run (flax_lm.workdir.run.Run), by its `parallel.strategy`."""
-    kind = PmapSteps if run.cfg.parallel.strategy == "pmap" else JitSteps
-    return kind(run.model, task, run.tx, run.schedule, run.cfg.train, run.mesh, run.shardings)
+def make_steps(cfg, model, task, tx, schedule, mesh, shardings) -> JitSteps | PmapSteps:
+    """The train steps of a run's config, by its `parallel.strategy` (see flax_lm.training.build)."""
+    kind = PmapSteps if cfg.parallel.strategy == "pmap" else JitSteps
+    return kind(model, task, tx, schedule, cfg.train, mesh, shardings)

@@ -1,9 +1,10 @@
 """`flax-lm compile`: the real train step of a config, compiled ahead of time for a TPU
 topology on any machine that has libtpu (`pip install "jax[tpu]"`), no TPU needed.
 
-The topology's devices come from `jax.experimental.topologies`; the mesh, shardings, model,
-optimizer and step are the ones `train` builds, lowered with abstract arrays, so nothing is
-allocated. XLA's own accounting gives the per-chip memory (`memory_analysis`) and FLOPs
+The topology's devices come from `jax.experimental.topologies`; the model, optimizer, state
+shardings and step come from the build `train` uses (flax_lm.training.build) for a mesh of those
+devices, and the step is lowered with abstract arrays shaped as the task's batch (`Task.batch_spec`),
+so nothing is allocated and every task compiles. XLA's own accounting gives the per-chip memory (`memory_analysis`) and FLOPs
 (`cost_analysis`); the chip's HBM decides whether the config fits. The TPU compiler's cost model
 gives the modelled step (flax_lm.backends.tpu_cost): time, tokens/s and MFU per chip.
 """
@@ -11,20 +12,17 @@ gives the modelled step (flax_lm.backends.tpu_cost): time, tokens/s and MFU per 
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flax_lm.workdir import checkpointing
-from flax_lm.training import optim, state_init
 from flax_lm.parallel import sharding
 from flax_lm.backends import tpu_cost
 from flax_lm.parallel import mesh as mesh_lib
 from flax_lm.data import pipeline
 from flax_lm.errors import UserError
-from flax_lm.models import build_model, flops_per_token, head_name
-from flax_lm.tasks import get_task
+from flax_lm.models import flops_per_token
 from flax_lm.backends import tpu as tpu_backend
-from flax_lm.training.train_step import jit_train_step
+from flax_lm.training.build import build
 
 GIB = tpu_cost.GIB
 topology_devices = tpu_backend.topology_devices  # the devices `compile_train_step` compiles for
@@ -33,28 +31,15 @@ _OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED:.*?Ran out of memory.*?temporaries
 # Off while measuring: libtpu's collective matmuls are while loops, whose bodies its cost model counts once.
 NO_COLLECTIVE_MATMUL_LOOPS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                               "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+LABELLED_TASKS = ("classification", "token_classification")  # their heads' width comes from the data
 
 
-def batch_spec(cfg, mesh) -> dict:
-    """Abstract arrays shaped as the task's global training batch (see lm_data.windows and
-    mlm_data's batch), split over the data axes of `mesh`."""
-    B, T = cfg.train.batch_size, pipeline.seq_len(cfg)
-    if cfg.task == "causal_lm":
-        shapes = {"inputs": ((B, T), jnp.int32), "targets": ((B, T), jnp.int32), "weights": ((B, T), jnp.float32)}
-        if cfg.data.packing == "segments":   # packed documents kept apart: the attention masks by segment
-            shapes.update(segment_ids=((B, T), jnp.int32), positions=((B, T), jnp.int32))
-    elif cfg.task == "masked_lm":
-        P = cfg.data.max_predictions or int(np.ceil(cfg.data.mask_prob * T))
-        shapes = {"input_ids": ((B, T), jnp.int32), "token_type_ids": ((B, T), jnp.int32),
-                  "attention_mask": ((B, T), jnp.int32), "masked_positions": ((B, P), jnp.int32),
-                  "masked_ids": ((B, P), jnp.int32), "masked_weights": ((B, P), jnp.float32),
-                  "weights": ((B,), jnp.float32)}
-        if cfg.data.nsp:
-            shapes["next_sentence_label"] = ((B,), jnp.int32)
-    else:
-        raise UserError(f"compile: task {cfg.task!r} is not supported; pre-training tasks are (causal_lm, masked_lm)")
+def batch_spec(task, cfg, mesh) -> dict:
+    """Abstract arrays shaped as the task's global training batch (`Task.batch_spec`), split over
+    the data axes of `mesh`."""
     batch_sharding = sharding.batch_sharding(mesh)
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()}
+    return {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
+            for k, x in task.batch_spec(cfg, cfg.train.batch_size).items()}
 
 
 def compile_train_step(cfg, devices: list, model_step: bool = True) -> dict:
@@ -102,13 +87,16 @@ def measured_config(cfg):
 
 def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[dict, object]:
     """(report, compiled executable or None when the compiler refused it for lack of HBM)."""
+    if cfg.task in LABELLED_TASKS and cfg.model.num_labels < 1:
+        raise UserError(f"compile: a {cfg.task} run takes model.num_labels from its data, which compile does not "
+                        f"read; set --config.model.num_labels=N (1 for a regression)")
+    if cfg.parallel.strategy == "pmap":  # pmap's step is the jit step over a data-parallel mesh; compile that
+        cfg = cfg.copy_and_resolve_references()
+        cfg.parallel.strategy = "jit"
     mesh = mesh_lib.make_mesh(cfg, devices)
-    model = build_model(cfg.model, head_name(cfg))
-    schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
-    tx = optim.make_optimizer(cfg.optim, cfg.train.steps, cfg.model.n_layers)
-    abstract_state, shardings = state_init.state_shardings(model, tx, mesh, cfg.train.seed, cfg.model.max_len)
-    state = checkpointing.abstract_with_shardings(abstract_state, shardings)
-    step = jit_train_step(model, get_task(cfg), tx, schedule, cfg.train, mesh, shardings)
+    built = build(cfg, mesh, cfg.train.steps)
+    abstract_state, model = built.abstract_state, built.model
+    state = checkpointing.abstract_with_shardings(abstract_state, built.shardings)
     kind, B, T = devices[0].device_kind, cfg.train.batch_size, pipeline.seq_len(cfg)
     m = model.cfg
     attention_scores = 12 * m.n_layers * m.n_heads * getattr(m, "head_dim", m.d_model // m.n_heads) * T * B * T
@@ -125,7 +113,8 @@ def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[
     per_chip = {"parameters": _bytes_per_chip(state.params), "optimizer_state": _bytes_per_chip(state.opt_state)}
     try:
         with sharding.activate(mesh):
-            compiled = step.lower(state, batch_spec(cfg, mesh)).compile(compiler_options=compiler_options)
+            compiled = built.train_steps.step.lower(state, batch_spec(built.task, cfg, mesh)).compile(
+                compiler_options=compiler_options)
     except jax.errors.JaxRuntimeError as e:
         # The TPU compiler itself refuses a program whose temporaries exceed the chip's HBM.
         needed = _OUT_OF_HBM.search(str(e))

@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flax_lm.workdir import fresh_workdir, resume_check
 from flax_lm.parallel import hardware
-from flax_lm.training import preemption, profiling, seq2seq_eval, watchdog
+from flax_lm.training import preemption, profiling, watchdog
 from flax_lm.config import training_length
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.workdir.best import BestKeeper
@@ -27,9 +27,7 @@ from flax_lm.errors import UserError
 from flax_lm.training.evaluate import format_metrics, make_evaluator
 from flax_lm.training.metrics_log import MetricsLog
 from flax_lm.models import flops_per_token
-from flax_lm.workdir.run import restore_or_init, sample_text, setup
-from flax_lm.training.strategy import make_steps
-from flax_lm.tasks import get_task
+from flax_lm.workdir.run import restore_or_init, setup
 
 
 def train(cfg, workdir: str | Path) -> dict:
@@ -82,10 +80,9 @@ def _train(cfg, workdir: str | Path, dog: watchdog.Watchdog) -> dict:
         iterator.restore(data_state)
         _say(is_primary, f"resumed from step {start} in {run.workdir}")
 
-    task = get_task(cfg, run.label_names)
-    steps = make_steps(run, task)  # parallel.strategy: jit, or pmap with a replicated state
+    steps = run.train_steps  # parallel.strategy: jit, or pmap with a replicated state
     state = steps.place(state)
-    evaluate_split = make_evaluator(run, task)
+    evaluate_split = make_evaluator(run, run.task)
     reporter = _Reporter(log, cfg, start, run.steps,
                          flops_per_token=flops_per_token(run.model.cfg, pipeline.seq_len(cfg)), enabled=is_primary)
     best = BestKeeper(run.workdir, t.best_metric, t.early_stopping_patience, t.async_checkpointing,
@@ -144,19 +141,12 @@ def _train(cfg, workdir: str | Path, dog: watchdog.Watchdog) -> dict:
         _say(is_primary, f"best {t.best_metric}: {best.best:.4f} (checkpoint in {run.workdir / 'best'})")
     _say(is_primary, f"step {final_step}: validation " + format_metrics(eval_metrics))
     _say(is_primary, f"checkpoints in {run.workdir / workdir_lib.CHECKPOINTS}")
-    if cfg.task == "causal_lm" and cfg.sample.max_new_tokens > 0:
-        _say(is_primary, "sample:\n" + sample_text(run, state.params, cfg.sample.prompt))
-    if cfg.task == "seq2seq" and cfg.sample.max_new_tokens > 0:
-        _say(is_primary, "samples:\n" + _seq2seq_samples(run, state.params, validation_data))
+    if cfg.sample.max_new_tokens > 0:  # every process decodes (the decoding is collective); one prints
+        sample = run.task.end_of_run_sample(evaluate_split.inference(state.params), validation_data,
+                                            cfg.sample.prompt)
+        if sample is not None:
+            _say(is_primary, sample)
     return eval_metrics
-
-
-def _seq2seq_samples(run, params, dataset, count: int = 3) -> str:
-    """The first validation sources with their outputs and references, a block each."""
-    count = min(count, len(dataset))
-    outputs = seq2seq_eval.generated_outputs(run, params, dataset, count)
-    return "\n".join(f"  source:    {source}\n  output:    {output}\n  reference: {reference}"
-                     for source, output, reference in zip(dataset.sources, outputs, dataset.references))
 
 
 def _save_and_close(run, state, data_state: dict, log, best) -> None:

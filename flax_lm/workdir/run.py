@@ -7,7 +7,8 @@ from pathlib import Path
 import jax
 
 from flax_lm.workdir import best, checkpointing, init_from
-from flax_lm.training import optim, state_init
+from flax_lm.training import state_init
+from flax_lm.training.build import build
 from flax_lm.parallel import sharding
 from flax_lm.config import training_length
 from flax_lm.config import load as config_lib
@@ -17,7 +18,7 @@ from flax_lm.data import pipeline, unigram
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.generation import for_model, generate, settings
-from flax_lm.models import build_model, head_name
+from flax_lm.models import head_name
 
 
 @dataclasses.dataclass
@@ -37,6 +38,8 @@ class Run:
     shardings: object
     checkpointer: checkpointing.Checkpointer
     steps: int  # optimizer steps of the run (flax_lm.config.training_length); 0 for train.epochs without its train split
+    task: object  # flax_lm.tasks.Task
+    train_steps: object  # the train step of parallel.strategy (flax_lm.training.strategy), not compiled yet
 
     def whole_to_global(self, whole_batch: dict) -> dict:
         """A whole batch that every process holds (e.g. evaluation's) -> global arrays sharded over
@@ -65,18 +68,16 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
                 else pipeline.load_saved(cfg, workdir))
     if prepared.label_names is not None:
         _set_num_labels(cfg, len(prepared.label_names))
-    model = build_model(cfg.model, head_name(cfg))
     train_split = prepared.splits.get("train")
     steps = training_length.total_steps(cfg.train, cfg.optim.warmup_steps,
                                         None if train_split is None else len(train_split))
-    schedule = optim.learning_rate_schedule(cfg.optim, steps)
-    tx = optim.make_optimizer(cfg.optim, steps, cfg.model.n_layers)
-    abstract_state, shardings = state_init.state_shardings(model, tx, mesh, cfg.train.seed, cfg.model.max_len)
+    built = build(cfg, mesh, steps, prepared.label_names)
     checkpointer = checkpointing.Checkpointer(
         workdir / workdir_lib.CHECKPOINTS, save_every=cfg.train.checkpoint_every,
         keep=cfg.train.keep_checkpoints, async_writes=cfg.train.async_checkpointing)
-    return Run(cfg, workdir, mesh, model, prepared.tokenizer, prepared.splits, prepared.label_names, tx, schedule,
-               abstract_state, shardings, checkpointer, steps)
+    return Run(cfg, workdir, mesh, built.model, prepared.tokenizer, prepared.splits, prepared.label_names, built.tx,
+               built.schedule, built.abstract_state, built.shardings, checkpointer, steps, built.task,
+               built.train_steps)
 
 
 def _set_num_labels(cfg, count: int) -> None:
