@@ -8,7 +8,7 @@ def get_config():
     c = defaults.get_config()
     c.task = "masked_lm"
     c.model.update(family="bert", vocab_size=30522, max_len=512, d_model=1024, n_layers=24, n_heads=16, d_ff=4096,
-                   layer_norm_epsilon=1e-12, dropout=0.1, dtype="bfloat16", scan_layers=True,
+                   dropout=0.1, dtype="bfloat16", scan_layers=True,
                    remat_policy="dots_no_batch")
     c.data.update(nsp=True, lowercase=True, max_predictions=20, whole_word_masking=True)
     c.train.update(steps=1_000_000, batch_size=256, eval_every=10_000, checkpoint_every=10_000, log_every=100)

@@ -15,7 +15,7 @@ def get_config():
     c = defaults.get_config()
     c.task = "token_classification"
     c.model.update(family="bert", vocab_size=8192, max_len=128, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
-                   layer_norm_epsilon=1e-12, dropout=0.1)
+                   dropout=0.1)
     c.data.update(seq_len=128, train=str(DATA / "train.txt"), validation=str(DATA / "dev.txt"),
                   test=str(DATA / "test.txt"), tag_column=-1, lowercase=False)
     c.train.update(steps=1500, batch_size=32, eval_every=250, eval_batches=0, checkpoint_every=250, log_every=50,

@@ -12,6 +12,5 @@ from flax_lm.config import recipes
 def get_config():
     c = recipes.gpt2_openwebtext(steps=600_000, grad_accum_steps=1, learning_rate=6e-4)
     c.model.update(family="llama", vocab_size=32000, max_len=1024, d_model=768, n_layers=12, n_heads=12,
-                   n_kv_heads=4, d_ff=2048, layer_norm_epsilon=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                   dtype="bfloat16", scan_layers=True, remat_policy="none")
+                   n_kv_heads=4, d_ff=2048, dtype="bfloat16", scan_layers=True, remat_policy="none")
     return c

@@ -19,8 +19,8 @@ def get_config():
     c = defaults.get_config()
     c.task = "seq2seq"
     c.model.update(family="t5", vocab_size=8000, max_len=64, d_model=256, n_layers=3, n_decoder_layers=3,
-                   n_heads=4, d_ff=1024, feed_forward="relu", layer_norm_epsilon=1e-6, initializer_range=1.0,
-                   dropout=0.1, relative_attention_num_buckets=32, relative_attention_max_distance=64)
+                   n_heads=4, d_ff=1024, feed_forward="relu", dropout=0.1, relative_attention_num_buckets=32,
+                   relative_attention_max_distance=64)
     c.data.update(train=str(DATA / "train"), validation=str(DATA / "val"), test=str(DATA / "test"),
                   source_field="en", target_field="de", seq_len=64, target_len=64, too_long="truncate",
                   extra_ids=0)

@@ -9,7 +9,7 @@ def get_config():
     c = defaults.get_config()
     c.task = "question_answering"
     c.model.update(family="bert", vocab_size=8192, max_len=384, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
-                   layer_norm_epsilon=1e-12, dropout=0.1)
+                   dropout=0.1)
     c.data.update(doc_stride=128, max_query_len=64)
     c.train.update(steps=5000, batch_size=32, eval_every=1000, eval_batches=0, checkpoint_every=1000, log_every=50,
                    best_metric="f1")

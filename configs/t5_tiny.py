@@ -7,8 +7,7 @@ from flax_lm.config import defaults
 def get_config():
     c = defaults.get_config()
     c.task = "span_corruption"
-    c.model.update(family="t5", vocab_size=2048, max_len=128, d_model=128, n_layers=2, n_heads=4, d_ff=512,
-                   layer_norm_epsilon=1e-6, initializer_range=1.0)
+    c.model.update(family="t5", vocab_size=2048, max_len=128, d_model=128, n_layers=2, n_heads=4, d_ff=512)
     c.data.update(seq_len=128, noise_density=0.15, mean_noise_span_length=3.0, extra_ids=100)
     c.train.update(steps=300, batch_size=32, eval_every=100, checkpoint_every=100, log_every=10)
     c.optim.update(learning_rate=3e-3, warmup_steps=30, schedule="cosine", weight_decay=0.0)

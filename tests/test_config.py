@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flax_lm.config import load as config
+from flax_lm.config import defaults, load as config
 from flax_lm import models
 from flax_lm.errors import UserError
 
@@ -74,3 +74,59 @@ def test_missing_recipe_lists_the_known_ones():
 def test_saved_json_round_trips():
     cfg = config.load("gpt2_tiny", ["--config.train.steps=90"])
     assert config.from_json(cfg.to_json()).to_dict() == cfg.to_dict()
+
+
+# The model keys each recipe resolved to before the families owned their defaults (the values the
+# recipes then spelt out): the family blocks must give every recipe the same config.
+FAMILY_VALUES = {"gpt2": (1e-5, 0.02, True), "bert": (1e-12, 0.02, True), "t5": (1e-6, 1.0, True),
+                 "llama": (1e-5, 0.02, False)}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_gets_its_family_values(name):
+    m = config.load(name).model
+    assert (m.layer_norm_epsilon, m.initializer_range, m.tie_word_embeddings) == FAMILY_VALUES[m.family]
+    assert m.rope_theta == 10000.0
+
+
+def test_a_family_chosen_by_override_brings_its_defaults():
+    """A T5 run that does not set initializer_range gets T5's 1.0, not GPT-2's 0.02."""
+    m = config.load("gpt2_tiny", ["--config.task=span_corruption", "--config.model.family=t5"]).model
+    assert (m.layer_norm_epsilon, m.initializer_range) == (1e-6, 1.0)
+    assert config.load(None, ["--config.model.family=llama"]).model.tie_word_embeddings is False
+
+
+def test_a_family_key_set_by_override_or_recipe_stays(tmp_path):
+    """Even at the schema's own default value: set is set."""
+    m = config.load("bert_tiny", ["--config.model.layer_norm_epsilon=1e-5"]).model
+    assert m.layer_norm_epsilon == 1e-5
+    recipe = tmp_path / "bert_eps.py"
+    recipe.write_text("from flax_lm.config import defaults\n"
+                      "def get_config():\n    c = defaults.get_config()\n    c.task = 'masked_lm'\n"
+                      "    c.model.update(family='bert', layer_norm_epsilon=1e-5)\n    return c\n")
+    assert config.load(str(recipe)).model.layer_norm_epsilon == 1e-5
+    assert config.load(str(recipe), ["--config.model.family=t5", "--config.task=span_corruption"]
+                       ).model.initializer_range == 1.0
+
+
+def test_the_schema_states_each_key_once():
+    keys = defaults.schema()
+    assert sorted(keys) == sorted(config.all_keys(defaults.get_config()))
+    assert keys["model.d_model"].architecture and not keys["model.dropout"].architecture
+    assert keys["optim.learning_rate"].safe_on_resume and not keys["model.d_model"].safe_on_resume
+    assert keys["sample.top_k"].safe_on_resume and keys["parallel.fsdp"].safe_on_resume
+    for name in defaults.family_owned():
+        assert name in keys
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.mask_prob=1.5", "config key 'data.mask_prob' must be in (0, 1); got 1.5"),
+    ("--config.optim.layer_decay=0.0", "config key 'optim.layer_decay' must be in (0, 1]; got 0.0"),
+    ("--config.optim.learning_rate=0.0", "config key 'optim.learning_rate' must be positive; got 0.0"),
+    ("--config.model.head_dim=-1", "config key 'model.head_dim' must be >= 0; got -1"),
+    ("--config.model.attention=fast", "model.attention must be one of"),
+])
+def test_ranges_and_choices_come_from_the_schema(override, message):
+    with pytest.raises(UserError) as e:
+        config.load("gpt2_tiny", [override])
+    assert message in str(e.value)

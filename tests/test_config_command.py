@@ -32,7 +32,7 @@ def test_config_keys_lists_type_value_default_and_help():
     result = flax_lm("config", "--keys", "warmup")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["optim.warmup_steps", "int", "30", *defaults.key_help()["optim.warmup_steps"]
-                                     .split()]
+                                     .split(), "[safe", "on", "resume]"]
     recipe = flax_lm("config", "--config", "gpt2_tiny", "--keys", "optim.*")
     rows = recipe.stdout.splitlines()
     assert [r.split()[0] for r in rows] == [n for n in config.all_keys(defaults.get_config())

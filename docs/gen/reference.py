@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import flax_lm.cli as cli  # noqa: E402  the `flax-lm` command: its argparse parser is cli._parser()
-from flax_lm.config.defaults import get_config, key_help  # noqa: E402  the config schema and each key's help
+from flax_lm.config.defaults import family_defaults, schema  # noqa: E402  each config key's facts
 
 OUT = ROOT / "docs" / "reference"
 
@@ -64,21 +64,28 @@ def command_line() -> str:
 
 
 def config_reference() -> str:
-    cfg, helps = get_config(), key_help()
+    keys = schema()
     lines = ["# Config reference", "",
              "Generated from the schema (`flax_lm/config/defaults.py`) when the docs are built: every key a recipe "
-             "may set, with its type, default and meaning. Override any of them on the command line with "
-             "`--config.section.key=value`; `flax-lm config --keys PATTERN` prints the same facts.", ""]
+             "may set, with its type, default, the values it may take, whether a resumed run may change it, and "
+             "its meaning. Override any of them on the command line with `--config.section.key=value`; "
+             "`flax-lm config --keys PATTERN` prints the same facts.", "",
+             "A model family gives some keys defaults of its own, used when the family is chosen and neither the "
+             "recipe nor an override sets the key: " + "; ".join(
+                 f"{family}: " + ", ".join(f"`{k}={v!r}`" for k, v in family_defaults(family).items())
+                 for family in keys["model.family"].choices if family_defaults(family)) + ".", ""]
     section = None
-    for name, text in helps.items():
+    for name, k in keys.items():
         head = name.split(".")[0] if "." in name else "top level"
         if head != section:
             section = head
-            lines += ["", f"## {section}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        value = cfg
-        for part in name.split("."):
-            value = value[part]
-        lines.append(f"| `{name}` | {type(value).__name__} | `{value!r}` | {_md(text)} |")
+            lines += ["", f"## {section}", "", "| key | type | default | values | safe on resume | meaning |",
+                      "| --- | --- | --- | --- | --- | --- |"]
+        values = ", ".join(f"`{c}`" for c in k.allowed()) if k.choices is not None else (str(k.range) if k.range
+                                                                                       else "")
+        arch = " Part of the architecture (`train.init_from` takes it from the source)." if k.architecture else ""
+        lines.append(f"| `{name}` | {k.type.__name__} | `{k.default!r}` | {_md(values)} | "
+                     f"{'yes' if k.safe_on_resume else ''} | {_md(k.help + arch)} |")
     return "\n".join(lines) + "\n"
 
 

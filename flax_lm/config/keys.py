@@ -21,15 +21,18 @@ def resolved(cfg) -> list[str]:
 
 def key_table(cfg, pattern: str) -> list[str]:
     """A line for each key whose name matches `pattern`: name, type, value (and the default where
-    `cfg` has another), help. A substring matches anywhere in the name; a glob (`optim.*`) the
+    `cfg` has another), help, with the values it may take and whether a resume may change it. A substring matches anywhere in the name; a glob (`optim.*`) the
     whole name; case is ignored. No key matching is a UserError."""
     names = matching(config.all_keys(cfg), pattern)
-    schema, help_of = defaults.get_config(), defaults.key_help()
+    schema, facts = defaults.get_config(), defaults.schema()
     rows = []
     for name in names:
-        value, default = cfg[name], schema[name]
+        value, default, k = cfg[name], schema[name], facts[name]
         shown = _text(value) + (f" (default {_text(default)})" if value != default else "")
-        rows.append((name, type(default).__name__, shown, help_of.get(name, "")))
+        allowed = f" [one of {', '.join(k.allowed())}]" if k.choices is not None else (f" [{k.range}]" if k.range
+                                                                                       else "")
+        rows.append((name, k.type.__name__, shown,
+                     k.help + allowed + (" [safe on resume]" if k.safe_on_resume else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows]
 

@@ -22,50 +22,21 @@ from flax_lm.errors import UserError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-CHOICES = {
-    "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
-             "span_corruption", "seq2seq", "embedding"),
-    "model.family": ("gpt2", "llama", "bert", "t5"),
-    "peft.method": ("none", "lora"),
-    "model.variant": ("bert", "roberta"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "optim.schedule": ("cosine", "linear", "constant"),
-    "optim.optimizer": ("adamw", "adafactor"),
-    "sample.early_stopping": ("false", "true", "never"),
-    "train.nonfinite_policy": ("skip", "stop"),
-    "parallel.strategy": ("jit", "pmap"),
-    "data.packing": ("concat", "segments"),
-    "model.feed_forward": ("relu", "gated-gelu"),
-    "data.too_long": ("truncate", "refuse"),
-}
-POSITIVE = (
-    "peft.rank", "peft.alpha",
-    "model.vocab_size", "model.max_len", "model.d_model", "model.n_layers", "model.n_heads",
-    "train.batch_size", "train.grad_accum_steps", "train.log_every",
-    "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "model.type_vocab_size",
-    "data.doc_stride", "data.max_query_len", "model.relative_attention_num_buckets",
-    "model.relative_attention_max_distance", "data.mean_noise_span_length",
-)
-NON_NEGATIVE = (
-    "train.loss_chunk_len", "train.eval_batches", "data.max_bytes", "sample.max_new_tokens", "sample.top_k",
-    "model.num_labels", "model.pad_token_id", "data.seq_len", "data.max_predictions", "train.early_stopping_patience",
-    "optim.unfreeze_top_layers", "optim.unfreeze_every", "parallel.dcn_data", "parallel.dcn_fsdp",
-    "model.n_decoder_layers", "model.head_dim", "data.target_len", "data.extra_ids", "model.n_kv_heads",
-)
-
-
-
 def load(path_or_name: str | None, overrides: list[str] = ()) -> ml_collections.ConfigDict:
     """Loads a recipe file (or the name of one in the repo's configs/; None: the schema's defaults),
-    applies `--config.key=value` overrides and validates the result."""
-    cfg = _load_recipe(path_or_name) if path_or_name is not None else defaults.get_config()
+    applies `--config.key=value` overrides and validates the result. A key that a model family
+    owns (`defaults.family`) and neither the recipe nor an override set takes the family's value."""
+    if path_or_name is None:
+        cfg, unset = defaults.get_config(), set(defaults.family_owned())
+    else:
+        cfg, unset = _load_recipe(path_or_name)
     problems = []   # all of them, in one error: a user fixes every override and value in one go
     for arg in overrides:
         try:
-            apply_override(cfg, arg)
+            unset.discard(apply_override(cfg, arg))
         except UserError as e:
             problems.append(str(e))
+    defaults.apply_family_defaults(cfg, unset)   # after the overrides: they may choose the family
     try:
         validate(cfg)
     except UserError as e:
@@ -92,7 +63,8 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     return cfg
 
 
-def _load_recipe(path_or_name: str) -> ml_collections.ConfigDict:
+def _load_recipe(path_or_name: str) -> tuple[ml_collections.ConfigDict, set[str]]:
+    """(the recipe's config, the family-owned keys it left unset)."""
     path = Path(path_or_name)
     if not path.exists() and not path.suffix:
         path = REPO_CONFIGS / f"{path_or_name}.py"
@@ -101,14 +73,29 @@ def _load_recipe(path_or_name: str) -> ml_collections.ConfigDict:
         raise UserError(f"--config: no config file {path_or_name!r} (configs here: {', '.join(known)})")
     if path.suffix != ".py":
         raise UserError(f"--config: {path} is not a Python file; a config is a .py file with get_config()")
-    recipe = _run_recipe(path)
+    with defaults.family_keys_unset():
+        recipe = _run_recipe(path)
     if not isinstance(recipe, ml_collections.ConfigDict):
         raise UserError(f"--config: get_config() in {path} returned a {type(recipe).__name__}, not the "
                         f"ml_collections.ConfigDict of flax_lm.config.defaults.get_config()")
     # Re-apply the recipe onto a fresh schema so that a recipe cannot add keys.
+    values = recipe.to_dict()
+    unset = {name for name in defaults.family_owned() if _lookup(values, name) is None}
+    for name in unset:   # left to the family; the schema's default stands in until load() applies it
+        section, leaf = name.split(".")
+        del values[section][leaf]
     cfg = defaults.get_config()
-    _merge(cfg, recipe.to_dict(), prefix="")
-    return cfg
+    _merge(cfg, values, prefix="")
+    return cfg, unset
+
+
+def _lookup(values: dict, name: str):
+    """values["a"]["b"] for "a.b"; None where it is absent."""
+    for part in name.split("."):
+        if not isinstance(values, dict):
+            return None
+        values = values.get(part)
+    return values
 
 
 def _run_recipe(path: Path):
@@ -148,13 +135,15 @@ def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
             cfg[key] = _coerce(name, cfg[key], value)
 
 
-def apply_override(cfg: ml_collections.ConfigDict, arg: str) -> None:
-    """Applies one `--config.a.b=value` argument; the value is parsed to the key's type."""
+def apply_override(cfg: ml_collections.ConfigDict, arg: str) -> str:
+    """Applies one `--config.a.b=value` argument; the value is parsed to the key's type. Returns
+    the key's dotted name."""
     if not arg.startswith("--config.") or "=" not in arg:
         raise UserError(f"cannot read the argument {arg!r}: overrides look like --config.section.key=value")
     name, text = arg[len("--config."):].split("=", 1)
     current = _get(cfg, name)
     _set(cfg, name, _coerce(name, current, _parse_text(current, text)))
+    return name
 
 
 def _parse_text(current, text: str):
@@ -237,14 +226,18 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     one line of the UserError raised, so a user fixes them all in one go."""
     problems = []
     bad = set()   # keys with a value out of their own range: checks that combine them are skipped
-    for name, allowed in CHOICES.items():
-        if _get(cfg, name) not in allowed:
-            problems.append(f"config key {name!r} must be one of {', '.join(allowed)}; got {_get(cfg, name)!r}")
-    for names, wrong, what in ((POSITIVE, lambda v: v <= 0, "positive"), (NON_NEGATIVE, lambda v: v < 0, ">= 0")):
-        for name in names:
-            if wrong(_get(cfg, name)):
-                problems.append(f"config key {name!r} must be {what}; got {_get(cfg, name)}")
-                bad.add(name)
+    schema = defaults.schema()
+    # Choices a table of a JAX-importing module holds are checked last, where their message always was.
+    listed = [k for k in schema.values() if k.choices is not None and not callable(k.choices)]
+    tabled = [k for k in schema.values() if callable(k.choices)]
+    for k in listed:
+        if _get(cfg, k.name) not in k.choices:
+            problems.append(f"config key {k.name!r} must be one of {', '.join(k.choices)}; got {_get(cfg, k.name)!r}")
+            bad.add(k.name)
+    for k in schema.values():
+        if k.range is not None and not k.range.holds(_get(cfg, k.name)):
+            problems.append(f"config key {k.name!r} must be {k.range}; got {_get(cfg, k.name)}")
+            bad.add(k.name)
     m, t, o = cfg.model, cfg.train, cfg.optim
 
     def fine(*names) -> bool:
@@ -255,18 +248,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if fine("train.grad_accum_steps") and t.batch_size % t.grad_accum_steps:
         problems.append(
             f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps ({t.grad_accum_steps})")
-    if not 0.0 < cfg.data.validation_fraction < 1.0:
-        problems.append(f"data.validation_fraction must be in (0, 1); got {cfg.data.validation_fraction}")
-    for name in ("model.dropout", "model.attention_dropout", "train.label_smoothing", "peft.dropout"):
-        if not 0.0 <= _get(cfg, name) < 1.0:
-            problems.append(f"config key {name!r} must be in [0, 1); got {_get(cfg, name)}")
+    if cfg.peft.method == "lora":  # the adapters and frozen-base optimizer exist; train does not build them
+        problems.append("peft.method=lora: flax-lm train does not build LoRA adapters; use peft.method=none")
     if t.label_smoothing and cfg.task not in LANGUAGE_MODELLING:
         problems.append(f"train.label_smoothing applies to the tasks that predict text "
                         f"({', '.join(LANGUAGE_MODELLING)}); the task is {cfg.task!r}")
     if m.attention_dropout > 0 and m.attention != "reference":
         problems.append("model.attention_dropout > 0 needs model.attention=reference (fused kernels have no dropout)")
-    if cfg.peft.method == "lora":  # the adapters and frozen-base optimizer exist; train does not build them
-        problems.append("peft.method=lora: flax-lm train does not build LoRA adapters; use peft.method=none")
     problems += training_length.problems(t, o.warmup_steps)
     p = cfg.parallel
     if p.strategy == "pmap" and (p.fsdp != 1 or p.tensor != 1):
@@ -281,19 +269,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             sample.validate()
     except UserError as e:
         problems.append(f"sample.{e}")
-    if not 0.0 < o.layer_decay <= 1.0:
-        problems.append(f"optim.layer_decay must be in (0, 1]; got {o.layer_decay}")
-    if o.learning_rate <= 0:
-        problems.append(f"optim.learning_rate must be positive; got {o.learning_rate}")
-    if not 0.0 <= o.min_lr_ratio <= 1.0:
-        problems.append(f"optim.min_lr_ratio must be in [0, 1]; got {o.min_lr_ratio}")
-    # Imported here: the attention and remat modules import JAX, this module need not.
-    from flax_lm.ops.attention import IMPLEMENTATIONS
-    from flax_lm.models.remat import POLICIES
-    if m.attention not in IMPLEMENTATIONS:
-        problems.append(f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}; got {m.attention!r}")
-    if m.remat_policy not in POLICIES:
-        problems.append(f"model.remat_policy must be one of {', '.join(POLICIES)}; got {m.remat_policy!r}")
+    for k in tabled:   # their tables are read here: the modules import JAX, this one need not
+        if _get(cfg, k.name) not in k.allowed():
+            problems.append(f"{k.name} must be one of {', '.join(k.allowed())}; got {_get(cfg, k.name)!r}")
     try:
         parse_steps(t.profile_steps)
     except UserError as e:
@@ -324,8 +302,6 @@ def _task_problems(cfg) -> list[str]:
         problems.append(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
     if cfg.data.nsp and cfg.model.variant == "roberta":
         problems.append("data.nsp: RoBERTa has no next-sentence prediction head; set data.nsp=False")
-    if not 0.0 < cfg.data.mask_prob < 1.0:
-        problems.append(f"data.mask_prob must be in (0, 1); got {cfg.data.mask_prob}")
     window = cfg.data.seq_len or cfg.model.max_len
     if cfg.task == "question_answering" and cfg.data.doc_stride >= window - cfg.data.max_query_len - 3:
         problems.append(f"data.doc_stride ({cfg.data.doc_stride}) must be smaller than the context part of a window "
@@ -343,8 +319,6 @@ def _llama_problems(m) -> list[str]:
     if head_dim % 2:
         problems.append(f"the head size ({head_dim}: model.head_dim, or model.d_model / model.n_heads) must be even "
                         f"for rotary position embeddings")
-    if m.rope_theta <= 0:
-        problems.append(f"model.rope_theta must be positive; got {m.rope_theta}")
     return problems
 
 
@@ -354,8 +328,6 @@ def _t5_problems(cfg) -> list[str]:
     if (d.target_len or d.seq_len) > cfg.model.max_len:
         problems.append(f"data.target_len ({d.target_len or d.seq_len}) must be at most model.max_len "
                         f"({cfg.model.max_len})")
-    if not 0.0 < d.noise_density < 1.0:
-        problems.append(f"data.noise_density must be in (0, 1); got {d.noise_density}")
     if cfg.optim.layer_decay != 1.0 or cfg.optim.unfreeze_top_layers:
         problems.append("optim.layer_decay and optim.unfreeze_top_layers are for single-stack models; T5 has an "
                         "encoder and a decoder stack: leave them at 1.0 and 0")

@@ -54,8 +54,7 @@ def t5_span_corruption(d_model: int, n_layers: int, n_heads: int, d_ff: int, sca
     c = defaults.get_config()
     c.task = "span_corruption"
     c.model.update(family="t5", vocab_size=32128, max_len=512, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                   head_dim=64, d_ff=d_ff, feed_forward="relu", layer_norm_epsilon=1e-6, initializer_range=1.0,
-                   dropout=0.1, dtype="bfloat16", scan_layers=scan_layers)
+                   head_dim=64, d_ff=d_ff, feed_forward="relu", dropout=0.1, dtype="bfloat16", scan_layers=scan_layers)
     c.data.update(seq_len=512, extra_ids=100)
     c.train.update(steps=524_288, batch_size=128, eval_every=5000, eval_batches=20, checkpoint_every=5000,
                    log_every=100)

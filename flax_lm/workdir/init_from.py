@@ -13,16 +13,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from flax_lm.config import defaults
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.interop import families, hf_files
 from flax_lm.models import head_name
 
-# The model keys that make the architecture: a run starting from a source takes them from it.
-ARCHITECTURE_KEYS = ("family", "variant", "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_ff",
-                     "type_vocab_size", "pad_token_id", "layer_norm_epsilon", "n_kv_heads", "head_dim", "rope_theta",
-                     "tie_word_embeddings")
+# The model keys that make the architecture (declared `architecture=True` in the schema): a run
+# starting from a source takes them from it.
+ARCHITECTURE_KEYS = defaults.architecture_keys()
 
 
 def is_workdir(source: str) -> bool:

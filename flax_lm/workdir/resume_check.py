@@ -3,8 +3,8 @@
 A checkpoint means something only with the model, tokenizer, data and task it was trained
 with; a resume that changed them would either fail deep inside Orbax or, worse, go on
 training on other data. Keys that only steer how training continues (its length, the
-learning rate, logging, checkpointing, the device layout, compute precision) may change,
-and the changes are reported.
+learning rate, logging, checkpointing, the device layout, compute precision; declared
+`safe_on_resume` in the schema) may change, and the changes are reported.
 """
 
 import json
@@ -15,20 +15,6 @@ from flax_lm.config import defaults
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.errors import UserError
 from flax_lm.workdir.init_from import ARCHITECTURE_KEYS
-
-# Keys (or whole sections, ending in ".") whose change a resume allows.
-SAFE = (
-    "train.steps", "train.epochs", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.async_checkpointing", "train.progress_bar", "train.best_metric",
-    "train.lock_stale_seconds", "train.watchdog_seconds",
-    "train.early_stopping_patience", "train.nonfinite_policy", "train.loss_spike_factor",
-    "train.loss_chunk_len", "train.grad_accum_steps", "train.init_from",
-    "optim.learning_rate", "optim.warmup_steps", "optim.schedule", "optim.min_lr_ratio", "optim.weight_decay",
-    "optim.grad_clip_norm", "optim.b1", "optim.b2", "optim.eps", "optim.unfreeze_every",
-    "model.dtype", "model.attention", "model.remat_policy", "model.dropout", "model.attention_dropout",
-    "parallel.", "sample.", "peak_flops_per_device",
-)
-
 
 def saved_config(workdir: Path) -> dict | None:
     """The config of the run a `train` in `workdir` would resume (None: it starts afresh)."""
@@ -76,7 +62,7 @@ def changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if old != new:
             line = f"{key}: {old!r} -> {new!r}"
-            (safe if key.startswith(SAFE) else refused).append(line)
+            (safe if defaults.safe_on_resume(key) else refused).append(line)
     return safe, refused
 
 
