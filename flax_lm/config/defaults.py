@@ -43,7 +43,7 @@ def _declared() -> _Schema:
     key("task", "causal_lm", "causal_lm | masked_lm | classification | token_classification | question_answering "
         "(encoders) | span_corruption (T5 pre-training) | seq2seq (text-to-text: translation, summarization)")
 
-    key("model.family", "gpt2", "gpt2 | llama (decoders) | bert (encoder) | t5 (encoder-decoder)")
+    key("model.family", "gpt2", "gpt2 | llama | qwen3 (decoders) | bert (encoder) | t5 (encoder-decoder)")
     key("model.variant", "bert", "encoders: bert | roberta (positions after the padding id, no NSP)")
     key("model.vocab_size", 4096, "tokens; a tokenizer trained here gets this size")
     key("model.max_len", 128, "positions the model has (GPT-2 n_positions)")
@@ -64,14 +64,14 @@ def _declared() -> _Schema:
     key("model.pad_token_id", 0, "encoders: the tokenizer's padding id (RoBERTa positions start after it)")
     key("model.num_labels", 0, "classification heads: 0 takes the count from the data; 1 is regression")
     key("model.n_decoder_layers", 0, "T5: decoder blocks; 0: as many as the encoder")
-    key("model.head_dim", 0, "T5 and Llama: size of a head (T5's d_kv); 0: d_model / n_heads")
+    key("model.head_dim", 0, "T5, Llama and Qwen3: size of a head (T5's d_kv); 0: d_model / n_heads")
     key("model.relative_attention_num_buckets", 32, "T5: buckets of the relative position bias")
     key("model.relative_attention_max_distance", 128, "T5: distance beyond which relative positions share a bucket")
     key("model.feed_forward", "relu", "T5: relu (T5) | gated-gelu (T5 v1.1)")
     key("model.tie_word_embeddings", True, "tied input/output embedding (T5: decoder output scaled by "
         "d_model ** -0.5; Llama: no rescale)")
-    key("model.n_kv_heads", 0, "Llama: key/value heads of grouped-query attention; 0 = n_heads")
-    key("model.rope_theta", 10000.0, "Llama: base of the rotary position embedding's frequencies")
+    key("model.n_kv_heads", 0, "Llama, Qwen3: key/value heads of grouped-query attention; 0 = n_heads")
+    key("model.rope_theta", 10000.0, "Llama, Qwen3: base of the rotary position embedding's frequencies")
 
     key("data.source", "default", "pre-training text: default (the embedded corpus), tfds:NAME[/CONFIG][:SPLIT], "
         "or comma-separated files/globs: plain text (a file is a "

@@ -25,7 +25,7 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CHOICES = {
     "task": ("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
              "span_corruption", "seq2seq"),
-    "model.family": ("gpt2", "llama", "bert", "t5"),
+    "model.family": ("gpt2", "llama", "qwen3", "bert", "t5"),
     "model.variant": ("bert", "roberta"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -300,7 +300,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 LANGUAGE_MODELLING = ("causal_lm", "span_corruption", "seq2seq")  # losses of a fused output projection
 # task -> the model families that serve it (other tasks: bert)
-FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama"), "span_corruption": ("t5",), "seq2seq": ("t5",)}
+FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama", "qwen3"), "span_corruption": ("t5",), "seq2seq": ("t5",)}
 GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
 
@@ -313,7 +313,7 @@ def _task_problems(cfg) -> list[str]:
                         f"(model.family is {cfg.model.family!r})")
     if cfg.model.family == "t5":
         problems += _t5_problems(cfg)
-    if cfg.model.family == "llama":
+    if cfg.model.family in ("llama", "qwen3"):
         problems += _llama_problems(cfg.model)
     if cfg.data.seq_len > cfg.model.max_len:
         problems.append(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
