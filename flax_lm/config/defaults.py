@@ -195,8 +195,8 @@ def _declared() -> _Schema:
         choices=("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
                  "span_corruption", "seq2seq", "embedding"))
 
-    key("model.family", "gpt2", "gpt2 | llama (decoders) | bert (encoder) | t5 (encoder-decoder)",
-        choices=("gpt2", "llama", "bert", "t5"), architecture=True)
+    key("model.family", "gpt2", "gpt2 | llama | qwen3 (decoders) | bert (encoder) | t5 (encoder-decoder)",
+        choices=("gpt2", "llama", "qwen3", "bert", "t5"), architecture=True)
     key("model.variant", "bert", "encoders: bert | roberta (positions after the padding id, no NSP)",
         choices=("bert", "roberta"), architecture=True)
     key("model.vocab_size", 4096, "tokens; a tokenizer trained here gets this size",
@@ -235,7 +235,7 @@ def _declared() -> _Schema:
         range=NON_NEGATIVE)
     key("model.n_decoder_layers", 0, "T5: decoder blocks; 0: as many as the encoder",
         range=NON_NEGATIVE)
-    key("model.head_dim", 0, "T5 and Llama: size of a head (T5's d_kv); 0: d_model / n_heads",
+    key("model.head_dim", 0, "T5, Llama and Qwen3: size of a head (T5's d_kv); 0: d_model / n_heads",
         range=NON_NEGATIVE, architecture=True)
     key("model.relative_attention_num_buckets", 32, "T5: buckets of the relative position bias",
         range=POSITIVE)
@@ -246,9 +246,9 @@ def _declared() -> _Schema:
     key("model.tie_word_embeddings", True, "tied input/output embedding (T5: decoder output scaled by "
         "d_model ** -0.5; Llama: no rescale)",
         architecture=True)
-    key("model.n_kv_heads", 0, "Llama: key/value heads of grouped-query attention; 0 = n_heads",
+    key("model.n_kv_heads", 0, "Llama, Qwen3: key/value heads of grouped-query attention; 0 = n_heads",
         range=NON_NEGATIVE, architecture=True)
-    key("model.rope_theta", 10000.0, "Llama: base of the rotary position embedding's frequencies",
+    key("model.rope_theta", 10000.0, "Llama, Qwen3: base of the rotary position embedding's frequencies",
         range=POSITIVE, architecture=True)
 
     key.family("bert", layer_norm_epsilon=1e-12)   # BertConfig's layer_norm_eps

@@ -282,7 +282,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 LANGUAGE_MODELLING = ("causal_lm", "span_corruption", "seq2seq")  # losses of a fused output projection
 # task -> the model families that serve it (other tasks: bert)
-FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama"), "span_corruption": ("t5",), "seq2seq": ("t5",),
+FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama", "qwen3"), "span_corruption": ("t5",), "seq2seq": ("t5",),
                     "embedding": ("bert", "gpt2", "llama")}
 GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
@@ -296,7 +296,7 @@ def _task_problems(cfg) -> list[str]:
                         f"(model.family is {cfg.model.family!r})")
     if cfg.model.family == "t5":
         problems += _t5_problems(cfg)
-    if cfg.model.family == "llama":
+    if cfg.model.family in ("llama", "qwen3"):
         problems += _llama_problems(cfg.model)
     if cfg.data.seq_len > cfg.model.max_len:
         problems.append(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")

@@ -1,4 +1,5 @@
-"""Llama <-> `transformers.LlamaForCausalLM`: config and weights, pure re-layouts.
+"""Llama <-> `transformers.LlamaForCausalLM`: config and weights, pure re-layouts (Qwen3's
+mapping, `interop.qwen3`, is this one with its q/k norms).
 
 Hugging Face stores `nn.Linear` weights as (out, in); flax_lm's kernels are (in, out) with
 the heads split out, so every matrix maps by a transpose and a reshape (exact both ways).
@@ -13,6 +14,7 @@ from flax_lm.interop import layout
 from flax_lm.models.llama import LAYERS, LlamaConfig
 
 ARCHITECTURE = "LlamaForCausalLM"
+QK_NORMS = ("q_norm", "k_norm")  # Qwen3's per-head norms (`models.qwen3`), which this mapping serves too
 ARCHITECTURES = {ARCHITECTURE: "causal_lm"}  # HF class -> flax_lm head
 
 
@@ -34,14 +36,14 @@ def config_to_hf(cfg: LlamaConfig) -> dict:
         tie_word_embeddings=cfg.tie_word_embeddings)
 
 
-def _rope_theta(hf: dict) -> float:
+def _rope_theta(hf: dict, name: str = "Llama") -> float:
     """The rotary base of a config.json; any RoPE scaling (linear, dynamic, YaRN, llama3) is refused."""
     scaling = hf.get("rope_scaling")
     parameters = hf.get("rope_parameters") or {}
     rope_type = parameters.get("rope_type", "default")
     if scaling is not None or rope_type != "default":
         kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or rope_type
-        raise UserError(f"Llama config.json: RoPE scaling ({kind!r}) is not supported (flax_lm needs "
+        raise UserError(f"{name} config.json: RoPE scaling ({kind!r}) is not supported (flax_lm needs "
                         f"rope_scaling null and rope_type 'default')")
     return float(parameters.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
@@ -50,20 +52,26 @@ def config_from_hf(hf: dict) -> dict:
     """The flax_lm `model` config values for a Hugging Face Llama config.json; settings flax_lm's
     Llama does not implement are refused, naming the key. The config's bos/eos ids are not model
     settings here: generation takes the end-of-text id from the tokenizer."""
-    unsupported = {
+    return fields_from_hf(hf, "llama", "Llama", {
         "hidden_act": ("silu", hf.get("hidden_act", "silu")),
         "attention_bias": (False, hf.get("attention_bias", False)),
         "mlp_bias": (False, hf.get("mlp_bias", False)),
         "pretraining_tp": (1, hf.get("pretraining_tp", 1)),
-    }
+    })
+
+
+def fields_from_hf(hf: dict, family: str, name: str, unsupported: dict) -> dict:
+    """The `model` config values of a Llama-like config.json (Llama, Qwen3) for `family`, after
+    refusing each `unsupported` key whose value is not the supported one ({key: (supported, value)});
+    `name` names the family in the message."""
     for key, (supported, value) in unsupported.items():
         if value != supported:
-            raise UserError(f"Llama config.json: {key}={value!r} is not supported (flax_lm needs {supported!r})")
-    theta = _rope_theta(hf)
+            raise UserError(f"{name} config.json: {key}={value!r} is not supported (flax_lm needs {supported!r})")
+    theta = _rope_theta(hf, name)
     n_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
     return dict(
-        family="llama", vocab_size=hf["vocab_size"], max_len=hf.get("max_position_embeddings", 2048),
+        family=family, vocab_size=hf["vocab_size"], max_len=hf.get("max_position_embeddings", 2048),
         d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=n_heads,
         n_kv_heads=hf.get("num_key_value_heads") or n_heads, d_ff=hf["intermediate_size"],
         # head_dim stays 0 (d_model / n_heads) unless the checkpoint sets another size
@@ -75,12 +83,15 @@ def config_from_hf(hf: dict) -> dict:
 
 
 def _layer_shapes(cfg: LlamaConfig) -> dict[str, tuple]:
-    """HF name (under model.layers.i.) -> shape, for one layer."""
+    """HF name (under model.layers.i.) -> shape, for one layer (with Qwen3's q/k norms when `cfg.qk_norm`)."""
     d, f, q, kv = cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    return {"input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
-            "self_attn.q_proj.weight": (q, d), "self_attn.k_proj.weight": (kv, d),
-            "self_attn.v_proj.weight": (kv, d), "self_attn.o_proj.weight": (d, q),
-            "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d), "mlp.down_proj.weight": (d, f)}
+    shapes = {"input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
+              "self_attn.q_proj.weight": (q, d), "self_attn.k_proj.weight": (kv, d),
+              "self_attn.v_proj.weight": (kv, d), "self_attn.o_proj.weight": (d, q),
+              "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d), "mlp.down_proj.weight": (d, f)}
+    if cfg.qk_norm:
+        shapes.update({f"self_attn.{name}.weight": (cfg.head_dim,) for name in QK_NORMS})
+    return shapes
 
 
 def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple]:
@@ -114,6 +125,8 @@ def params_to_hf(params: dict, cfg: LlamaConfig, head: str = "causal_lm") -> dic
             **{prefix + f"mlp.{name}.weight": np.asarray(mlp[name]["kernel"]).T
                for name in ("gate_proj", "up_proj", "down_proj")},
         })
+        if cfg.qk_norm:
+            out.update({prefix + f"self_attn.{name}.weight": attn[name]["scale"] for name in QK_NORMS})
     out["lm_head.weight"] = (out["model.embed_tokens.weight"] if cfg.tie_word_embeddings
                              else np.asarray(params["lm_head"]["kernel"]).T)
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
@@ -151,6 +164,9 @@ def params_from_hf(state_dict: dict, cfg: LlamaConfig, head: str = "causal_lm", 
             "mlp": {name: {"kernel": np.ascontiguousarray(sd[p + f"mlp.{name}.weight"].T)}
                     for name in ("gate_proj", "up_proj", "down_proj")},
         }
+        if cfg.qk_norm:
+            params[f"{LAYERS}_{i}"]["self_attn"].update(
+                {name: {"scale": sd[p + f"self_attn.{name}.weight"]} for name in QK_NORMS})
     if cfg.scan_layers:
         params = layout.stack_layers(params, cfg.n_layers, LAYERS, LAYERS)
     return params

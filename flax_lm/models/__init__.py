@@ -1,9 +1,9 @@
 """Model families. Each module owns its module classes; `interop/` owns the HF mappings."""
 
-from flax_lm.models import bert, gpt2, llama, t5
+from flax_lm.models import bert, gpt2, llama, qwen3, t5
 
 # the decoder-only families: causal LM, decoding through generation.CausalDecoder
-DECODERS = ("gpt2", "llama")
+DECODERS = ("gpt2", "llama", "qwen3")
 
 # task -> the encoder head that serves it
 _BERT_HEADS = {"classification": "sequence_classification", "token_classification": "token_classification",
@@ -17,7 +17,7 @@ def task_of_head(head: str) -> str:
 
 
 def head_name(cfg) -> str:
-    """The head a run config's task needs: "causal_lm" for the decoders (GPT-2, Llama), "seq2seq"
+    """The head a run config's task needs: "causal_lm" for the decoders (GPT-2, Llama, Qwen3), "seq2seq"
     for T5 (span corruption and text-to-text alike), a `bert.HEADS` key for encoders; "" (no head) for
     the base model of an `embedding` run (a decoder's is its tied causal LM, whose head has no weights)."""
     if cfg.task == "embedding":
@@ -37,6 +37,8 @@ def build_model(model_cfg, head: str = "causal_lm"):
         return gpt2.GPT2LMHeadModel(gpt2.GPT2Config.from_config(model_cfg))
     if model_cfg.family == "llama":
         return llama.LlamaForCausalLM(llama.LlamaConfig.from_config(model_cfg))
+    if model_cfg.family == "qwen3":
+        return qwen3.Qwen3ForCausalLM(qwen3.Qwen3Config.from_config(model_cfg))
     if model_cfg.family == "bert":
         return bert.HEADS[head](bert.BertConfig.from_config(model_cfg))
     if model_cfg.family == "t5":
@@ -45,8 +47,9 @@ def build_model(model_cfg, head: str = "causal_lm"):
 
 
 def family_module(model_cfg):
-    """The models module (gpt2, llama, bert, t5) of a model's config dataclass."""
-    families = {bert.BertConfig: bert, t5.T5Config: t5, llama.LlamaConfig: llama, gpt2.GPT2Config: gpt2}
+    """The models module (gpt2, llama, qwen3, bert, t5) of a model's config dataclass."""
+    families = {bert.BertConfig: bert, t5.T5Config: t5, llama.LlamaConfig: llama, gpt2.GPT2Config: gpt2,
+                qwen3.Qwen3Config: qwen3}
     return families[type(model_cfg)]
 
 

@@ -1,10 +1,10 @@
-"""A decoder-only Transformer whose family is a set of options: GPT-2 (`models.gpt2`) and the
-Llama option set (`models.llama`) are two settings of `DecoderConfig`, layer for layer their
-`transformers` classes.
+"""A decoder-only Transformer whose family is a set of options: GPT-2 (`models.gpt2`), the
+Llama option set (`models.llama`) and Qwen3's (`models.qwen3`) are settings of `DecoderConfig`,
+layer for layer their `transformers` classes.
 
 Options: the norm (LayerNorm or RMSNorm, pre-norm either way), the positions (a learned table or
-rotary on queries and keys), the feed-forward (tanh GELU, or SwiGLU down(silu(gate(x)) * up(x))),
-key/value heads (grouped-query attention), biases, a tied or separate output head, and GPT-2's
+rotary on queries and keys), RMSNorm over each query and key head before the rotation (Qwen3),
+the feed-forward (tanh GELU, or SwiGLU down(silu(gate(x)) * up(x))), key/value heads (grouped-query attention), biases, a tied or separate output head, and GPT-2's
 residual init (projections into the residual stream with std / sqrt(2 * n_layers)). A family's
 `NAMES` are its Hugging Face module names, so import and export are reshapes. Parameters carry
 logical axis names (see `flax_lm.parallel.sharding`). Tensor names carry their shapes: B batch, T length,
@@ -61,6 +61,8 @@ class Names:
     mlp_out: str
     final_norm: str
     head: str = "lm_head"
+    q_norm: str = "q_norm"
+    k_norm: str = "k_norm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,7 @@ class DecoderConfig(ModelConfig):
     n_kv_heads: int = 0           # 0: n_heads (multi-head attention)
     head_dim: int = 0             # 0: d_model / n_heads
     rope_theta: float = 10000.0
+    qk_norm: bool = False         # Qwen3's RMSNorm over each query and key head, before the rotation
     tie_word_embeddings: bool = True
     NAMES: ClassVar[Names]
 
@@ -125,7 +128,8 @@ def apply_rotary(x_BxTxNxH, cos_BxTxH, sin_BxTxH):
 
 
 class Attention(nn.Module):
-    """Causal self-attention, fused or separate q/k/v projections, optionally rotary and grouped-query."""
+    """Causal self-attention, fused or separate q/k/v projections, optionally rotary, grouped-query
+    and with q/k norms."""
 
     cfg: DecoderConfig
     deterministic: bool
@@ -154,6 +158,9 @@ class Attention(nn.Module):
                 for n_heads, name in zip((cfg.n_heads, cfg.n_kv_heads, cfg.n_kv_heads), names.qkv))
         # k, v: B x S x K x H, or (B*K) x S x H from a cache; each of the K heads serves N / K
         # consecutive query heads (repeat_kv in transformers), which attention groups without copies
+        if cfg.qk_norm:  # one scale of H per projection, shared by its heads (Qwen3RMSNorm(head_dim))
+            q_BxTxNxH = RMSNorm(cfg.layer_norm_epsilon, **dtypes(cfg), axis="head_dim", name=names.q_norm)(q_BxTxNxH)
+            k = RMSNorm(cfg.layer_norm_epsilon, **dtypes(cfg), axis="head_dim", name=names.k_norm)(k)
         if rotary is not None:
             q_BxTxNxH, k = apply_rotary(q_BxTxNxH, *rotary), apply_rotary(k, *rotary)
         offset = 0
@@ -288,6 +295,7 @@ def num_params(cfg: DecoderConfig, include_positions: bool = False) -> int:
     d, f, h = cfg.d_model, cfg.d_ff, cfg.head_dim
     norm = 2 * d if cfg.norm == "layernorm" else d
     attention = d * cfg.n_heads * h * 2 + d * cfg.n_kv_heads * h * 2  # q and o, k and v
+    attention += 2 * h if cfg.qk_norm else 0
     mlp_in = 2 if cfg.activation == "swiglu" else 1
     mlp = (mlp_in + 1) * d * f
     biases = (cfg.n_heads + 2 * cfg.n_kv_heads) * h + d + mlp_in * f + d if cfg.bias else 0

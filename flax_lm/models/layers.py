@@ -214,17 +214,18 @@ def split_qkv(qkv_BxTx3xNxH):
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last axis: x / sqrt(mean(x^2) + eps) * scale, no mean and no
-    bias (T5's T5LayerNorm, Llama's LlamaRMSNorm). The mean square and the normalisation run in
+    bias (T5's T5LayerNorm, Llama's LlamaRMSNorm, Qwen3's q/k norms over each head). The mean square and the normalisation run in
     float32 whatever the compute dtype, as both do; the result is cast back before the scale."""
 
     epsilon: float
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     scale_init: Callable = nn.initializers.ones_init()
+    axis: str = "embed"  # the logical name of the normalised axis (Qwen3's per-head q/k norms: "head_dim")
 
     @nn.compact
     def __call__(self, x_BxTxD):
-        scale_D = self.param("scale", nn.with_logical_partitioning(self.scale_init, ("embed",)),
+        scale_D = self.param("scale", nn.with_logical_partitioning(self.scale_init, (self.axis,)),
                              (x_BxTxD.shape[-1],), self.param_dtype)
         x_f32 = x_BxTxD.astype(jnp.float32)
         variance_BxTx1 = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
