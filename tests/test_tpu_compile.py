@@ -184,3 +184,19 @@ def test_compile_exits_3_when_the_program_does_not_fit(tmp_path):
                    "--config.model.n_layers=12", "--config.model.n_heads=12", "--config.train.batch_size=256")
     assert done.returncode == 3, done.stderr
     assert "does NOT fit" in done.stdout and "batch: 256 sequences of 1024 tokens (64 per chip)" in done.stdout
+
+
+@pytest.mark.parametrize("message, gib", [
+    # the temporaries alone exceed the chip
+    ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory in memory "
+     "space hbm. ... HLO temporaries (172.93G) ...", 172.93),
+    # they fit, but not beside the arguments (gpt2_small on v5e:2x4, remat dots_no_batch, 2 micro-batches)
+    ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory in memory "
+     "space hbm. Used 15.76G of 15.75G hbm. Exceeded hbm capacity by 9.67M.\n\nTotal hbm usage >= 16.01G:\n"
+     "    reserved        258.00M \n    program          14.36G \n    arguments         1.39G \n\n"
+     "Program hbm requirement 14.36G:\n    global           112.5K\n    scoped            1.23M\n"
+     "    HLO temp         14.34G (74.4% utilization: Unpadded (9.20G) Padded (12.36G))", 14.34),
+])
+def test_both_wordings_of_the_compilers_out_of_memory_refusal_are_read(message, gib):
+    assert tpu_compile.needed_temporaries(message) == int(gib * tpu_compile.GIB)
+    assert tpu_compile.needed_temporaries("INTERNAL: something else") is None

@@ -27,7 +27,17 @@ from flax_lm.training.build import build
 GIB = tpu_cost.GIB
 topology_devices = tpu_backend.topology_devices  # the devices `compile_train_step` compiles for
 # How the TPU compiler words a program that needs more than the chip has: "... HLO temporaries (172.93G) ..."
-_OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED:.*?Ran out of memory.*?temporaries \(([\d.]+)G\)", re.S)
+# where the temporaries alone exceed it, "... Used 15.76G of 15.75G hbm ... HLO temp 14.34G ..." where they
+# fit but not with the arguments beside them.
+_OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED:.*?Ran out of memory.*?(?:temporaries \(([\d.]+)G\)|HLO temp\s+([\d.]+)G)",
+                         re.S)
+
+
+def needed_temporaries(message: str) -> int | None:
+    """The bytes of temporaries a chip would need, from the TPU compiler's out-of-memory refusal
+    (None: `message` is not one)."""
+    found = _OUT_OF_HBM.search(message)
+    return None if found is None else int(float(found.group(1) or found.group(2)) * GIB)
 # Off while measuring: libtpu's collective matmuls are while loops, whose bodies its cost model counts once.
 NO_COLLECTIVE_MATMUL_LOOPS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                               "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
@@ -117,10 +127,10 @@ def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[
                 compiler_options=compiler_options)
     except jax.errors.JaxRuntimeError as e:
         # The TPU compiler itself refuses a program whose temporaries exceed the chip's HBM.
-        needed = _OUT_OF_HBM.search(str(e))
+        needed = needed_temporaries(str(e))
         if needed is None:
             raise
-        per_chip["temporaries"] = int(float(needed.group(1)) * GIB)
+        per_chip["temporaries"] = needed
         report.update(per_chip_bytes=per_chip, step_flops_per_chip=None, fits=False,
                       per_chip_total_bytes=per_chip["parameters"] + per_chip["optimizer_state"]
                       + per_chip["temporaries"],
