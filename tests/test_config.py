@@ -79,7 +79,7 @@ def test_saved_json_round_trips():
 # The model keys each recipe resolved to before the families owned their defaults (the values the
 # recipes then spelt out): the family blocks must give every recipe the same config.
 FAMILY_VALUES = {"gpt2": (1e-5, 0.02, True), "bert": (1e-12, 0.02, True), "t5": (1e-6, 1.0, True),
-                 "llama": (1e-5, 0.02, False)}
+                 "llama": (1e-5, 0.02, False), "qwen3": (1e-6, 0.02, True)}
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -130,3 +130,13 @@ def test_ranges_and_choices_come_from_the_schema(override, message):
     with pytest.raises(UserError) as e:
         config.load("gpt2_tiny", [override])
     assert message in str(e.value)
+
+
+def test_a_recipe_may_rebuild_a_saved_config(tmp_path):
+    # A recipe that returns a saved config (from_json) runs while the family's keys are unset
+    # placeholders; their saved values must still be read as the schema's types.
+    saved = config.load("bert_tiny", ["--config.model.layer_norm_epsilon=1e-7"])
+    recipe = tmp_path / "saved.py"
+    recipe.write_text("from flax_lm.config import load as config\n\n\ndef get_config():\n"
+                      f"    return config.from_json({saved.to_json()!r})\n")
+    assert config.load(str(recipe)).to_dict() == saved.to_dict()

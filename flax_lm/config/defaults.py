@@ -255,6 +255,7 @@ def _declared() -> _Schema:
     # T5Config's layer_norm_epsilon and initializer_factor
     key.family("t5", layer_norm_epsilon=1e-6, initializer_range=1.0)
     key.family("llama", tie_word_embeddings=False)   # LlamaConfig's: a head of its own
+    key.family("qwen3", layer_norm_epsilon=1e-6)   # Qwen3Config's rms_norm_eps
 
     key("data.source", "default", "pre-training text: default (the embedded corpus), tfds:NAME[/CONFIG][:SPLIT], "
         "hf:NAME[:SPLIT] (Hugging Face datasets: a hub name, a local or save_to_disk directory, or data files), "

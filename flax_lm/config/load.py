@@ -131,8 +131,9 @@ def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
             if not isinstance(value, dict):
                 raise UserError(f"config key {name!r} is a section, not a value")
             _merge(cfg[key], value, prefix=name + ".")
-        else:
-            cfg[key] = _coerce(name, cfg[key], value)
+        else:   # a family's key is an unset placeholder while a recipe runs: its type is the schema's
+            current = cfg[key] if cfg[key] is not None else defaults.schema()[name].default
+            cfg[key] = _coerce(name, current, value)
 
 
 def apply_override(cfg: ml_collections.ConfigDict, arg: str) -> str:
