@@ -115,7 +115,7 @@ def test_the_schema_states_each_key_once():
     assert keys["model.d_model"].architecture and not keys["model.dropout"].architecture
     assert keys["optim.learning_rate"].safe_on_resume and not keys["model.d_model"].safe_on_resume
     assert keys["sample.top_k"].safe_on_resume and keys["parallel.fsdp"].safe_on_resume
-    for name in defaults.family_owned():
+    for name in defaults.schema().family_owned():
         assert name in keys
 
 

@@ -10,7 +10,7 @@ from flax_lm.errors import UserError
 
 def test_every_key_has_one_line_of_help():
     """A key declared without help (or set as c.section.key = value) would list with none."""
-    names, help_of = config.all_keys(defaults.get_config()), defaults.key_help()
+    names, help_of = config.all_keys(defaults.get_config()), defaults.schema().key_help()
     assert sorted(names) == sorted(help_of)
     assert all(help_of[n].strip() and "\n" not in help_of[n] for n in names), [n for n in names if not help_of[n]]
 
@@ -31,7 +31,7 @@ def test_config_prints_the_resolved_config_with_what_differs_from_the_defaults()
 def test_config_keys_lists_type_value_default_and_help():
     result = flax_lm("config", "--keys", "warmup")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["optim.warmup_steps", "int", "30", *defaults.key_help()["optim.warmup_steps"]
+    assert result.stdout.split() == ["optim.warmup_steps", "int", "30", *defaults.schema().key_help()["optim.warmup_steps"]
                                      .split(), "[safe", "on", "resume]"]
     recipe = flax_lm("config", "--config", "gpt2_tiny", "--keys", "optim.*")
     rows = recipe.stdout.splitlines()

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import flax_lm.cli as cli  # noqa: E402  the `flax-lm` command: its argparse parser is cli._parser()
-from flax_lm.config.defaults import family_defaults, schema  # noqa: E402  each config key's facts
+from flax_lm.config.defaults import schema  # noqa: E402  each config key's facts
 
 OUT = ROOT / "docs" / "reference"
 
@@ -72,8 +72,8 @@ def config_reference() -> str:
              "`flax-lm config --keys PATTERN` prints the same facts.", "",
              "A model family gives some keys defaults of its own, used when the family is chosen and neither the "
              "recipe nor an override sets the key: " + "; ".join(
-                 f"{family}: " + ", ".join(f"`{k}={v!r}`" for k, v in family_defaults(family).items())
-                 for family in keys["model.family"].choices if family_defaults(family)) + ".", ""]
+                 f"{family}: " + ", ".join(f"`{k}={v!r}`" for k, v in keys.family_defaults(family).items())
+                 for family in keys["model.family"].choices if keys.family_defaults(family)) + ".", ""]
     section = None
     for name, k in keys.items():
         head = name.split(".")[0] if "." in name else "top level"

@@ -1,194 +1,37 @@
-"""The complete config schema: every key once, with its default, its facts and a one-line help.
+"""The config schema's declarations: every key once, with its default, its facts and a one-line help.
 
 Every recipe in `configs/` starts from `get_config()` and changes values; it may not
 add keys. Each key is declared in one statement, `key(name, default, help, ...)`, which
 states all that is known of it: its type (the default's), the values it may take (`choices`,
 or a `range`), whether a resumed run may change it (`safe_on_resume`) and whether it is part
 of the architecture, which `train.init_from` takes from its source (`architecture`).
-Validation (`flax_lm.config.load`), the resume check, `train.init_from`, `flax-lm config
---keys` and the generated config reference all read these facts from here.
+What a declaration means, and the readers of these facts, are in `flax_lm.config.schema`.
 
-A model family owns a block of defaults (`family(NAME, key=value, ...)`): BERT's epsilon, T5's
+A model family owns a block of defaults (`key.family(NAME, key=value, ...)`): BERT's epsilon, T5's
 initializer range. They apply when the family is chosen and the recipe or an override did not
 set the key (`load.load`), so a T5 run does not silently get GPT-2's values.
 """
 
-import contextlib
-import contextvars
-import dataclasses
 import functools
-import importlib
-from typing import Callable
 
 import ml_collections
-from ml_collections import config_dict
 
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """An interval of numbers, from `low` to `high` (None: unbounded); open ends exclude the bound."""
-
-    low: float | None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def holds(self, value) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        """As the error messages and the reference say it: "positive", ">= 0", "in (0, 1]"."""
-        if self.high is None:
-            if (self.low, self.low_open) == (0, True):
-                return "positive"
-            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
-        return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
-
-
-def _num(x) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-UNIT_OPEN = Range(0, 1, True, True)   # (0, 1): a share that is neither none nor all
-UNIT_RIGHT_OPEN = Range(0, 1, high_open=True)   # [0, 1): a dropout rate
-UNIT_LEFT_OPEN = Range(0, 1, low_open=True)   # (0, 1]
-UNIT = Range(0, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Key:
-    """What the schema knows of one key."""
-
-    name: str   # dotted: "train.steps", or a top-level "task"
-    default: object
-    help: str
-    choices: tuple | Callable[[], tuple] | None = None   # a callable names a table of a module that imports JAX
-    range: Range | None = None
-    safe_on_resume: bool = False   # a resumed run may change it (the change is reported)
-    architecture: bool = False   # part of the model's shape: train.init_from takes it from the source
-
-    @property
-    def type(self) -> type:
-        return type(self.default)
-
-    def allowed(self) -> tuple | None:
-        """The values the key may take, or None where any value of its type (in its range) will do."""
-        return self.choices() if callable(self.choices) else self.choices
-
-
-def _table(module: str, name: str) -> Callable[[], tuple]:
-    """The keys of the table `name` of `module`, read when needed: the module imports JAX, the schema need not."""
-    return lambda: tuple(getattr(importlib.import_module(module), name))
-
-
-class _Schema:
-    """The config being declared, the facts of each key and the family blocks, one statement a key."""
-
-    def __init__(self):
-        self.config = ml_collections.ConfigDict()
-        self.keys: dict[str, Key] = {}
-        self.families: dict[str, dict[str, object]] = {}
-
-    def __call__(self, name: str, default, help: str, *, choices=None, range: Range | None = None,
-                 safe_on_resume: bool = False, architecture: bool = False) -> None:
-        """Declares the key `name` ("section.key", or a top-level "key") with its default, help and facts."""
-        *sections, leaf = name.split(".")
-        node = self.config
-        for section in sections:
-            if section not in node:
-                node[section] = ml_collections.ConfigDict()
-            node = node[section]
-        node[leaf] = default
-        self.keys[name] = Key(name, default, help, tuple(choices) if isinstance(choices, (list, tuple)) else choices,
-                              range, safe_on_resume, architecture)
-
-    def family(self, name: str, **values) -> None:
-        """The defaults of model family `name`: model keys (by leaf name) and their values for it."""
-        for leaf, value in values.items():
-            declared = self.keys[f"model.{leaf}"]
-            assert type(value) is declared.type, f"family {name}: model.{leaf} must be {declared.type.__name__}"
-        self.families[name] = {f"model.{leaf}": value for leaf, value in values.items()}
-
-
-# While a recipe runs, the keys a family owns are unset placeholders, so that `load` can tell
-# the keys the recipe set from those it left to the family.
-_FAMILY_KEYS_UNSET = contextvars.ContextVar("family_keys_unset", default=False)
+from flax_lm.config.schema import NON_NEGATIVE, POSITIVE, UNIT, UNIT_LEFT_OPEN, UNIT_OPEN, UNIT_RIGHT_OPEN, Schema, table
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Returns the schema: every key flax_lm knows, with its default value."""
-    cfg = _declared().config
-    if _FAMILY_KEYS_UNSET.get():
-        for name in family_owned():
-            *sections, leaf = name.split(".")
-            node = cfg
-            for section in sections:
-                node = node[section]
-            node[leaf] = config_dict.placeholder(schema()[name].type)
-    return cfg
-
-
-@contextlib.contextmanager
-def family_keys_unset():
-    """Within it, `get_config()` leaves the keys a family owns unset (None) for a recipe to set or not."""
-    token = _FAMILY_KEYS_UNSET.set(True)
-    try:
-        yield
-    finally:
-        _FAMILY_KEYS_UNSET.reset(token)
-
-
-def schema() -> dict[str, Key]:
-    """Every key's facts, by its dotted name ("train.steps"), in declaration order."""
-    return _facts().keys
-
-
-def key_help() -> dict[str, str]:
-    """Each key's one-line help, by its dotted name ("train.steps"), in declaration order."""
-    return {name: k.help for name, k in schema().items()}
-
-
-def family_defaults(family: str) -> dict[str, object]:
-    """The values model family `family` gives the keys it owns, by dotted name ({} for none or an unknown family)."""
-    return dict(_facts().families.get(family, {}))
-
-
-def family_owned() -> list[str]:
-    """The dotted names of the keys some family gives a default of its own."""
-    return list(dict.fromkeys(name for block in _facts().families.values() for name in block))
-
-
-def apply_family_defaults(cfg: ml_collections.ConfigDict, unset: set[str]) -> None:
-    """Gives each key of `unset` the value of cfg's model family, else the schema's own default."""
-    block, keys = family_defaults(cfg.model.family), schema()
-    for name in unset:
-        section, leaf = name.split(".")
-        cfg[section][leaf] = block.get(name, keys[name].default)
-
-
-def architecture_keys() -> tuple[str, ...]:
-    """The `model` keys (leaf names) that make the architecture, which `train.init_from` takes from its source."""
-    return tuple(name.split(".", 1)[1] for name, k in schema().items() if k.architecture)
-
-
-def safe_on_resume(name: str) -> bool:
-    """Whether a resumed run may change the key `name` (an unknown name: no)."""
-    k = schema().get(name)
-    return bool(k and k.safe_on_resume)
+    """Returns the schema as a config: every key flax_lm knows, with its default value."""
+    return schema().config()
 
 
 @functools.cache
-def _facts() -> _Schema:
-    """The declarations, made once, for reading the facts (never handed out as a config)."""
+def schema() -> Schema:
+    """Every key's facts, by its dotted name ("train.steps"), in declaration order, and the family blocks."""
     return _declared()
 
 
-def _declared() -> _Schema:
-    key = _Schema()
+def _declared() -> Schema:
+    key = Schema()
     key("task", "causal_lm", "causal_lm | masked_lm | classification | token_classification | question_answering "
         "(encoders) | span_corruption (T5 pre-training) | seq2seq (text-to-text: translation, summarization) | embedding (an imported base "
         "model, for flax-lm embed; not trained)",
@@ -224,9 +67,9 @@ def _declared() -> _Schema:
         choices=("float32", "bfloat16"))
     key("model.scan_layers", False, "nn.scan over the blocks (one compiled block)")
     key("model.remat_policy", "none", "what the backward pass recomputes; see flax_lm.models.remat.POLICIES",
-        choices=_table("flax_lm.models.remat", "POLICIES"), safe_on_resume=True)
+        choices=table("flax_lm.models.remat", "POLICIES"), safe_on_resume=True)
     key("model.attention", "auto", "attention implementation; see flax_lm.ops.attention.IMPLEMENTATIONS",
-        choices=_table("flax_lm.ops.attention", "IMPLEMENTATIONS"), safe_on_resume=True)
+        choices=table("flax_lm.ops.attention", "IMPLEMENTATIONS"), safe_on_resume=True)
     key("model.type_vocab_size", 2, "encoders: segment (token type) embeddings",
         range=POSITIVE, architecture=True)
     key("model.pad_token_id", 0, "encoders: the tokenizer's padding id (RoBERTa positions start after it)",

@@ -25,18 +25,15 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def load(path_or_name: str | None, overrides: list[str] = ()) -> ml_collections.ConfigDict:
     """Loads a recipe file (or the name of one in the repo's configs/; None: the schema's defaults),
     applies `--config.key=value` overrides and validates the result. A key that a model family
-    owns (`defaults.family`) and neither the recipe nor an override set takes the family's value."""
-    if path_or_name is None:
-        cfg, unset = defaults.get_config(), set(defaults.family_owned())
-    else:
-        cfg, unset = _load_recipe(path_or_name)
+    owns (`key.family` in defaults) and neither the recipe nor an override set takes the family's value."""
+    cfg = defaults.get_config() if path_or_name is None else _load_recipe(path_or_name)
     problems = []   # all of them, in one error: a user fixes every override and value in one go
     for arg in overrides:
         try:
-            unset.discard(apply_override(cfg, arg))
+            apply_override(cfg, arg)
         except UserError as e:
             problems.append(str(e))
-    defaults.apply_family_defaults(cfg, unset)   # after the overrides: they may choose the family
+    defaults.schema().apply_family_defaults(cfg)   # after the overrides: they may choose the family
     try:
         validate(cfg)
     except UserError as e:
@@ -63,8 +60,8 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     return cfg
 
 
-def _load_recipe(path_or_name: str) -> tuple[ml_collections.ConfigDict, set[str]]:
-    """(the recipe's config, the family-owned keys it left unset)."""
+def _load_recipe(path_or_name: str) -> ml_collections.ConfigDict:
+    """The recipe's config on a fresh schema; the family-owned keys it did not set are still unset there."""
     path = Path(path_or_name)
     if not path.exists() and not path.suffix:
         path = REPO_CONFIGS / f"{path_or_name}.py"
@@ -73,29 +70,20 @@ def _load_recipe(path_or_name: str) -> tuple[ml_collections.ConfigDict, set[str]
         raise UserError(f"--config: no config file {path_or_name!r} (configs here: {', '.join(known)})")
     if path.suffix != ".py":
         raise UserError(f"--config: {path} is not a Python file; a config is a .py file with get_config()")
-    with defaults.family_keys_unset():
-        recipe = _run_recipe(path)
+    recipe = _run_recipe(path)
     if not isinstance(recipe, ml_collections.ConfigDict):
         raise UserError(f"--config: get_config() in {path} returned a {type(recipe).__name__}, not the "
                         f"ml_collections.ConfigDict of flax_lm.config.defaults.get_config()")
-    # Re-apply the recipe onto a fresh schema so that a recipe cannot add keys.
+    # Re-apply the recipe onto a fresh schema so that a recipe cannot add keys; what it left to
+    # the family stays unset there.
+    unset = defaults.schema().unset_family_keys(recipe)
     values = recipe.to_dict()
-    unset = {name for name in defaults.family_owned() if _lookup(values, name) is None}
-    for name in unset:   # left to the family; the schema's default stands in until load() applies it
+    for name in unset:
         section, leaf = name.split(".")
         del values[section][leaf]
     cfg = defaults.get_config()
     _merge(cfg, values, prefix="")
-    return cfg, unset
-
-
-def _lookup(values: dict, name: str):
-    """values["a"]["b"] for "a.b"; None where it is absent."""
-    for part in name.split("."):
-        if not isinstance(values, dict):
-            return None
-        values = values.get(part)
-    return values
+    return cfg
 
 
 def _run_recipe(path: Path):
@@ -131,9 +119,8 @@ def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
             if not isinstance(value, dict):
                 raise UserError(f"config key {name!r} is a section, not a value")
             _merge(cfg[key], value, prefix=name + ".")
-        else:   # a family's key is an unset placeholder while a recipe runs: its type is the schema's
-            current = cfg[key] if cfg[key] is not None else defaults.schema()[name].default
-            cfg[key] = _coerce(name, current, value)
+        else:
+            cfg[key] = _coerce(name, cfg[key], value)
 
 
 def apply_override(cfg: ml_collections.ConfigDict, arg: str) -> str:

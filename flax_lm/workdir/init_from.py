@@ -22,7 +22,7 @@ from flax_lm.models import head_name
 
 # The model keys that make the architecture (declared `architecture=True` in the schema): a run
 # starting from a source takes them from it.
-ARCHITECTURE_KEYS = defaults.architecture_keys()
+ARCHITECTURE_KEYS = defaults.schema().architecture_keys()
 
 
 def is_workdir(source: str) -> bool:

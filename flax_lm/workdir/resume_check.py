@@ -62,7 +62,7 @@ def changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if old != new:
             line = f"{key}: {old!r} -> {new!r}"
-            (safe if defaults.safe_on_resume(key) else refused).append(line)
+            (safe if defaults.schema().safe_on_resume(key) else refused).append(line)
     return safe, refused
 
 
