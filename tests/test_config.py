@@ -1,10 +1,11 @@
 """Config recipes, overrides and validation."""
 
+import math
 from pathlib import Path
 
 import pytest
 
-from flax_lm.config import defaults, load as config
+from flax_lm.config import defaults, load as config, resolve
 from flax_lm import models
 from flax_lm.errors import UserError
 
@@ -140,3 +141,28 @@ def test_a_recipe_may_rebuild_a_saved_config(tmp_path):
     recipe.write_text("from flax_lm.config import load as config\n\n\ndef get_config():\n"
                       f"    return config.from_json({saved.to_json()!r})\n")
     assert config.load(str(recipe)).to_dict() == saved.to_dict()
+
+
+def test_a_resolved_config_has_no_derived_value_left_and_is_locked():
+    cfg = config.load("bert_tiny", ["--config.task=classification", "--config.data.train=a.csv",
+                                     "--config.data.validation=b.csv"])
+    assert all(cfg[name] == 0 for name in resolve.DERIVED) and cfg.model.num_labels == 0
+    resolved = resolve.resolve(cfg, label_count=3)
+    assert all(resolved[name] for name in resolve.DERIVED) and resolved.model.num_labels == 3
+    assert resolved.data.seq_len == cfg.model.max_len and resolved.data.target_len == cfg.model.max_len
+    assert resolved.data.max_predictions == math.ceil(cfg.data.mask_prob * cfg.model.max_len)
+    assert cfg.data.seq_len == 0   # the config given is left as it was
+    with pytest.raises(AttributeError, match="immutable"):
+        resolved.model.num_labels = 4
+    with pytest.raises(AttributeError, match="immutable"):
+        resolved.data.seq_len = 16
+    assert resolve.resolve(resolved).to_dict() == resolved.to_dict()   # resolving twice changes nothing
+
+
+def test_resolve_takes_a_source_architecture_and_refuses_a_label_count_the_data_lacks():
+    cfg = config.load("bert_tiny", ["--config.task=classification", "--config.model.num_labels=2",
+                                     "--config.data.train=a.csv", "--config.data.validation=b.csv"])
+    resolved = resolve.resolve(cfg, architecture={"max_len": 64, "d_model": 48})
+    assert (resolved.model.max_len, resolved.model.d_model, resolved.data.seq_len) == (64, 48, 64)
+    with pytest.raises(UserError, match="model.num_labels is 2 but the data has 3 labels"):
+        resolve.resolve(cfg, label_count=3)

@@ -57,7 +57,7 @@ def import_hf(source: str, workdir: str | Path, task: str | None = None) -> Path
         fresh = state_init.host_params(run.model, cfg.train.seed, cfg.model.max_len)
     params = module.params_from_hf(state_dict, run.model.cfg, head_name(cfg), fresh)
     state = state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings, cfg.train.seed)
-    workdir_lib.save_config(workdir, cfg)
+    workdir_lib.save_config(workdir, run.cfg)   # resolved: the label count of the saved label map
     run.checkpointer.save(0, state, {}, force=True)
     run.checkpointer.wait()
     run.checkpointer.close()

@@ -55,6 +55,7 @@ def _train(cfg, workdir: str | Path, dog: watchdog.Watchdog) -> dict:
     t = cfg.train
     with fresh_workdir.removed_on_failure(workdir, enabled=is_primary and saved is None):
         run = setup(cfg, workdir)
+        cfg = run.cfg   # resolved and locked: what the run saves and reads from here on
         last = max(run.checkpointer.all_steps(), default=0)
         if last >= run.steps:
             run.checkpointer.close()
@@ -62,7 +63,7 @@ def _train(cfg, workdir: str | Path, dog: watchdog.Watchdog) -> dict:
                              f"to do. To train on, rerun with --config.train.steps=N for an N above {last}")
             return {}
         if is_primary:
-            workdir_lib.save_config(run.workdir, cfg)
+            workdir_lib.save_config(run.workdir, run.cfg)
         for change in allowed_changes:
             _say(is_primary, f"resuming with a changed {change}")
         log = MetricsLog(run.workdir, enabled=is_primary, wandb=(t.wandb_project, t.wandb_name, cfg.to_dict())

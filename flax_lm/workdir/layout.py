@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from flax_lm.config import load as config_lib
+from flax_lm.config import resolve
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 
@@ -22,7 +23,8 @@ def local(workdir: str | Path) -> Path:
 
 
 def save_config(workdir: Path, cfg) -> None:
-    (Path(workdir) / CONFIG).write_text(cfg.to_json(indent=2) + "\n", encoding="utf-8")
+    """Writes a run's resolved config (`flax_lm.config.resolve`), its keys in the schema's order."""
+    (Path(workdir) / CONFIG).write_text(resolve.in_schema_order(cfg).to_json(indent=2) + "\n", encoding="utf-8")
 
 
 def load_config(workdir: Path):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from flax_lm import json_files
 from flax_lm.config import defaults
+from flax_lm.config import load as config_lib
+from flax_lm.config.resolve import resolve
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.errors import UserError
 from flax_lm.workdir.init_from import ARCHITECTURE_KEYS
@@ -25,21 +27,24 @@ def saved_config(workdir: Path) -> dict | None:
     return json_files.read_json(config)
 
 
-def adopt_resolved(cfg, saved: dict) -> None:
-    """Takes the values that a new run resolves when it starts (the label count from the data,
-    the architecture from `train.init_from`) from the run being resumed, as that run did."""
-    if cfg.model.num_labels == 0:
-        cfg.model.num_labels = saved["model"]["num_labels"]
+def resolved_facts(cfg, saved: dict) -> dict:
+    """The facts `flax_lm.config.resolve.resolve` fills `cfg` from when it resumes the `saved` run, as
+    that run did when it started: its label count (where `cfg` leaves it to the data) and, with
+    `train.init_from`, its architecture (a run saved before a key existed has the schema's default for it)."""
+    facts = {}
+    if cfg.model.num_labels == 0 and saved["model"]["num_labels"]:
+        facts["label_count"] = saved["model"]["num_labels"]
     if cfg.train.init_from:
-        # a run saved before a key existed (n_kv_heads, ...) has the schema's default for it
-        cfg.model.update({k: saved["model"][k] for k in ARCHITECTURE_KEYS if k in saved["model"]})
+        facts["architecture"] = {k: saved["model"][k] for k in ARCHITECTURE_KEYS if k in saved["model"]}
+    return facts
 
 
 def check_config(cfg, saved: dict, workdir) -> list[str]:
     """The allowed changes of `cfg` from the `saved` config (to report); a UserError naming the
-    others, if any. `cfg` gets the saved run's resolved values first (`adopt_resolved`)."""
-    adopt_resolved(cfg, saved)
-    safe, refused = changes(with_new_keys(saved), json.loads(cfg.to_json()))
+    others, if any. Both are compared resolved (`resolved_facts`): a run saved before a derived
+    value was filled in its config.json reads as the value it derived."""
+    before = resolve(config_lib.from_json(json.dumps(with_new_keys(saved))))
+    safe, refused = changes(before.to_dict(), resolve(cfg, **resolved_facts(cfg, saved)).to_dict())
     if refused:
         raise UserError(f"--workdir {workdir} holds checkpoints of another config; changed: {'; '.join(refused)}. "
                         f"Resume with the run's own settings, or start a new --workdir")

@@ -11,7 +11,7 @@ from flax_lm.training import state_init
 from flax_lm.training.build import build
 from flax_lm.parallel import sharding
 from flax_lm.config import training_length
-from flax_lm.config import load as config_lib
+from flax_lm.config.resolve import resolve
 from flax_lm.parallel import mesh as mesh_lib
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import pipeline, unigram
@@ -51,23 +51,23 @@ class Run:
 
 def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
     """Builds the mesh, data, model, optimizer and checkpointer for a run (no state yet),
-    with the datasets of `splits` (those the config has).
+    with the datasets of `splits` (those the config has). `Run.cfg` is `cfg` resolved
+    (`flax_lm.config.resolve`) and locked; `cfg` itself is left as it is.
 
     With no splits, the tokenizer and label names come from the workdir and no data is read.
-    A classification run's `model.num_labels` is set from its data when it is 0.
+    A classification run's `model.num_labels` is the count of its data's labels when it is 0.
     """
     workdir = workdir_lib.local(workdir)
-    if cfg.train.init_from and not (workdir / workdir_lib.CONFIG).is_file():
-        cfg.model.update(init_from.architecture(cfg.train.init_from))  # a new run takes the source's shape
-        config_lib.validate(cfg)
-    mesh = mesh_lib.make_mesh(cfg)
+    architecture = _architecture(cfg, workdir)
+    shaped = resolve(cfg, architecture=architecture)   # the data are read with the run's shape
+    mesh = mesh_lib.make_mesh(shaped)
     is_primary = jax.process_index() == 0
     if is_primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    prepared = (pipeline.prepare(cfg, workdir, is_primary, splits, init_from.tokenizer) if splits
-                else pipeline.load_saved(cfg, workdir))
-    if prepared.label_names is not None:
-        _set_num_labels(cfg, len(prepared.label_names))
+    prepared = (pipeline.prepare(shaped, workdir, is_primary, splits, init_from.tokenizer) if splits
+                else pipeline.load_saved(shaped, workdir))
+    labels = None if prepared.label_names is None else len(prepared.label_names)
+    cfg = shaped if labels is None else resolve(cfg, architecture=architecture, label_count=labels)
     train_split = prepared.splits.get("train")
     steps = training_length.total_steps(cfg.train, cfg.optim.warmup_steps,
                                         None if train_split is None else len(train_split))
@@ -80,12 +80,15 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
                built.train_steps)
 
 
-def _set_num_labels(cfg, count: int) -> None:
-    if cfg.model.num_labels == 0:
-        cfg.model.num_labels = count
-    elif cfg.model.num_labels != count:
-        raise UserError(f"model.num_labels is {cfg.model.num_labels} but the data has {count} labels; "
-                        f"set it to 0 to take the count from the data")
+def _architecture(cfg, workdir: Path) -> dict | None:
+    """The `model` values a run from `train.init_from` takes: those its workdir's config saved when
+    it has one (the run began already), else the source's; None without train.init_from."""
+    if not cfg.train.init_from:
+        return None
+    if (workdir / workdir_lib.CONFIG).is_file():
+        saved = workdir_lib.load_config(workdir).model
+        return {k: saved[k] for k in init_from.ARCHITECTURE_KEYS}
+    return init_from.architecture(cfg.train.init_from)
 
 
 def restore_or_init(run: Run, step: int | None = None, warn=print):
