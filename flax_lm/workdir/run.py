@@ -18,7 +18,7 @@ from flax_lm.data import pipeline, unigram
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.generation import for_model, generate, settings
-from flax_lm.models import head_name
+from flax_lm.models import elmo, head_name
 
 
 @dataclasses.dataclass
@@ -71,7 +71,8 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
     train_split = prepared.splits.get("train")
     steps = training_length.total_steps(cfg.train, cfg.optim.warmup_steps,
                                         None if train_split is None else len(train_split))
-    built = build(cfg, mesh, steps, prepared.label_names)
+    vocab = elmo.vocabulary(prepared.tokenizer) if cfg.model.family == "elmo" else ()
+    built = build(cfg, mesh, steps, prepared.label_names, vocab)
     checkpointer = checkpointing.Checkpointer(
         workdir / workdir_lib.CHECKPOINTS, save_every=cfg.train.checkpoint_every,
         keep=cfg.train.keep_checkpoints, async_writes=cfg.train.async_checkpointing)
