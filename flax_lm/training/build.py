@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import jax
+import optax
 
 from flax_lm.models import build_model, elmo, head_name
 from flax_lm.tasks import Task, get_task
@@ -35,7 +36,7 @@ def build(cfg, mesh: jax.sharding.Mesh, steps: int, label_names: list[str] | Non
     schedule = optim.learning_rate_schedule(cfg.optim, steps)
     tx = optim.make_optimizer(cfg.optim, steps, cfg.model.n_layers)
     if cfg.model.family == "elmo" and cfg.model.elmo_frozen and head_name(cfg) != "bidirectional_lm":
-        tx = optim.freeze_except(tx, functools.partial(elmo.trainable_mask, frozen=True))
+        tx = optax.chain(tx, optim.zero_updates_except(functools.partial(elmo.trainable_mask, frozen=True)))
     abstract_state, shardings = state_init.state_shardings(model, tx, mesh, cfg.train.seed, cfg.model.max_len)
     task = get_task(cfg, label_names)
     train_steps = make_steps(cfg, model, task, tx, schedule, mesh, shardings)
