@@ -121,6 +121,8 @@ def test_bidirectional_lm_trains_and_resumes(pretrained):
     work, stdout = pretrained
     assert "resumed from step 12" in stdout
     losses = _losses(work)
+    refused = flax_lm("generate", "--workdir", work, "--prompt", "def ")
+    assert refused.returncode != 0 and "does not generate text" in refused.stderr and "Traceback" not in refused.stderr
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.3, losses
 
 
@@ -146,3 +148,15 @@ def test_ner_from_pretrained_elmo_keeps_it_frozen_and_learns_the_mix(pretrained,
     assert all(jax.tree.leaves(same))   # frozen: bit-unchanged after 6 steps
     mix = np.asarray(tuned.params["scalar_mix"]["weights"])
     assert not np.allclose(mix, 0.0) and float(tuned.params["scalar_mix"]["gamma"]) != 1.0
+
+
+@pytest.mark.parametrize("head", [elmo.ElmoTokenClassification, elmo.ElmoSequenceClassification])
+def test_downstream_heads_take_encoder_inputs(head):
+    cfg = elmo.ElmoConfig(**{**CFG.__dict__, "num_labels": 5})
+    ids = _ids((2, 6))
+    mask = jnp.asarray([[1] * 6, [1] * 3 + [0] * 3])
+    model = head(cfg)
+    params = model.init(jax.random.key(0), ids)["params"]
+    assert set(params) >= {"elmo", "scalar_mix", "classifier"}
+    logits = model.apply({"params": params}, ids, jnp.zeros_like(ids), mask)
+    assert logits.shape == ((2, 6, 5) if head is elmo.ElmoTokenClassification else (2, 5))

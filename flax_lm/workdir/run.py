@@ -141,6 +141,9 @@ GENERATIVE_TASKS = ("causal_lm", "seq2seq", "span_corruption")  # their models e
 
 def refuse_unless_generative(cfg) -> None:
     """A UserError unless the run's task makes text (`generate_texts` can decode from it)."""
+    if cfg.model.family == "elmo":
+        raise UserError("this run is an ELMo bidirectional LM, which does not generate text; use it as features "
+                        "for NER or classification with train.init_from")
     if cfg.task not in GENERATIVE_TASKS:
         label = " (label text with flax-lm predict)" if cfg.task in pipeline.FINE_TUNING_TASKS else ""
         raise UserError(f"this run's task is {cfg.task!r}, which does not generate text; flax-lm generate continues "
