@@ -38,8 +38,9 @@ def _declared() -> Schema:
         choices=("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
                  "span_corruption", "seq2seq", "embedding"))
 
-    key("model.family", "gpt2", "gpt2 | llama | qwen3 (decoders) | bert (encoder) | t5 (encoder-decoder)",
-        choices=("gpt2", "llama", "qwen3", "bert", "t5"), architecture=True)
+    key("model.family", "gpt2", "gpt2 | llama | qwen3 (decoders) | bert (encoder) | t5 (encoder-decoder) | "
+        "elmo (biLSTM LM: task causal_lm pre-trains both directions)",
+        choices=("gpt2", "llama", "qwen3", "bert", "t5", "elmo"), architecture=True)
     key("model.variant", "bert", "encoders: bert | roberta (positions after the padding id, no NSP)",
         choices=("bert", "roberta"), architecture=True)
     key("model.vocab_size", 4096, "tokens; a tokenizer trained here gets this size",
@@ -93,6 +94,16 @@ def _declared() -> Schema:
         range=NON_NEGATIVE, architecture=True)
     key("model.rope_theta", 10000.0, "Llama, Qwen3: base of the rotary position embedding's frequencies",
         range=POSITIVE, architecture=True)
+
+    key("model.elmo_char_dim", 16, "ELMo: size of a character embedding", range=POSITIVE, architecture=True)
+    key("model.elmo_filters", "1:32,2:32,3:64,4:128,5:256,6:512,7:1024", "ELMo: the character CNN's filters, "
+        "comma-separated WIDTH:COUNT (width in characters)", architecture=True)
+    key("model.elmo_highway_layers", 2, "ELMo: highway layers after the character CNN", range=NON_NEGATIVE,
+        architecture=True)
+    key("model.elmo_max_chars", 50, "ELMo: characters per token (with the begin/end-of-word marks); longer "
+        "tokens are cut", range=Range(3), architecture=True)
+    key("model.elmo_frozen", True, "ELMo downstream tasks: keep the pre-trained ELMo weights fixed (train the "
+        "scalar mix and the head only); False fine-tunes them too")
 
     key.family("bert", layer_norm_epsilon=1e-12)   # BertConfig's layer_norm_eps
     # T5Config's layer_norm_epsilon and initializer_factor

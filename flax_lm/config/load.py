@@ -270,7 +270,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 LANGUAGE_MODELLING = ("causal_lm", "span_corruption", "seq2seq")  # losses of a fused output projection
 # task -> the model families that serve it (other tasks: bert)
-FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama", "qwen3"), "span_corruption": ("t5",), "seq2seq": ("t5",),
+FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama", "qwen3", "elmo"), "classification": ("bert", "elmo"),
+                    "token_classification": ("bert", "elmo"), "span_corruption": ("t5",), "seq2seq": ("t5",),
                     "embedding": ("bert", "gpt2", "llama")}
 GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
@@ -286,6 +287,8 @@ def _task_problems(cfg) -> list[str]:
         problems += _t5_problems(cfg)
     if cfg.model.family in ("llama", "qwen3"):
         problems += _llama_problems(cfg.model)
+    if cfg.model.family == "elmo":
+        problems += _elmo_problems(cfg)
     if cfg.data.seq_len > cfg.model.max_len:
         problems.append(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
     if cfg.data.nsp and cfg.model.variant == "roberta":
@@ -307,6 +310,19 @@ def _llama_problems(m) -> list[str]:
     if head_dim % 2:
         problems.append(f"the head size ({head_dim}: model.head_dim, or model.d_model / model.n_heads) must be even "
                         f"for rotary position embeddings")
+    return problems
+
+
+def _elmo_problems(cfg) -> list[str]:
+    from flax_lm.models.elmo import parse_filters   # models import JAX; validation of other families need not
+    problems = []
+    try:
+        parse_filters(cfg.model.elmo_filters)
+    except ValueError as e:
+        problems.append(f"model.elmo_filters: {e}; write e.g. 1:32,2:64")
+    if cfg.task == "causal_lm" and cfg.data.packing != "concat":
+        problems.append("data.packing: ELMo's bidirectional LM reads windows of one token stream; set "
+                        "data.packing=concat")
     return problems
 
 

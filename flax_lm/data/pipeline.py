@@ -145,6 +145,9 @@ def tokenizer_for(cfg, workdir: Path, texts: list[str], is_primary: bool, source
         tokenizer = tokenizer_lib.train_bpe(texts, cfg.model.vocab_size)
     elif cfg.model.family == "t5":
         tokenizer = unigram.train_unigram(texts, cfg.model.vocab_size, cfg.data.extra_ids)
+    elif cfg.model.family == "elmo":   # WordPiece (for its NER and classification data) + the LM's document end
+        tokenizer = wordpiece.train_wordpiece(texts, cfg.model.vocab_size - 1, cfg.data.lowercase)
+        tokenizer.add_special_tokens([tokenizer_lib.EOS])
     else:
         tokenizer = wordpiece.train_wordpiece(texts, cfg.model.vocab_size, cfg.data.lowercase)
     return _checked_and_saved(cfg, workdir, tokenizer, is_primary)

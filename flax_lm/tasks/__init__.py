@@ -1,6 +1,7 @@
 """Tasks: each contributes a loss (and its metrics); the loop and step are shared."""
 
 from flax_lm.tasks.base import Inference, Task
+from flax_lm.tasks.bidirectional_lm import BidirectionalLM
 from flax_lm.tasks.causal_lm import CausalLM
 from flax_lm.tasks.classification import SequenceClassification
 from flax_lm.tasks.embedding import SentenceEmbedding
@@ -9,7 +10,7 @@ from flax_lm.tasks.question_answering import QuestionAnswering
 from flax_lm.tasks.seq2seq import Seq2SeqLM, SpanCorruption
 from flax_lm.tasks.token_classification import TokenClassification
 
-__all__ = ["TASKS", "CausalLM", "Inference", "MaskedLM", "QuestionAnswering", "Seq2SeqLM", "SentenceEmbedding",
+__all__ = ["TASKS", "BidirectionalLM", "CausalLM", "Inference", "MaskedLM", "QuestionAnswering", "Seq2SeqLM", "SentenceEmbedding",
            "SequenceClassification", "SpanCorruption", "Task", "TokenClassification", "get_task"]
 
 TASKS = {"causal_lm": CausalLM, "masked_lm": MaskedLM, "classification": SequenceClassification,
@@ -24,7 +25,9 @@ def get_task(cfg, label_names: list[str] | None = None) -> Task:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}")
     kind = TASKS[cfg.task]
-    if kind in (CausalLM, Seq2SeqLM, SpanCorruption):
+    if kind is CausalLM and cfg.model.family == "elmo":   # ELMo's LM runs both ways over the same batches
+        kind = BidirectionalLM
+    if kind in (CausalLM, BidirectionalLM, Seq2SeqLM, SpanCorruption):
         return kind(cfg.train.loss_chunk_len, cfg.train.label_smoothing)
     if kind is MaskedLM:
         return MaskedLM(nsp=cfg.data.nsp)

@@ -82,6 +82,16 @@ def make_optimizer(optim_cfg, total_steps: int, n_layers: int) -> optax.Gradient
 
 
 
+def zero_updates_except(trainable) -> optax.GradientTransformation:
+    """Last in a chain: the updates of the leaves `trainable(params)` marks False become zero, weight
+    decay included, so they stay bit-unchanged. The optimizer state keeps its usual layout (frozen
+    leaves keep zero moments), unlike `freeze_except`'s, so checkpoints and shardings are unchanged."""
+    def update(updates, state, params=None):
+        mask = trainable(updates)
+        return jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, mask), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def freeze_except(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
     """`tx` on the leaves `trainable` marks True (a tree of bools or a function of the params);
     every other leaf gets a zero update and holds no optimizer state (LoRA's frozen base)."""

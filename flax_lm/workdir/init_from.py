@@ -18,7 +18,7 @@ from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.interop import families, hf_files
-from flax_lm.models import head_name
+from flax_lm.models import elmo, head_name
 
 # The model keys that make the architecture (declared `architecture=True` in the schema): a run
 # starting from a source takes them from it.
@@ -50,6 +50,8 @@ def load_params(source: str, model_cfg, family: str, head: str, fresh: dict, loa
     source does not have for this head come from `fresh` (host parameters of the same model).
     `load_workdir(source)` gives (run config, model, TrainState) of a workdir source: the run
     layer's `load_run`, which this lower layer does not import."""
+    if family == "elmo":
+        return _elmo_params(source, fresh, load_workdir)
     module = families.module_for(family)
     if is_workdir(source):
         cfg, model, state = load_workdir(source)
@@ -62,6 +64,19 @@ def load_params(source: str, model_cfg, family: str, head: str, fresh: dict, loa
     try:
         return module.params_from_hf(state_dict, model_cfg, head, fresh)
     except UserError as e:
+        raise UserError(f"train.init_from {source}: {e}; does the model config match it?") from None
+
+
+def _elmo_params(source: str, fresh: dict, load_workdir) -> dict:
+    """ELMo has no Hugging Face class: its body comes from a flax_lm ELMo workdir, tensor for tensor."""
+    if not is_workdir(source):
+        raise UserError(f"train.init_from {source}: an ELMo model starts from a flax_lm ELMo workdir")
+    cfg, _, state = load_workdir(source)
+    if cfg.model.family != "elmo":
+        raise UserError(f"train.init_from: {source} holds a {cfg.model.family} model, not elmo")
+    try:
+        return elmo.params_from_pretrained(jax.tree.map(np.asarray, jax.device_get(state.params)), fresh)
+    except ValueError as e:
         raise UserError(f"train.init_from {source}: {e}; does the model config match it?") from None
 
 

@@ -18,7 +18,7 @@ from flax_lm.data import pipeline, unigram
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.generation import for_model, generate, settings
-from flax_lm.models import head_name
+from flax_lm.models import elmo, head_name
 
 
 @dataclasses.dataclass
@@ -71,7 +71,8 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
     train_split = prepared.splits.get("train")
     steps = training_length.total_steps(cfg.train, cfg.optim.warmup_steps,
                                         None if train_split is None else len(train_split))
-    built = build(cfg, mesh, steps, prepared.label_names)
+    vocab = elmo.vocabulary(prepared.tokenizer) if cfg.model.family == "elmo" else ()
+    built = build(cfg, mesh, steps, prepared.label_names, vocab)
     checkpointer = checkpointing.Checkpointer(
         workdir / workdir_lib.CHECKPOINTS, save_every=cfg.train.checkpoint_every,
         keep=cfg.train.keep_checkpoints, async_writes=cfg.train.async_checkpointing)
@@ -143,6 +144,9 @@ GENERATIVE_TASKS = ("causal_lm", "seq2seq", "span_corruption")  # their models e
 
 def refuse_unless_generative(cfg) -> None:
     """A UserError unless the run's task makes text (`generate_texts` can decode from it)."""
+    if cfg.model.family == "elmo":
+        raise UserError("this run is an ELMo bidirectional LM, which does not generate text; use it as features "
+                        "for NER or classification with train.init_from")
     if cfg.task not in GENERATIVE_TASKS:
         label = " (label text with flax-lm predict)" if cfg.task in pipeline.FINE_TUNING_TASKS else ""
         raise UserError(f"this run's task is {cfg.task!r}, which does not generate text; flax-lm generate continues "
