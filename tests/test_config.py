@@ -80,14 +80,15 @@ def test_saved_json_round_trips():
 # The model keys each recipe resolved to before the families owned their defaults (the values the
 # recipes then spelt out): the family blocks must give every recipe the same config.
 FAMILY_VALUES = {"gpt2": (1e-5, 0.02, True), "bert": (1e-12, 0.02, True), "t5": (1e-6, 1.0, True),
-                 "llama": (1e-5, 0.02, False), "qwen3": (1e-6, 0.02, True)}
+                 "llama": (1e-5, 0.02, False), "qwen3": (1e-6, 0.02, True),
+                 "modernbert": (1e-5, 0.02, True)}
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_gets_its_family_values(name):
     m = config.load(name).model
     assert (m.layer_norm_epsilon, m.initializer_range, m.tie_word_embeddings) == FAMILY_VALUES[m.family]
-    assert m.rope_theta == 10000.0
+    assert m.rope_theta == (160000.0 if m.family == "modernbert" else 10000.0)   # ModernBERT's global layers
 
 
 def test_a_family_chosen_by_override_brings_its_defaults():

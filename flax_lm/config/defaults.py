@@ -38,9 +38,9 @@ def _declared() -> Schema:
         choices=("causal_lm", "masked_lm", "classification", "token_classification", "question_answering",
                  "span_corruption", "seq2seq", "embedding"))
 
-    key("model.family", "gpt2", "gpt2 | llama | qwen3 (decoders) | bert (encoder) | t5 (encoder-decoder) | "
-        "elmo (biLSTM LM: task causal_lm pre-trains both directions)",
-        choices=("gpt2", "llama", "qwen3", "bert", "t5", "elmo"), architecture=True)
+    key("model.family", "gpt2", "gpt2 | llama | qwen3 (decoders) | bert | modernbert (encoders) | t5 "
+        "(encoder-decoder) | elmo (biLSTM LM: task causal_lm pre-trains both directions)",
+        choices=("gpt2", "llama", "qwen3", "bert", "modernbert", "t5", "elmo"), architecture=True)
     key("model.variant", "bert", "encoders: bert | roberta (positions after the padding id, no NSP)",
         choices=("bert", "roberta"), architecture=True)
     key("model.vocab_size", 4096, "tokens; a tokenizer trained here gets this size",
@@ -92,8 +92,17 @@ def _declared() -> Schema:
         architecture=True)
     key("model.n_kv_heads", 0, "Llama, Qwen3: key/value heads of grouped-query attention; 0 = n_heads",
         range=NON_NEGATIVE, architecture=True)
-    key("model.rope_theta", 10000.0, "Llama, Qwen3: base of the rotary position embedding's frequencies",
+    key("model.rope_theta", 10000.0, "Llama, Qwen3: base of the rotary position embedding's frequencies "
+        "(ModernBERT: of its global layers)",
         range=POSITIVE, architecture=True)
+    key("model.local_rope_theta", 10000.0, "ModernBERT: rotary base of the local (sliding-window) layers",
+        range=POSITIVE, architecture=True)
+    key("model.local_attention", 128, "ModernBERT: window of the local layers; a token sees local_attention // 2 "
+        "tokens either side", range=POSITIVE, architecture=True)
+    key("model.global_attn_every_n_layers", 3, "ModernBERT: layers 0, n, 2n, ... attend globally, the others "
+        "locally", range=POSITIVE, architecture=True)
+    key("model.classifier_pooling", "cls", "ModernBERT classification: cls (the first token) | mean (over the "
+        "attention mask)", choices=("cls", "mean"))
 
     key("model.elmo_char_dim", 16, "ELMo: size of a character embedding", range=POSITIVE, architecture=True)
     key("model.elmo_filters", "1:32,2:32,3:64,4:128,5:256,6:512,7:1024", "ELMo: the character CNN's filters, "
@@ -110,6 +119,7 @@ def _declared() -> Schema:
     key.family("t5", layer_norm_epsilon=1e-6, initializer_range=1.0)
     key.family("llama", tie_word_embeddings=False)   # LlamaConfig's: a head of its own
     key.family("qwen3", layer_norm_epsilon=1e-6)   # Qwen3Config's rms_norm_eps
+    key.family("modernbert", rope_theta=160000.0)   # ModernBertConfig's global rope_theta
 
     key("data.source", "default", "pre-training text: default (the embedded corpus), tfds:NAME[/CONFIG][:SPLIT], "
         "hf:NAME[:SPLIT] (Hugging Face datasets: a hub name, a local or save_to_disk directory, or data files), "

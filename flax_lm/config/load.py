@@ -270,16 +270,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 LANGUAGE_MODELLING = ("causal_lm", "span_corruption", "seq2seq")  # losses of a fused output projection
 # task -> the model families that serve it (other tasks: bert)
-FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama", "qwen3", "elmo"), "classification": ("bert", "elmo"),
-                    "token_classification": ("bert", "elmo"), "span_corruption": ("t5",), "seq2seq": ("t5",),
-                    "embedding": ("bert", "gpt2", "llama")}
+ENCODERS = ("bert", "modernbert")   # the families of the other tasks
+FAMILIES_OF_TASK = {"causal_lm": ("gpt2", "llama", "qwen3", "elmo"), "classification": ENCODERS + ("elmo",),
+                    "token_classification": ENCODERS + ("elmo",), "span_corruption": ("t5",), "seq2seq": ("t5",),
+                    "embedding": ("bert", "modernbert", "gpt2", "llama")}
 GENERATE_METRICS = ("bleu", "chrf", "rouge")
 
 
 def _task_problems(cfg) -> list[str]:
     """The task, the model family and the data must fit together: what does not, one line each."""
     problems = []
-    families = FAMILIES_OF_TASK.get(cfg.task, ("bert",))
+    families = FAMILIES_OF_TASK.get(cfg.task, ENCODERS)
     if cfg.model.family not in families:
         problems.append(f"task {cfg.task!r} needs model.family={' or '.join(families)} "
                         f"(model.family is {cfg.model.family!r})")
@@ -291,6 +292,11 @@ def _task_problems(cfg) -> list[str]:
         problems += _elmo_problems(cfg)
     if cfg.data.seq_len > cfg.model.max_len:
         problems.append(f"data.seq_len ({cfg.data.seq_len}) must be at most model.max_len ({cfg.model.max_len})")
+    if cfg.model.family == "modernbert" and cfg.model.scan_layers:
+        problems.append("model.scan_layers: ModernBERT's layers differ (the first has no attention norm); "
+                        "set model.scan_layers=False")
+    if cfg.data.nsp and cfg.model.family == "modernbert":
+        problems.append("data.nsp: ModernBERT has no next-sentence prediction head; set data.nsp=False")
     if cfg.data.nsp and cfg.model.variant == "roberta":
         problems.append("data.nsp: RoBERTa has no next-sentence prediction head; set data.nsp=False")
     window = cfg.data.seq_len or cfg.model.max_len

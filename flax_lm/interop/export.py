@@ -87,7 +87,7 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
 
 
 # transformers' base_model_prefix: where a model with a head keeps its base model's tensors
-_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model.", "modernbert": "model."}
 
 
 def _base_model_tensors(tensors: dict, family: str, model_cfg) -> dict:

@@ -1,9 +1,9 @@
 """Which flax_lm model family and head serve which Hugging Face architecture."""
 
 from flax_lm.errors import UserError
-from flax_lm.interop import bert, gpt2, llama, qwen3, t5
+from flax_lm.interop import bert, gpt2, llama, modernbert, qwen3, t5
 
-_MODULES = {"gpt2": gpt2, "llama": llama, "qwen3": qwen3, "bert": bert, "t5": t5}
+_MODULES = {"gpt2": gpt2, "llama": llama, "qwen3": qwen3, "bert": bert, "modernbert": modernbert, "t5": t5}
 # HF architecture -> (flax_lm model family, interop module, flax_lm head)
 ARCHITECTURES = {arch: (family, module, head) for family, module in _MODULES.items()
                  for arch, head in module.ARCHITECTURES.items()}
@@ -12,7 +12,7 @@ BASE_DECODERS = {"GPT2Model": "gpt2", "LlamaModel": "llama"}
 ARCHITECTURES.update({arch: (family, _MODULES[family], "") for arch, family in BASE_DECODERS.items()})
 _MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
                 "bert": "BertModel",
-                "roberta": "RobertaModel", "t5": "T5ForConditionalGeneration"}
+                "roberta": "RobertaModel", "modernbert": "ModernBertModel", "t5": "T5ForConditionalGeneration"}
 
 
 def for_hf_config(hf_config: dict):

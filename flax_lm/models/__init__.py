@@ -1,6 +1,6 @@
 """Model families. Each module owns its module classes; `interop/` owns the HF mappings."""
 
-from flax_lm.models import bert, elmo, gpt2, llama, qwen3, t5
+from flax_lm.models import bert, elmo, gpt2, llama, modernbert, qwen3, t5
 
 # the decoder-only families: causal LM, decoding through generation.CausalDecoder
 DECODERS = ("gpt2", "llama", "qwen3")
@@ -29,7 +29,7 @@ def head_name(cfg) -> str:
     if cfg.model.family == "t5":
         return "seq2seq"
     if cfg.task == "masked_lm":
-        return "pretraining" if cfg.data.nsp else "masked_lm"
+        return "pretraining" if cfg.data.nsp and cfg.model.family == "bert" else "masked_lm"
     return _BERT_HEADS[cfg.task]
 
 
@@ -44,6 +44,8 @@ def build_model(model_cfg, head: str = "causal_lm", vocab: tuple = ()):
         return qwen3.Qwen3ForCausalLM(qwen3.Qwen3Config.from_config(model_cfg))
     if model_cfg.family == "bert":
         return bert.HEADS[head](bert.BertConfig.from_config(model_cfg))
+    if model_cfg.family == "modernbert":
+        return modernbert.HEADS[head](modernbert.ModernBertConfig.from_config(model_cfg))
     if model_cfg.family == "t5":
         return t5.T5ForConditionalGeneration(t5.T5Config.from_config(model_cfg))
     if model_cfg.family == "elmo":
@@ -54,7 +56,7 @@ def build_model(model_cfg, head: str = "causal_lm", vocab: tuple = ()):
 def family_module(model_cfg):
     """The models module (gpt2, llama, qwen3, bert, t5) of a model's config dataclass."""
     families = {bert.BertConfig: bert, t5.T5Config: t5, llama.LlamaConfig: llama, gpt2.GPT2Config: gpt2,
-                qwen3.Qwen3Config: qwen3, elmo.ElmoConfig: elmo}
+                qwen3.Qwen3Config: qwen3, elmo.ElmoConfig: elmo, modernbert.ModernBertConfig: modernbert}
     return families[type(model_cfg)]
 
 

@@ -8,7 +8,7 @@ embeds as well as an imported base model: BERT's encoder output, a decoder's fin
 
 import jax.numpy as jnp
 
-from flax_lm.models import bert, t5
+from flax_lm.models import bert, modernbert, t5
 from flax_lm.models.decoder import DecoderConfig
 from flax_lm.tasks.base import Task
 
@@ -62,6 +62,10 @@ def last_hidden_states(model, params, batch: dict, deterministic: bool = True):
         hidden_BxTxD, _, _ = encoder.apply({"params": {k: v for k, v in params["bert"].items() if k != "pooler"}},
                                            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                                            deterministic=deterministic)
+        return hidden_BxTxD
+    if isinstance(cfg, modernbert.ModernBertConfig):  # every ModernBERT head holds the encoder under "model"
+        hidden_BxTxD, _ = modernbert.Encoder(cfg).apply({"params": params["model"]}, batch["input_ids"],
+                                                       batch["attention_mask"], deterministic=deterministic)
         return hidden_BxTxD
     if isinstance(cfg, DecoderConfig):
         hidden_BxTxD, _ = model.apply({"params": params}, batch["input_ids"],

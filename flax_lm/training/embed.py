@@ -58,7 +58,7 @@ def embed(workdir: str | Path, input_path: str | Path, output_path: str | Path, 
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
     if pooling == "cls" and cfg.model.family in DECODERS:
         raise UserError("--pooling cls: a decoder's first token sees only itself; use mean or last")
-    if cfg.model.family not in ("bert", *DECODERS, "t5"):
+    if cfg.model.family not in ("bert", "modernbert", *DECODERS, "t5"):
         raise UserError(f"flax-lm embed: model family {cfg.model.family!r} has no embeddings")
     examples = text_classification.read_examples(input_path, cfg.data.text_column, require_labels=False,
                                                  skip_bad_records=cfg.data.skip_bad_records)
@@ -85,7 +85,7 @@ def embed(workdir: str | Path, input_path: str | Path, output_path: str | Path, 
 
 def _pad_id(cfg, tokenizer) -> int:
     """The padding token: BERT's [PAD], a decoder's end of text (masked out either way), T5's <pad>."""
-    if cfg.model.family == "bert":
+    if cfg.model.family in ("bert", "modernbert"):
         return wordpiece.special_tokens(tokenizer).pad
     if cfg.model.family == "t5":
         return unigram.special_ids(tokenizer)[0]
