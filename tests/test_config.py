@@ -81,7 +81,7 @@ def test_saved_json_round_trips():
 # recipes then spelt out): the family blocks must give every recipe the same config.
 FAMILY_VALUES = {"gpt2": (1e-5, 0.02, True), "bert": (1e-12, 0.02, True), "t5": (1e-6, 1.0, True),
                  "llama": (1e-5, 0.02, False), "qwen3": (1e-6, 0.02, True),
-                 "modernbert": (1e-5, 0.02, True)}
+                 "modernbert": (1e-5, 0.02, True), "elmo": (1e-5, 0.02, True)}
 
 
 @pytest.mark.parametrize("name", RECIPES)
