@@ -197,3 +197,69 @@ def test_compile_reports_less_optimizer_memory_with_lora(tmp_path):
     assert low["parameters"] > full["parameters"]  # the adapters are added to the base
     assert low["optimizer_state"] < 0.05 * full["optimizer_state"]
     assert low["parameters"] + low["optimizer_state"] < 0.4 * (full["parameters"] + full["optimizer_state"])
+
+
+def _small_sst2(tmp_path) -> list[str]:
+    """--config.data.* overrides for the first rows of the shared SST-2 copy."""
+    from conftest import SHARED_DATA
+    sst2 = SHARED_DATA / "sst2"
+    if not sst2.is_dir():
+        pytest.skip(f"shared data not found at {sst2}")
+    out = []
+    for split, name, rows in (("train", "train.tsv", 300), ("validation", "dev.tsv", 50), ("test", "dev.tsv", 50)):
+        lines = (sst2 / name).read_text().splitlines()[:rows + 1]
+        (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        out.append(f"--config.data.{split}={tmp_path / f'{split}.tsv'}")
+    return out
+
+
+def _flax_logits(workdir, ids):
+    from flax_lm.workdir import run as run_lib
+    run, state = run_lib.load_run(workdir)
+    run.checkpointer.close()
+    if run.cfg.model.family == "bert":
+        out = run.model.apply({"params": state.params}, ids, np.zeros_like(ids), np.ones_like(ids))
+    else:
+        out = run.model.apply({"params": state.params}, ids)
+    return np.asarray(out[0] if isinstance(out, tuple) else out)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_export_writes_a_peft_adapter_and_a_merged_model(tmp_path, family):
+    """`flax-lm export` of a LoRA run: the adapter directory loads in peft on the exported base with
+    flax_lm's logits; --merge writes a plain model transformers loads with the same logits."""
+    peft = pytest.importorskip("peft")
+    import torch
+    import transformers
+    common = [*TINY, "--config.model.family=llama"] if family == "llama" else TINY
+    if family == "bert":
+        common = ["--config", "sst2", "--config.model.d_model=32", "--config.model.n_layers=1",
+                  "--config.model.n_heads=2", "--config.model.d_ff=64", "--config.model.vocab_size=512",
+                  "--config.model.max_len=32", "--config.data.seq_len=32", "--config.train.batch_size=8",
+                  "--config.train.progress_bar=false", *_small_sst2(tmp_path)]
+    source, tuned = str(tmp_path / "source"), str(tmp_path / "tuned")
+    done = flax_lm("train", *common, "--config.train.steps=1", "--workdir", source)
+    assert done.returncode == 0, done.stderr
+    done = flax_lm("train", *common, "--config.peft.method=lora", "--config.peft.rank=4",
+                   "--config.optim.learning_rate=3e-2", f"--config.train.init_from={source}",
+                   "--config.train.steps=3", "--workdir", tuned)
+    assert done.returncode == 0, done.stderr
+    for args in (["--workdir", source, "--out", str(tmp_path / "base_hf")],
+                 ["--workdir", tuned, "--out", str(tmp_path / "adapter")],
+                 ["--workdir", tuned, "--out", str(tmp_path / "merged"), "--merge"]):
+        done = flax_lm("export", *args)
+        assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["peft_type"] == "LORA"
+    auto = (transformers.AutoModelForSequenceClassification if family == "bert"
+            else transformers.AutoModelForCausalLM)
+    ids = np.arange(1, 11).reshape(1, 10)
+    ours = _flax_logits(tuned, ids)
+    assert not np.allclose(ours, _flax_logits(source, ids), atol=1e-4)
+    base = auto.from_pretrained(str(tmp_path / "base_hf")).eval()
+    with torch.no_grad():
+        theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()(
+            torch.from_numpy(ids)).logits.numpy()
+        merged = auto.from_pretrained(str(tmp_path / "merged")).eval()(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    np.testing.assert_allclose(merged, ours, atol=1e-5)
