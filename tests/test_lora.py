@@ -236,7 +236,8 @@ def test_export_writes_a_peft_adapter_and_a_merged_model(tmp_path, family):
         common = ["--config", "sst2", "--config.model.d_model=32", "--config.model.n_layers=1",
                   "--config.model.n_heads=2", "--config.model.d_ff=64", "--config.model.vocab_size=512",
                   "--config.model.max_len=32", "--config.data.seq_len=32", "--config.train.batch_size=8",
-                  "--config.train.progress_bar=false", *_small_sst2(tmp_path)]
+                  "--config.train.progress_bar=false", "--config.optim.warmup_steps=1", "--config.train.eval_every=1", "--config.train.best_metric=",
+                  *_small_sst2(tmp_path)]
     source, tuned = str(tmp_path / "source"), str(tmp_path / "tuned")
     done = flax_lm("train", *common, "--config.train.steps=1", "--workdir", source)
     assert done.returncode == 0, done.stderr
