@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the directory to write")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best, else the latest)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--merge", action="store_true",
+                   help="a LoRA run: write a plain model with the adapters merged (default: a PEFT adapter directory)")
 
     p = _configured(sub, "compile", "compile a config's train step for a TPU topology (no TPU needed) and "
                                     "report memory per chip, whether it fits and the modelled step time and MFU")
@@ -267,7 +269,7 @@ class _StreamPrinter:
 
 def _export(args, _) -> int:
     from flax_lm.interop.export import export
-    out = export(args.workdir, args.out, args.step, args.dtype)
+    out = export(args.workdir, args.out, args.step, args.dtype, args.merge)
     print(f"exported to {out}")
     return 0
 

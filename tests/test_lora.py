@@ -1,4 +1,8 @@
-"""LoRA adapters as a parameter-tree transform, and the frozen-base optimizer."""
+"""LoRA: adapters created by the model's init beside their projections, the frozen-base optimizer,
+and `flax-lm train` with peft.method=lora (resume, init_from, best checkpoint, AOT memory)."""
+
+import json
+import shutil
 
 import flax.linen as nn
 import jax
@@ -6,86 +10,105 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_config
+from test_cli import TINY, flax_lm
 
-from flax_lm.models import lora
-from flax_lm.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from flax_lm.models import bert, gpt2, lora
 from flax_lm.training.optim import freeze_except
 
-CFG = GPT2Config(vocab_size=97, max_len=24, d_model=32, n_layers=2, n_heads=4, d_ff=48)
+CFG = gpt2.GPT2Config(vocab_size=97, max_len=24, d_model=32, n_layers=2, n_heads=4, d_ff=48)
 IDS = np.arange(20).reshape(2, 10) % CFG.vocab_size
 
 
-def _setup(rank=4):
-    model = GPT2LMHeadModel(CFG)
-    base = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    adapted = lora.add_adapters(base, lora.default_targets("gpt2"), rank, jax.random.PRNGKey(1))
-    return model, base, adapted
+def _adapted(model, settings, ids=IDS):
+    am = lora.adapted(model, settings)
+    params = nn.unbox(am.init(jax.random.PRNGKey(0), jnp.zeros((1, ids.shape[1]), jnp.int32))["params"])
+    return am, params
 
 
-def _loss(model, params, alpha, rank):
-    logits = model.apply({"params": lora.merge(params, alpha, rank)}, IDS)
-    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+def _perturb_b(params, seed=0):
+    rng = np.random.RandomState(seed)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype)
+        if "lora_b" in jax.tree_util.keystr(p) else x, params)
 
 
-def test_initial_adapted_model_equals_the_base():
-    model, base, adapted = _setup()
-    assert jax.tree.structure(lora.merge(adapted, 16.0, 4)) == jax.tree.structure(base)
-    np.testing.assert_array_equal(model.apply({"params": lora.merge(adapted, 16.0, 4)}, IDS),
-                                  model.apply({"params": base}, IDS))
+def _paths(tree, word):
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree) if word in
+            jax.tree_util.keystr(p)]
 
 
-def test_merge_adds_scaled_low_rank_product_to_the_targeted_kernel():
-    _, base, adapted = _setup(rank=2)
-    adapter_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(adapted)[0]
-                     if "lora_a" in jax.tree_util.keystr(p)]
-    assert len(adapter_paths) == CFG.n_layers and all("c_attn" in p for p in adapter_paths)
+@pytest.mark.parametrize("scan", [False, True])
+def test_adapters_start_as_the_base_and_equal_the_merged_kernel(scan):
+    import dataclasses
+    model = gpt2.GPT2LMHeadModel(dataclasses.replace(CFG, scan_layers=scan))
+    settings = lora.LoraSettings("gpt2", ("c_attn",), 4, 16.0)
+    am, params = _adapted(model, settings)
+    assert isinstance(am, gpt2.GPT2LMHeadModel)
+    assert len(_paths(params, "lora_a")) == (1 if scan else CFG.n_layers)
+    base, _ = lora.split(params)
+    np.testing.assert_array_equal(am.apply({"params": params}, IDS), model.apply({"params": base}, IDS))
+    moved = _perturb_b(params)
+    ours = am.apply({"params": moved}, IDS)
+    assert not np.allclose(ours, model.apply({"params": base}, IDS), atol=1e-3)
+    np.testing.assert_allclose(ours, model.apply({"params": lora.merge(moved, settings)}, IDS), atol=1e-5)
 
-    def set_b(tree):
-        if isinstance(tree, dict):
-            return {k: (jnp.ones_like(v) if k == "lora_b" else set_b(v)) for k, v in tree.items()}
-        return tree
-    merged = lora.merge(set_b(adapted), 8.0, 2)
-    changed = jax.tree.map(lambda m, w: bool(jnp.any(m != w)), merged, base)
-    changed_paths = [jax.tree_util.keystr(p) for p, c in jax.tree_util.tree_flatten_with_path(changed)[0] if c]
-    assert changed_paths and all("c_attn" in p and "kernel" in p for p in changed_paths)
+
+def test_a_slice_of_bert_fused_qkv_gets_its_own_adapter():
+    cfg = bert.BertConfig(vocab_size=97, max_len=24, d_model=32, n_layers=2, n_heads=4, d_ff=48, num_labels=3)
+    model = bert.BertForSequenceClassification(cfg)
+    settings = lora.LoraSettings("bert", ("query", "value"), 2, 4.0)
+    am = lora.adapted(model, settings)
+    zeros = jnp.zeros((1, 10), jnp.int32)
+    params = nn.unbox(am.init(jax.random.PRNGKey(0), zeros, zeros, jnp.ones((1, 10), jnp.int32))["params"])
+    assert {p.rsplit("[", 1)[1] for p in _paths(params, "lora_")} == {
+        "'lora_a_query']", "'lora_b_query']", "'lora_a_value']", "'lora_b_value']"}
+    moved = _perturb_b(params)
+    ids, tt, mask = IDS, np.zeros_like(IDS), np.ones_like(IDS)
+    merged = lora.merge(moved, settings)
+    base, _ = lora.split(moved)
+    kernel_delta = merged["bert"]["layer_0"]["attention"]["qkv"]["kernel"] - base["bert"]["layer_0"]["attention"][
+        "qkv"]["kernel"]
+    assert np.all(kernel_delta[:, 1] == 0) and np.any(kernel_delta[:, 0] != 0)  # the key slice is not adapted
+    np.testing.assert_allclose(am.apply({"params": moved}, ids, tt, mask),
+                               model.apply({"params": merged}, ids, tt, mask), atol=1e-5)
 
 
-def test_training_moves_only_adapters_and_base_holds_no_optimizer_state():
-    model, base, adapted = _setup()
+def test_dropout_applies_to_the_adapter_input_only_in_training():
+    settings = lora.LoraSettings("gpt2", ("c_attn",), 4, 16.0, dropout=0.5)
+    model = gpt2.GPT2LMHeadModel(CFG)
+    am, params = _adapted(model, settings)
+    moved = _perturb_b(params)
+    eval_out = am.apply({"params": moved}, IDS)
+    # base dropout off (deterministic), only the adapter's dropout sees the rng
+    train_out = am.apply({"params": moved}, IDS, rngs={"dropout": jax.random.PRNGKey(3)})
+    assert not np.allclose(eval_out, train_out, atol=1e-4)
+    base_out = am.apply({"params": params}, IDS, rngs={"dropout": jax.random.PRNGKey(3)})
+    np.testing.assert_allclose(base_out, am.apply({"params": params}, IDS), atol=1e-6)  # B = 0: no effect
+
+
+def test_base_gets_no_gradient_and_holds_no_optimizer_state():
+    settings = lora.LoraSettings("gpt2", ("c_attn",), 4, 16.0)
+    am, params = _adapted(gpt2.GPT2LMHeadModel(CFG), settings)
     tx = freeze_except(optax.adam(1e-2), lora.trainable_mask)
-    state = tx.init(adapted)
+    state = tx.init(params)
     n_state = sum(x.size for x in jax.tree.leaves(state))
-    n_adapter = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(adapted)[0]
-                    if "lora_" in jax.tree_util.keystr(p))
+    n_adapter = sum(x.size for x in jax.tree.leaves(lora.split(params)[1]))
     assert n_state <= 2 * n_adapter + 8  # Adam's two moments for the adapters only (+ counts)
-    params = adapted
-    for _ in range(3):
-        grads = jax.grad(lambda p: _loss(model, p, 16.0, 4))(params)
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-    new_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    old_leaves = jax.tree.leaves(adapted)
-    for (path, new), old in zip(new_leaves, old_leaves):
-        if "lora_" in jax.tree_util.keystr(path):
-            continue
-        np.testing.assert_array_equal(new, old)
-    moved = [not np.array_equal(new, old) for (path, new), old in zip(new_leaves, old_leaves)
-             if "lora_b" in jax.tree_util.keystr(path)]
-    assert all(moved)
-    assert _loss(model, params, 16.0, 4) < _loss(model, adapted, 16.0, 4)
+
+    def loss(p):
+        return -jnp.mean(jax.nn.log_softmax(am.apply({"params": p}, IDS))[..., 0])
+    grads = jax.grad(loss)(params)
+    base_grads, adapter_grads = lora.split(grads)
+    assert all(not np.any(g) for g in jax.tree.leaves(base_grads))
+    assert any(np.any(g) for g in jax.tree.leaves(adapter_grads))
 
 
 def test_classifier_head_stays_trainable():
-    mask = lora.trainable_mask({"encoder": {"query": {"kernel": 1, "lora_a": 1}},
+    mask = lora.trainable_mask({"encoder": {"qkv": {"kernel": 1, "lora_a_query": 1}},
                                 "classifier": {"kernel": 1, "bias": 1}})
-    assert mask == {"encoder": {"query": {"kernel": False, "lora_a": True}},
+    assert mask == {"encoder": {"qkv": {"kernel": False, "lora_a_query": True}},
                     "classifier": {"kernel": True, "bias": True}}
-
-
-def test_targets_matching_nothing_is_a_readable_error():
-    with pytest.raises(ValueError, match="matches no projection"):
-        lora.add_adapters({"h_0": {"mlp": {"kernel": jnp.zeros((2, 2))}}},
-                          ("q_proj",), 2, jax.random.PRNGKey(0))
 
 
 def test_peft_config_keys_are_validated():
@@ -96,29 +119,148 @@ def test_peft_config_keys_are_validated():
         load.load(None, ["--config.peft.rank=0"])
     with pytest.raises(UserError, match="peft.method"):
         load.load(None, ["--config.peft.method=qlora"])
-    with pytest.raises(UserError, match="peft.method=lora"):
-        load.load(None, ["--config.peft.method=lora"])
+    assert load.load(None, ["--config.peft.method=lora"]).peft.method == "lora"
 
 
-def test_gpt2_adapter_loads_in_peft_with_equal_logits(tmp_path):
+def test_targets_matching_nothing_is_one_line(tmp_path):
+    done = flax_lm("train", *TINY, "--config.train.steps=2", "--config.peft.method=lora",
+                   "--config.peft.targets=q_proj", "--workdir", str(tmp_path / "w"))
+    assert done.returncode != 0 and "peft.targets=q_proj matches no projection" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _state(workdir, step=None):
+    from flax_lm.workdir import run as run_lib
+    run, state = run_lib.load_run(workdir, step)
+    return jax.tree.map(np.asarray, jax.device_get(state))
+
+
+LORA = ["--config.peft.method=lora", "--config.peft.rank=4", "--config.optim.learning_rate=1e-2",
+        "--config.model.scan_layers=true"]
+
+
+def test_lora_fine_tuning_through_the_cli(tmp_path):
+    """A full run, then LoRA runs from it (init_from): the base stays bit-equal to the source,
+    the adapters move, resume after a crash equals the uninterrupted run, best is kept."""
+    source = str(tmp_path / "source")
+    done = flax_lm("train", *TINY, "--config.train.steps=2", "--config.model.scan_layers=true", "--workdir", source)
+    assert done.returncode == 0, done.stderr
+    args = [*TINY, *LORA, f"--config.train.init_from={source}", "--config.train.steps=4",
+            "--config.train.checkpoint_every=2", "--config.train.eval_every=2", "--config.train.keep_checkpoints=5",
+            "--config.train.best_metric=loss"]
+    once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
+    for work in (once, twice):
+        done = flax_lm("train", *args, "--workdir", work)
+        assert done.returncode == 0, done.stderr
+    shutil.rmtree(tmp_path / "twice" / "checkpoints" / "4")  # a crash after step 2's checkpoint
+    done = flax_lm("train", *args, "--workdir", twice)
+    assert done.returncode == 0, done.stderr
+
+    src = _state(source).params
+    final = _state(once, step=4)
+    base, adapters = lora.split(final.params)
+    jax.tree.map(np.testing.assert_array_equal, base, src)
+    assert all(np.any(b) for b in jax.tree.leaves(adapters) if b.ndim > 2)  # lora_b left zero
+    # Adam's moments exist for the adapters only
+    assert sum(x.size for x in jax.tree.leaves(final.opt_state)) <= 2 * sum(x.size for x in jax.tree.leaves(
+        adapters)) + 16
+    jax.tree.map(np.testing.assert_array_equal, final, _state(twice, step=4))
+    record = json.loads(next((tmp_path / "once" / "best").glob("*.json")).read_text())
+    assert record["step"] in (2, 4)
+    best = _state(once)  # load_run's default: the best checkpoint
+    jax.tree.map(np.testing.assert_array_equal, lora.split(best.params)[0], src)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_lora_trains_every_family(tmp_path, family, shakespeare):
+    task = dict(bert="masked_lm", llama="causal_lm")[family]
+    from flax_lm.training import train
+    from flax_lm.config import load
+    cfg = tiny_config(train=dict(steps=3, eval_every=3, checkpoint_every=3))
+    cfg.model.family, cfg.task, cfg.peft.method, cfg.peft.rank = family, task, "lora", 4
+    load.validate(cfg)
+    train.train(cfg, tmp_path)
+    params = _state(tmp_path).params
+    assert any(np.any(b) for b in jax.tree.leaves(lora.split(params)[1]))
+
+
+def test_compile_reports_less_optimizer_memory_with_lora(tmp_path):
+    pytest.importorskip("libtpu", reason="TPU topologies need libtpu")
+    reports = {}
+    for name, extra in (("full", []), ("lora", ["--config.peft.method=lora"])):
+        out = tmp_path / f"{name}.json"
+        done = flax_lm("compile", "--config", "gpt2_tiny", "--topology", "v5e-4", "--json", str(out),
+                       "--config.train.batch_size=16", *extra)
+        assert done.returncode == 0, done.stderr
+        reports[name] = json.loads(out.read_text())["per_chip_bytes"]
+    full, low = reports["full"], reports["lora"]
+    assert low["parameters"] > full["parameters"]  # the adapters are added to the base
+    assert low["optimizer_state"] < 0.05 * full["optimizer_state"]
+    assert low["parameters"] + low["optimizer_state"] < 0.4 * (full["parameters"] + full["optimizer_state"])
+
+
+def _small_sst2(tmp_path) -> list[str]:
+    """--config.data.* overrides for the first rows of the shared SST-2 copy."""
+    from conftest import SHARED_DATA
+    sst2 = SHARED_DATA / "sst2"
+    if not sst2.is_dir():
+        pytest.skip(f"shared data not found at {sst2}")
+    out = []
+    for split, name, rows in (("train", "train.tsv", 300), ("validation", "dev.tsv", 50), ("test", "dev.tsv", 50)):
+        lines = (sst2 / name).read_text().splitlines()[:rows + 1]
+        (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        out.append(f"--config.data.{split}={tmp_path / f'{split}.tsv'}")
+    return out
+
+
+def _flax_logits(workdir, ids):
+    from flax_lm.workdir import run as run_lib
+    run, state = run_lib.load_run(workdir)
+    run.checkpointer.close()
+    if run.cfg.model.family == "bert":
+        out = run.model.apply({"params": state.params}, ids, np.zeros_like(ids), np.ones_like(ids))
+    else:
+        out = run.model.apply({"params": state.params}, ids)
+    return np.asarray(out[0] if isinstance(out, tuple) else out)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_export_writes_a_peft_adapter_and_a_merged_model(tmp_path, family):
+    """`flax-lm export` of a LoRA run: the adapter directory loads in peft on the exported base with
+    flax_lm's logits; --merge writes a plain model transformers loads with the same logits."""
     peft = pytest.importorskip("peft")
     import torch
     import transformers
-    from flax_lm.interop import gpt2 as gpt2_interop
-    from flax_lm.interop.peft_adapter import write_gpt2_adapter
-    model, base, adapted = _setup(rank=4)
-    rng = np.random.RandomState(0)
-    adapted = jax.tree_util.tree_map_with_path(
-        lambda p, x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype)
-        if "lora_b" in jax.tree_util.keystr(p) else x, adapted)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**gpt2_interop.config_to_hf(CFG)))
-    tensors = gpt2_interop.params_to_hf(jax.tree.map(np.asarray, base), CFG)
-    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
-    hf.eval()
-    write_gpt2_adapter(tmp_path / "adapter", adapted, CFG.n_layers, rank=4, alpha=16.0)
-    peft_model = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
+    common = [*TINY, "--config.model.family=llama"] if family == "llama" else TINY
+    if family == "bert":
+        common = ["--config", "sst2", "--config.model.d_model=32", "--config.model.n_layers=1",
+                  "--config.model.n_heads=2", "--config.model.d_ff=64", "--config.model.vocab_size=512",
+                  "--config.model.max_len=32", "--config.data.seq_len=32", "--config.train.batch_size=8",
+                  "--config.train.progress_bar=false", "--config.optim.warmup_steps=1", "--config.train.eval_every=1", "--config.train.best_metric=",
+                  *_small_sst2(tmp_path)]
+    source, tuned = str(tmp_path / "source"), str(tmp_path / "tuned")
+    done = flax_lm("train", *common, "--config.train.steps=1", "--workdir", source)
+    assert done.returncode == 0, done.stderr
+    done = flax_lm("train", *common, "--config.peft.method=lora", "--config.peft.rank=4",
+                   "--config.optim.learning_rate=3e-2", f"--config.train.init_from={source}",
+                   "--config.train.steps=3", "--workdir", tuned)
+    assert done.returncode == 0, done.stderr
+    for args in (["--workdir", source, "--out", str(tmp_path / "base_hf")],
+                 ["--workdir", tuned, "--out", str(tmp_path / "adapter")],
+                 ["--workdir", tuned, "--out", str(tmp_path / "merged"), "--merge"]):
+        done = flax_lm("export", *args)
+        assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["peft_type"] == "LORA"
+    auto = (transformers.AutoModelForSequenceClassification if family == "bert"
+            else transformers.AutoModelForCausalLM)
+    ids = np.arange(1, 11).reshape(1, 10)
+    ours = _flax_logits(tuned, ids)
+    assert not np.allclose(ours, _flax_logits(source, ids), atol=1e-4)
+    base = auto.from_pretrained(str(tmp_path / "base_hf")).eval()
     with torch.no_grad():
-        theirs = peft_model(torch.from_numpy(IDS)).logits.numpy()
-    ours = model.apply({"params": lora.merge(adapted, 16.0, 4)}, IDS)
-    assert not np.allclose(ours, model.apply({"params": base}, IDS), atol=1e-3)
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()(
+            torch.from_numpy(ids)).logits.numpy()
+        merged = auto.from_pretrained(str(tmp_path / "merged")).eval()(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    np.testing.assert_allclose(merged, ours, atol=1e-5)

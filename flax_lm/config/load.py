@@ -236,8 +236,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if fine("train.grad_accum_steps") and t.batch_size % t.grad_accum_steps:
         problems.append(
             f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum_steps ({t.grad_accum_steps})")
-    if cfg.peft.method == "lora":  # the adapters and frozen-base optimizer exist; train does not build them
-        problems.append("peft.method=lora: flax-lm train does not build LoRA adapters; use peft.method=none")
+    from flax_lm.models.lora import DEFAULT_TARGETS  # here: the config layer loads without the models
+    if cfg.peft.method == "lora" and not cfg.peft.targets and cfg.model.family not in DEFAULT_TARGETS:
+        problems.append(f"peft.targets: model.family={cfg.model.family} has no default LoRA targets; name the "
+                        f"projections to adapt (comma-separated)")
     if t.label_smoothing and cfg.task not in LANGUAGE_MODELLING:
         problems.append(f"train.label_smoothing applies to the tasks that predict text "
                         f"({', '.join(LANGUAGE_MODELLING)}); the task is {cfg.task!r}")

@@ -21,16 +21,18 @@ from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.data import unigram, wordpiece
 from flax_lm.errors import UserError
-from flax_lm.interop import families, hf_files
-from flax_lm.models import DECODERS, head_name
+from flax_lm.interop import families, hf_files, peft_adapter
+from flax_lm.models import DECODERS, head_name, lora
 from flax_lm.workdir.run import load_run
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 
 
-def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dtype: str = "float32") -> Path:
+def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dtype: str = "float32",
+           merge: bool = False) -> Path:
     """Writes the checkpoint at `step` (default: the best, else the latest) of `workdir` to `out_dir`;
-    returns it."""
+    returns it. A LoRA run (peft.method=lora) is written as a PEFT adapter directory, or with
+    `merge` as a plain model whose kernels hold W + (alpha / r) * A.B."""
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     run, state = load_run(workdir, step)
@@ -39,6 +41,16 @@ def export(workdir: str | Path, out_dir: str | Path, step: int | None = None, dt
     arch = families.architecture(family, run.model.cfg, head)
     model_cfg = run.model.cfg
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)
+    settings = getattr(run.model, "lora", None)
+    if settings is not None and not merge:
+        out = peft_adapter.write_adapter(out_dir, host_params, model_cfg, head, settings, module.params_to_hf,
+                                         base_model=run.cfg.train.init_from or None)
+        shutil.copyfile(Path(workdir) / workdir_lib.TOKENIZER, out / "tokenizer.json")
+        return out
+    if settings is not None:
+        host_params = jax.tree.map(np.asarray, lora.merge(host_params, settings))
+    elif merge:
+        raise UserError(f"--merge: {workdir} is not a LoRA run (peft.method=lora); export it without --merge")
     tensors = module.params_to_hf(host_params, model_cfg, head)
     if family in DECODERS and getattr(model_cfg, "tie_word_embeddings", True):
         tensors.pop("lm_head.weight")  # tied to the input embedding; transformers re-ties it

@@ -8,7 +8,7 @@ import functools
 import jax
 import optax
 
-from flax_lm.models import build_model, elmo, head_name
+from flax_lm.models import build_model, elmo, head_name, lora
 from flax_lm.tasks import Task, get_task
 from flax_lm.training import optim, state_init
 from flax_lm.training.strategy import JitSteps, PmapSteps, make_steps
@@ -37,6 +37,9 @@ def build(cfg, mesh: jax.sharding.Mesh, steps: int, label_names: list[str] | Non
     tx = optim.make_optimizer(cfg.optim, steps, cfg.model.n_layers)
     if cfg.model.family == "elmo" and cfg.model.elmo_frozen and head_name(cfg) != "bidirectional_lm":
         tx = optax.chain(tx, optim.zero_updates_except(functools.partial(elmo.trainable_mask, frozen=True)))
+    if cfg.peft.method == "lora":  # adapters in the model; the frozen base holds no optimizer state
+        model = lora.adapted(model, lora.settings_from_config(cfg))
+        tx = optim.freeze_except(tx, lora.trainable_mask)
     abstract_state, shardings = state_init.state_shardings(model, tx, mesh, cfg.train.seed, cfg.model.max_len)
     task = get_task(cfg, label_names)
     train_steps = make_steps(cfg, model, task, tx, schedule, mesh, shardings)

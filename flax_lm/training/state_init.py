@@ -12,7 +12,7 @@ import numpy as np
 
 from flax_lm.parallel import sharding
 from flax_lm.errors import UserError
-from flax_lm.models import t5
+from flax_lm.models import lora, t5
 from flax_lm.training.train_state import TrainState
 
 
@@ -48,6 +48,10 @@ def state_shardings(model, tx, mesh, seed: int, seq_len: int):
     boxed = jax.eval_shape(_init_fn(model, tx, seed, seq_len))
     shardings = sharding.logical_sharding(boxed, mesh)
     abstract = nn.unbox(boxed)
+    settings = getattr(model, "lora", None)
+    if settings is not None and not lora.split(abstract.params)[1]:
+        raise UserError(f"peft.targets={','.join(settings.targets)} matches no projection of this "
+                        f"{settings.family} model; name its attention or MLP projections (see docs/training.md)")
     for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(abstract.params),
                             jax.tree.leaves(shardings.params)):
         try:
@@ -59,9 +63,13 @@ def state_shardings(model, tx, mesh, seed: int, seq_len: int):
     return abstract, shardings
 
 
-def state_from_params(params, tx, abstract_state, shardings, seed: int) -> TrainState:
+def state_from_params(params, tx, abstract_state, shardings, seed: int, fresh: dict | None = None) -> TrainState:
     """A step-0 TrainState around given host `params` (e.g. imported), with a fresh optimizer
-    state; every array is placed on its sharding."""
+    state; every array is placed on its sharding. LoRA adapters that `params` lacks (a pretrained
+    base) are taken from `fresh` (host parameters of the same adapted model), so they are added
+    after the base weights are loaded."""
+    if fresh is not None and not lora.split(params)[1]:
+        params = lora.combine(params, lora.split(fresh)[1])
     params = jax.tree.map(lambda x, like, s: jax.device_put(np.asarray(x, like.dtype), s), params,
                           abstract_state.params, shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)

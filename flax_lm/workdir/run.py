@@ -106,7 +106,7 @@ def restore_or_init(run: Run, step: int | None = None, warn=print):
         params = init_from.load_params(run.cfg.train.init_from, run.model.cfg, run.cfg.model.family,
                                        head_name(run.cfg), fresh, _source_run)
         return state_init.state_from_params(params, run.tx, run.abstract_state, run.shardings,
-                                            run.cfg.train.seed), None
+                                            run.cfg.train.seed, fresh), None
     if step is None:
         state = state_init.create_state(run.model, run.tx, run.mesh, run.cfg.train.seed, run.cfg.model.max_len,
                                         run.shardings)
