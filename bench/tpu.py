@@ -98,8 +98,9 @@ def maxtext_args(case: Case, extra: list[str]) -> list[str]:
 def ensure_venv() -> Path:
     """The pinned MaxText virtualenv's python, built on first use."""
     python = VENV / "bin/python"
+    # flax_lm is importable the way run_side imports it (this checkout on PYTHONPATH), not only installed
     if not (python.exists() and subprocess.run([python, "-c", "import maxtext, flax_lm"], capture_output=True,
-                                               cwd="/").returncode == 0):
+                                               cwd="/", env=_side_env()).returncode == 0):
         print(f"building {VENV} ({MAXTEXT} on Python 3.12, minutes)", flush=True)
         subprocess.run([PYTHON312, "-m", "venv", VENV], check=True)
         subprocess.run([python, "-m", "pip", "install", "-q", MAXTEXT], check=True)
@@ -107,11 +108,15 @@ def ensure_venv() -> Path:
     return python
 
 
+def _side_env() -> dict:
+    """The environment of a side's process: this checkout's flax_lm, compiling for TPU on the CPU."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+
+
 def run_side(python: Path, side: str, args: list[str]) -> dict:
     """One side's modelled step, compiled in a fresh process of the venv's python."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
-    done = subprocess.run([python, "-m", "bench.tpu_side", side, *args], capture_output=True, text=True, env=env,
-                          cwd=REPO)
+    done = subprocess.run([python, "-m", "bench.tpu_side", side, *args], capture_output=True, text=True,
+                          env=_side_env(), cwd=REPO)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{side} side failed ({done.returncode}): {done.stderr.strip().splitlines()[-5:]}")
