@@ -2,7 +2,7 @@
 length and remat compiled ahead of time on both sides (dot-product attention, layers unrolled), in one
 pinned virtualenv so that both use the same jax and libtpu; the modelled step times and their ratio.
 
-    python -m bench tpu [--case gpt2-124m-v5e-4-data ...] [flax_lm overrides, e.g. --config.train.loss_chunk_len=16] [--no-record]
+    python -m bench tpu [--case gpt2-124m-v5e-4-data ...] [--config.KEY=VALUE ...] [--no-record]
 
 The virtualenv (Python 3.12, maxtext[tpu]==0.2.5: jax 0.12.1, libtpu 0.0.52, and this checkout
 installed editable) is built once under ~/.cache/flax_lm/maxtext-venv. Each side compiles in its own
