@@ -2,7 +2,7 @@
 length and remat compiled ahead of time on both sides (dot-product attention, layers unrolled), in one
 pinned virtualenv so that both use the same jax and libtpu; the modelled step times and their ratio.
 
-    python -m bench tpu [--case gpt2-124m-v5e-4-data ...] [--flax --config.train.loss_chunk_len=0] [--no-record]
+    python -m bench tpu [--case gpt2-124m-v5e-4-data ...] [--config.KEY=VALUE ...] [--no-record]
 
 The virtualenv (Python 3.12, maxtext[tpu]==0.2.5: jax 0.12.1, libtpu 0.0.52, and this checkout
 installed editable) is built once under ~/.cache/flax_lm/maxtext-venv. Each side compiles in its own
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("FLAX_LM_MAXTEXT_VENV", Path.home() / ".cache/flax_lm/maxtext-venv"))
 MAXTEXT = "maxtext[tpu]==0.2.5"
 PYTHON312 = os.environ.get("FLAX_LM_PYTHON312", "/root/.pyenv/versions/3.12.1/bin/python")
-TABLE_HEADING = "## TPU modelled step, flax_lm vs MaxText (same jax/libtpu, TPU compiler's cost model)"
+TABLE_HEADING = "## TPU modelled step against MaxText (TPU compiler's cost model, no TPU used)"
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,9 @@ def maxtext_args(case: Case, extra: list[str]) -> list[str]:
 def ensure_venv() -> Path:
     """The pinned MaxText virtualenv's python, built on first use."""
     python = VENV / "bin/python"
+    # flax_lm is importable the way run_side imports it (this checkout on PYTHONPATH), not only installed
     if not (python.exists() and subprocess.run([python, "-c", "import maxtext, flax_lm"], capture_output=True,
-                                               cwd="/").returncode == 0):
+                                               cwd="/", env=_side_env()).returncode == 0):
         print(f"building {VENV} ({MAXTEXT} on Python 3.12, minutes)", flush=True)
         subprocess.run([PYTHON312, "-m", "venv", VENV], check=True)
         subprocess.run([python, "-m", "pip", "install", "-q", MAXTEXT], check=True)
@@ -107,11 +108,15 @@ def ensure_venv() -> Path:
     return python
 
 
+def _side_env() -> dict:
+    """The environment of a side's process: this checkout's flax_lm, compiling for TPU on the CPU."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+
+
 def run_side(python: Path, side: str, args: list[str]) -> dict:
     """One side's modelled step, compiled in a fresh process of the venv's python."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
-    done = subprocess.run([python, "-m", "bench.tpu_side", side, *args], capture_output=True, text=True, env=env,
-                          cwd=REPO)
+    done = subprocess.run([python, "-m", "bench.tpu_side", side, *args], capture_output=True, text=True,
+                          env=_side_env(), cwd=REPO)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{side} side failed ({done.returncode}): {done.stderr.strip().splitlines()[-5:]}")

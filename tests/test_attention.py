@@ -168,3 +168,48 @@ def test_causal_self_attention_with_packed_documents_gives_the_reference_values_
         return jnp.sum(out * jnp.cos(out)), out
 
     _assert_same_values_and_gradients(loss, (1, 2, 3), ("reference", q, k, v), ("explicit", q, k, v), atol)
+
+
+def _traced_on_a_tpu_topology(fn, *args):
+    """The jaxpr of fn(*args) traced for a v5e-4 topology (what `auto` chooses there), as text."""
+    import importlib.util
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("TPU topologies need libtpu")
+    from flax_lm.backends import tpu
+    mesh = jax.sharding.Mesh(np.asarray(tpu.topology_devices("v5e-4")), ("data",))
+    with jax.set_mesh(mesh):
+        return str(jax.make_jaxpr(fn)(*args))
+
+
+def test_on_tpu_auto_is_splash_where_it_applies_and_recompute_with_one_line_where_not(caplog):
+    import logging
+    from flax_lm.ops import attention
+    attention._said.clear()
+    q = jnp.zeros((4, 128, 4, 64), jnp.bfloat16)
+    kv = jnp.zeros((4, 128, 2, 64), jnp.bfloat16)  # grouped-query: 2 key/value heads for 4 query heads
+    segments = jnp.zeros((4, 128), jnp.int32)
+    with caplog.at_level(logging.WARNING, logger="flax_lm"):
+        packed = _traced_on_a_tpu_topology(
+            lambda q, k: dot_product_attention(q, k, k, causal=True, segment_ids_BxT=segments), q, kv)
+        assert "pallas_call" in packed and not caplog.records
+        bias = jnp.zeros((1, 4, 128, 128))
+        biased = _traced_on_a_tpu_topology(
+            lambda q, k: dot_product_attention(q, k, k, causal=False, bias_BxNxTxS=bias), q, q)
+        off_grid = _traced_on_a_tpu_topology(lambda q, k: dot_product_attention(q, k, k, causal=True), q[:, :96],
+                                             kv[:, :96])
+    for jaxpr in (biased, off_grid):  # recompute's hand-written backward pass, not the kernel
+        assert "pallas_call" not in jaxpr and "_recompute" in jaxpr
+    assert [r.getMessage() for r in caplog.records] == [
+        "attention: splash does not apply to an attention bias; using recompute",
+        "attention: splash does not apply to 96 queries x 96 keys (not multiples of 128); using recompute"]
+
+
+def test_the_platforms_loss_chunk_is_unchunked_on_tpu_and_16_elsewhere():
+    from flax_lm import backends
+    from flax_lm.ops.losses import linear_cross_entropy
+    h, w = jnp.zeros((2, 64, 8)), jnp.zeros((32, 8))
+    y, weights = jnp.zeros((2, 64), jnp.int32), jnp.ones((2, 64))
+    loss = jax.value_and_grad(lambda h, w: linear_cross_entropy(h, w, y, weights, -1), argnums=(0, 1))
+    assert backends.current().loss_chunk_len() == 16
+    assert "scan" in str(jax.make_jaxpr(loss)(h, w))  # 4 chunks of 16 positions
+    assert "scan" not in _traced_on_a_tpu_topology(loss, h, w)

@@ -1,4 +1,6 @@
-"""TPU: splash attention (the Pallas flash kernel) is what `attention="auto"` means."""
+"""TPU: splash attention (the Pallas flash kernel) is what `attention="auto"` means, recompute
+attention where splash does not apply, and the loss unchunked: each what the TPU compiler's cost
+model measured fastest (bench/RESULTS.md, "TPU modelled step")."""
 
 import importlib.util
 import os
@@ -13,12 +15,24 @@ EXAMPLE_TOPOLOGIES = "v5e-4, v5e-8 (= v5litepod-8, v5e:2x4), v5p-8 (4 chips, v5p
 class TpuBackend(Backend):
     name = "tpu"
     compiles_pallas = True
+    # Where memory traffic bounds attention (T=1024 at 8 sequences a chip), recomputing the scores
+    # from q and k beats storing them: the Llama-style 125M step on v5e-4 models at 99.5 ms with
+    # `recompute`, 116.7 ms with `explicit`, 133.1 ms with `xla`.
+    attention_fallback = "recompute"
 
     def attention(self, *, dtype, head_dim: int, bias: bool, cache: bool) -> str:
-        """Splash attention; `dot_product_attention` falls back to XLA's where the kernel does not
-        apply (a bias, a decoding cache, lengths off its 128 grid) and says so once."""
+        """Splash attention (causal or not, packed documents' segment ids, grouped-query heads);
+        `dot_product_attention` falls back to `attention_fallback` where the kernel does not apply
+        (a bias, a decoding cache, lengths off its 128 grid) and says so in one line, once."""
         del dtype, head_dim, bias, cache
         return "splash"
+
+    def loss_chunk_len(self) -> int:
+        """Unchunked: the chunked loop reads and writes the float32 V x D gradient accumulator once
+        a chunk (GPT-2 124M on v5e-4, 8 x 1024 a chip: 64 chunks, about 46 GB more HBM traffic a
+        chip, 177.0 ms against 114.9 ms a step modelled), while the whole B x T x V float32 logits
+        (1.6 GB a chip there) fit in HBM beside the rest."""
+        return 0
 
 
 def topology_devices(name: str, num_slices: int = 1) -> list:

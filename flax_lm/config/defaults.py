@@ -191,8 +191,9 @@ def _declared() -> Schema:
         range=POSITIVE)
     key("train.grad_accum_steps", 1, "micro-batches per step; batch_size must divide",
         range=POSITIVE, safe_on_resume=True)
-    key("train.loss_chunk_len", 16, "positions per chunk of the fused output-projection loss; 0: unfused",
-        range=NON_NEGATIVE, safe_on_resume=True)
+    key("train.loss_chunk_len", -1, "positions per chunk of the fused output-projection loss; 0: unfused; "
+        "-1: the platform's choice (16; unfused on TPU)",
+        range=Range(-1), safe_on_resume=True)
     key("train.label_smoothing", 0.0, "LM tasks: this share of each target spread over the vocabulary",
         range=UNIT_RIGHT_OPEN)
     key("train.log_every", 10, "steps between logged train metrics",

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from flax_lm import backends
 from flax_lm.ops import explicit_attention, recompute_attention, splash_attention
 
-# "auto": the backend's choice (`backends`): splash on TPU, cuDNN on GPU where it applies,
-#   explicit on CPU, xla elsewhere.
+# "auto": the backend's choice (`backends`): splash on TPU (recompute where splash does not
+#   apply), cuDNN on GPU where it applies, explicit on CPU, xla elsewhere.
 # "xla": jax.nn.dot_product_attention's portable XLA path.
 # "cudnn": cuDNN flash attention on NVIDIA GPUs (fp16/bf16 only).
 # "explicit": softmax attention with a hand-written backward pass over (B*N, T, H)
@@ -36,12 +36,15 @@ def resolve(implementation: str, *, dtype=jnp.float32, head_dim: int = 64, bias:
     return backends.current().attention(dtype=dtype, head_dim=head_dim, bias=bias, cache=cache)
 
 
-def _fall_back(requested: str, reason: str) -> str:
-    """XLA's implementation in place of `requested`, said once in one line."""
-    if (requested, reason) not in _said:
-        _said.add((requested, reason))
-        logging.getLogger("flax_lm").warning("attention: %s does not apply to %s; using xla", requested, reason)
-    return "xla"
+def _fall_back(requested: str, reason: str, fallback: str | None = None) -> str:
+    """`fallback`, by default the backend's (`Backend.attention_fallback`: XLA's, recompute on TPU),
+    in place of `requested`, said once in one line."""
+    fallback = fallback or backends.current().attention_fallback
+    if (requested, reason, fallback) not in _said:
+        _said.add((requested, reason, fallback))
+        logging.getLogger("flax_lm").warning("attention: %s does not apply to %s; using %s", requested, reason,
+                                             fallback)
+    return fallback
 
 
 def dot_product_attention(
@@ -83,6 +86,13 @@ def dot_product_attention(
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}")
     b, t, n, _ = q_BxTxNxH.shape
+    if implementation == "splash":  # k is B x S x K x H or (B*K) x S x H: S is its second axis either way
+        unsupported = splash_attention.unsupported(t, k.shape[1], causal, segment_ids_BxT, query_offset,
+                                                   bias_BxNxTxS)
+        if unsupported is not None:
+            # The same function on the backend's fallback path, not an error: splash then still serves
+            # T5 (its bias), KV-cache decoding and lengths off the 128 grid, where the kernel cannot.
+            implementation = _fall_back("splash", unsupported)
     explicit = implementation in ("explicit", "recompute") and dropout_rate == 0.0
     if kv_cache_layout and not explicit:  # the others take B x S x K x H
         k, v = (explicit_attention.heads_last(x, b) for x in (k, v))
@@ -106,14 +116,9 @@ def dot_product_attention(
         allowed = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset)
         return _reference(q_BxTxNxH, k, v, allowed, dropout_rate, dropout_rng, bias_BxNxTxS, scale)
     if implementation == "splash":
-        unsupported = splash_attention.unsupported(t, s, causal, segment_ids_BxT, query_offset, bias_BxNxTxS)
-        if unsupported is None:
-            return splash_attention.splash_attention(
-                q_BxTxNxH, k, v, causal=causal, kv_mask_BxS=kv_mask_BxS,
-                segment_ids_BxT=segment_ids_BxT, scale=_scale(q_BxTxNxH, scale))
-        # The same function on XLA's path, not an error: model.attention=splash then still serves
-        # T5 (its bias), KV-cache decoding and lengths off the 128 grid, where the kernel cannot.
-        implementation = _fall_back("splash", unsupported)
+        return splash_attention.splash_attention(
+            q_BxTxNxH, k, v, causal=causal, kv_mask_BxS=kv_mask_BxS,
+            segment_ids_BxT=segment_ids_BxT, scale=_scale(q_BxTxNxH, scale))
     if causal and not (isinstance(query_offset, int) and query_offset == 0):
         # The fused kernels' is_causal aligns queries and keys at the start; a cache needs the full mask.
         mask, causal = _allowed_Bx1xTxS(t, s, causal, kv_mask_BxS, segment_ids_BxT, query_offset), False
@@ -130,7 +135,7 @@ def dot_product_attention(
         try:  # the backend's choice where cuDNN takes the call; jax checks the rest as it traces
             return fused("cudnn")
         except (ValueError, NotImplementedError, RuntimeError) as e:
-            return fused(_fall_back("cudnn", str(e).splitlines()[0] if str(e) else type(e).__name__))
+            return fused(_fall_back("cudnn", str(e).splitlines()[0] if str(e) else type(e).__name__, "xla"))
     return fused(implementation)
 
 

@@ -16,6 +16,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from flax_lm import backends
+
 
 
 def linear_cross_entropy(hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT, chunk_len: int = 0,
@@ -24,8 +26,11 @@ def linear_cross_entropy(hidden_BxTxD, weight_VxD, targets_BxT, weights_BxT, chu
     `label_smoothing` eps the cross-entropy against the smoothed targets (see the module docstring).
 
     `chunk_len` 0 materialises all logits at once (plain cross-entropy); otherwise
-    `chunk_len` sequence positions are projected at a time (T is padded to a multiple).
+    `chunk_len` sequence positions are projected at a time (T is padded to a multiple);
+    -1 is the platform's choice (`Backend.loss_chunk_len`).
     """
+    if chunk_len < 0:
+        chunk_len = backends.current().loss_chunk_len()
     if chunk_len <= 0 or chunk_len >= hidden_BxTxD.shape[1]:
         logits_BxTxV = _logits(hidden_BxTxD, weight_VxD)
         return jnp.sum(_token_loss(logits_BxTxV, targets_BxT, label_smoothing) * weights_BxT)
