@@ -13,13 +13,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from decoder_parity import assert_generate_equals_transformers, cut_after, left_padded  # noqa: E402
 from test_interop import _cli, _tokenizer_json  # noqa: E402
 
 from flax_lm.config import load as config_lib  # noqa: E402
 from flax_lm.workdir import run as run_lib  # noqa: E402
 from flax_lm.training import train  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
-from flax_lm.generation import CausalDecoder, GenerationConfig, generate  # noqa: E402
 from flax_lm.interop import llama as llama_interop  # noqa: E402
 from flax_lm.interop.export import export  # noqa: E402
 from flax_lm.interop.hf_import import import_hf  # noqa: E402
@@ -27,7 +27,6 @@ from flax_lm.models import llama  # noqa: E402
 
 HF_TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=500.0, bos_token_id=0, eos_token_id=0)
-PROMPTS = [[5, 17, 33, 2, 60, 7, 8], [40, 41], [9, 3, 71, 12]]
 
 
 def _hf_model(n_kv_heads=2, tie=False, **overrides):
@@ -45,15 +44,6 @@ def _ours(hf, scan_layers=False):
     return llama.LlamaForCausalLM(cfg), params
 
 
-def _left_padded(prompts, pad=0):
-    """(ids, mask, positions) of a left-padded batch, positions as transformers' generate makes them."""
-    width = max(map(len, prompts))
-    ids = np.array([[pad] * (width - len(p)) + p for p in prompts])
-    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    positions = np.where(mask, np.cumsum(mask, axis=-1) - 1, 1)
-    return ids, mask, positions
-
-
 @pytest.mark.parametrize("n_kv_heads, tie, scan_layers", [
     (2, False, False), (4, False, False), (1, True, False), (2, True, True), (4, False, True)],
     ids=["gqa-untied", "mha-untied", "mqa-tied", "gqa-tied-scanned", "mha-untied-scanned"])
@@ -61,7 +51,7 @@ def test_logits_equal_transformers_with_left_padding(n_kv_heads, tie, scan_layer
     hf = _hf_model(n_kv_heads, tie)
     model, params = _ours(hf, scan_layers)
     rows = np.random.default_rng(0).integers(1, 97, (3, 11)).tolist()
-    ids, mask, positions = _left_padded([rows[0], rows[1][:7], rows[2][:4]])
+    ids, mask, positions = left_padded([rows[0], rows[1][:7], rows[2][:4]])
     ours = np.asarray(model.apply({"params": params}, ids, attention_mask_BxT=mask, position_ids_BxT=positions))
     with torch.no_grad():
         ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -124,37 +114,11 @@ def decisive():
     return hf, _ours(hf), _ours(hf, scan_layers=True)
 
 
-def _cut_after(row, eos):
-    """`row` up to and with its first `eos` (ours stop there; transformers pads after it)."""
-    return row[:row.index(eos) + 1] if eos is not None and eos in row else row
-
-
-def _hf_generate(hf, prompts, **kwargs):
-    """HF's new tokens per returned sequence (left-padded batch), cut after the first eos as ours are."""
-    ids, mask, _ = _left_padded(prompts)
-    width = ids.shape[1]
-    with torch.no_grad():
-        out = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), pad_token_id=0, do_sample=False,
-                          **kwargs)[:, width:].tolist()
-    return [_cut_after(row, kwargs.get("eos_token_id")) for row in out]
-
-
 @pytest.mark.parametrize("layout", ["unscanned", "scanned"])
 def test_greedy_and_beam_search_equal_transformers_generate(decisive, layout):
     hf, unscanned, scanned = decisive
     model, params = unscanned if layout == "unscanned" else scanned
-    decoder = CausalDecoder(model)
-    greedy = generate(decoder, params, PROMPTS, GenerationConfig(max_new_tokens=10))
-    assert greedy == _hf_generate(hf, PROMPTS, max_new_tokens=10, eos_token_id=None)
-    eos = greedy[0][3]  # a token greedy decoding makes, so that a row ends early
-    ending = generate(decoder, params, PROMPTS, GenerationConfig(max_new_tokens=10, eos_token_ids=(eos,)))
-    assert ending == _hf_generate(hf, PROMPTS, max_new_tokens=10, eos_token_id=eos)
-    assert any(len(row) < 10 for row in ending)
-    beams = generate(decoder, params, PROMPTS, GenerationConfig(max_new_tokens=8, num_beams=3,
-                                                                num_return_sequences=2))
-    assert beams == _hf_generate(hf, PROMPTS, max_new_tokens=8, num_beams=3, num_return_sequences=2,
-                                 eos_token_id=None)
-    assert len(beams) == 6 and beams[0] != beams[1]
+    assert_generate_equals_transformers(hf, model, params)
 
 
 @pytest.mark.parametrize("attention", ["explicit", "xla", "reference"])
@@ -205,7 +169,7 @@ def test_llama_tiny_trains_packed_exports_and_transformers_generates_the_same(tm
     ours = run_lib.generate_ids(run, state.params, [prompt], max_new_tokens=10, temperature=0.0)[0]
     with torch.no_grad():  # the exported generation_config.json gives the end-of-text id as eos and padding
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0, len(prompt):].tolist()
-    assert ours == _cut_after(ref, hf.generation_config.eos_token_id)
+    assert ours == cut_after(ref, hf.generation_config.eos_token_id)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -11,11 +11,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from test_interop import _cli, _tokenizer_json  # noqa: E402
-from test_llama import PROMPTS, _cut_after, _hf_generate, _left_padded  # noqa: E402
+from decoder_parity import assert_generate_equals_transformers, cut_after, left_padded  # noqa: E402
 
 from flax_lm.config import load as config_lib  # noqa: E402
 from flax_lm.errors import UserError  # noqa: E402
-from flax_lm.generation import CausalDecoder, GenerationConfig, generate  # noqa: E402
 from flax_lm.interop import qwen3 as qwen3_interop  # noqa: E402
 from flax_lm.interop.export import export  # noqa: E402
 from flax_lm.interop.hf_import import import_hf  # noqa: E402
@@ -53,7 +52,7 @@ def test_logits_equal_transformers_with_left_padding(tie, scan_layers):
     model, params = _ours(hf, scan_layers)
     assert model.cfg.head_dim == 12 and model.cfg.qk_norm
     rows = np.random.default_rng(0).integers(1, 97, (3, 11)).tolist()
-    ids, mask, positions = _left_padded([rows[0], rows[1][:7], rows[2][:4]])
+    ids, mask, positions = left_padded([rows[0], rows[1][:7], rows[2][:4]])
     ours = np.asarray(model.apply({"params": params}, ids, attention_mask_BxT=mask, position_ids_BxT=positions))
     with torch.no_grad():
         ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)).logits
@@ -104,16 +103,7 @@ def test_import_then_export_is_bit_identical_and_loads_in_transformers(tmp_path,
 def test_greedy_and_beam_search_equal_transformers_generate(scan_layers):
     hf = _hf_model(initializer_range=0.2)  # decisive next-token choices, not float32 near-ties
     model, params = _ours(hf, scan_layers)
-    decoder = CausalDecoder(model)
-    greedy = generate(decoder, params, PROMPTS, GenerationConfig(max_new_tokens=10))
-    assert greedy == _hf_generate(hf, PROMPTS, max_new_tokens=10, eos_token_id=None)
-    eos = greedy[0][3]
-    ending = generate(decoder, params, PROMPTS, GenerationConfig(max_new_tokens=10, eos_token_ids=(eos,)))
-    assert ending == _hf_generate(hf, PROMPTS, max_new_tokens=10, eos_token_id=eos)
-    beams = generate(decoder, params, PROMPTS, GenerationConfig(max_new_tokens=8, num_beams=3,
-                                                                num_return_sequences=2))
-    assert beams == _hf_generate(hf, PROMPTS, max_new_tokens=8, num_beams=3, num_return_sequences=2,
-                                 eos_token_id=None)
+    assert_generate_equals_transformers(hf, model, params)
 
 
 def test_qwen3_tiny_trains_exports_and_transformers_generates_the_same(tmp_path):
@@ -136,7 +126,7 @@ def test_qwen3_tiny_trains_exports_and_transformers_generates_the_same(tmp_path)
     ours = run_lib.generate_ids(run, state.params, [prompt], max_new_tokens=10, temperature=0.0)[0]
     with torch.no_grad():
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0, len(prompt):].tolist()
-    assert ours == _cut_after(ref, hf.generation_config.eos_token_id)
+    assert ours == cut_after(ref, hf.generation_config.eos_token_id)
 
 
 @pytest.mark.parametrize("change, message", [

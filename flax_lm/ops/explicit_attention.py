@@ -81,13 +81,18 @@ def _score_terms(allowed_Bx1xTxS, bias_BxNxTxS):
     return mask_Bx1xTxS if bias_BxNxTxS is None else mask_Bx1xTxS + bias_BxNxTxS.astype(jnp.float32)
 
 
-def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b):
-    s_XxTxS = jnp.einsum("xth,xsh->xts", q_XxTxH, k_XxSxH, preferred_element_type=jnp.float32)
-    terms = _score_terms(allowed_Bx1xTxS, bias_BxNxTxS)
+def _plus_score_terms(s_XxTxS, terms, b: int):
+    """Scores X x T x S (X = B*K, or B*N) plus `_score_terms`' (B or 1) x (N or 1) x T x S terms,
+    added per batch and head without broadcasting terms shared by every row to X rows first."""
     x, t, s = s_XxTxS.shape
     if terms.shape[:2] == (1, 1):
         return s_XxTxS + terms[0]
     return (s_XxTxS.reshape(b, x // b, t, s) + terms).reshape(x, t, s)
+
+
+def _masked_scores(q_XxTxH, k_XxSxH, allowed_Bx1xTxS, bias_BxNxTxS, b):
+    s_XxTxS = jnp.einsum("xth,xsh->xts", q_XxTxH, k_XxSxH, preferred_element_type=jnp.float32)
+    return _plus_score_terms(s_XxTxS, _score_terms(allowed_Bx1xTxS, bias_BxNxTxS), b)
 
 
 # `scale` (a Python float) multiplies the scores; `bias` (or None) is added to them; k and v

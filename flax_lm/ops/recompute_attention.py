@@ -31,10 +31,7 @@ def attention(q_BxTxNxH, k, v, allowed_Bx1xTxS, bias_BxNxTxS, scale: float, kv_c
 def _scores(q_XxTxH, k_XxSxH, terms, b, dtype=jnp.float32):
     """The masked scores, X x T x S float32, from a product whose output is `dtype`."""
     s_XxTxS = jnp.einsum("xth,xsh->xts", q_XxTxH, k_XxSxH, preferred_element_type=dtype).astype(jnp.float32)
-    x, t, s = s_XxTxS.shape
-    if terms.shape[:2] == (1, 1):
-        return s_XxTxS + terms[0]
-    return (s_XxTxS.reshape(b, x // b, t, s) + terms).reshape(x, t, s)
+    return ex._plus_score_terms(s_XxTxS, terms, b)
 
 
 def _scores_terms_like(terms, b, shape_XxSxT):
