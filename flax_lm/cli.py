@@ -163,6 +163,7 @@ def _train(args, overrides) -> int:
     if joined:
         print(f"joined the run as {joined}", flush=True)
     train.train(cfg, args.workdir)
+    distributed.leave_together()
     return 0
 
 

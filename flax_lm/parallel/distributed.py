@@ -80,8 +80,35 @@ def _integer(name: str, value) -> int:
 
 
 def _call_initialize(where: str, **kwargs) -> None:
+    # Recoverable: the coordination service then leaves a lost process to the others to notice
+    # (their next collective fails, or training.watchdog sees no progress) instead of aborting them
+    # all with SIGABRT and a C++ stack trace within the heartbeat timeout. Process 0 runs the
+    # service: when it is lost, JAX's client still aborts the others at once (its callback for that
+    # takes an absl::Status, which jaxlib cannot pass to Python).
+    jax.config.update("jax_enable_recoverability", True)
     try:
         jax.distributed.initialize(**kwargs)
     except RuntimeError as e:  # e.g. the coordinator never answered, or JAX was already started
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise UserError(f"jax.distributed.initialize ({where}) failed: {reason}") from None
+
+
+
+def leave_together(timeout_seconds: float = 300.0) -> None:
+    """Ends this process's part in a multi-process run that finished: every process waits for the
+    others, the others disconnect, and process 0, whose coordination service they disconnect from,
+    waits until they have before it exits. JAX's own shutdown barrier does this, but it skips the
+    recoverable processes that `initialize` makes, and a process whose service went first aborts
+    with a C++ stack trace. No-op for one process."""
+    from jax._src import distributed as jax_distributed  # private: the client initialize made
+    client = jax_distributed.global_state.client
+    if client is None or jax.process_count() == 1:
+        return
+    client.wait_at_barrier("flax_lm_leave", int(timeout_seconds * 1000))
+    if jax.process_index() != 0:
+        jax.distributed.shutdown()
+        return
+    # the service answers once every live process has asked or left: here, once the others left
+    everyone = list(range(jax.process_count()))
+    client.get_live_nodes(everyone)
+    jax.distributed.shutdown()

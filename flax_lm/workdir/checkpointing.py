@@ -7,9 +7,12 @@ after a newer one is finalised. Files can still be damaged later (a disk, a copy
 person); `restore_newest_readable` then falls back to the previous step.
 """
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -39,10 +42,37 @@ class Checkpointer:
         )
 
     def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
-        """Starts saving `step` if it is due (or `force`); returns whether it did."""
-        return self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-            force=force)
+        """Starts saving `step` if it is due (or `force`); returns whether it did. A save that
+        ran out of disk space (this one, or the previous asynchronous one) is a UserError."""
+        with self._writing(step):
+            return self.manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=force)
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """Turns a write that failed for lack of disk space (in Orbax's threads, raised here by the
+        next save, `wait` or `close`) into one line that names the last complete checkpoint, which
+        Orbax left as it was: the run stops rather than train on without checkpoints."""
+        try:
+            yield
+        except Exception as e:  # tensorstore raises ValueError, the file system OSError
+            if not _no_space(e):
+                raise
+            failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))
+            failed_step = int(failed.group(1)) if failed else step
+            intact = max((s for s in self._complete_steps() if s != failed_step), default=None)
+            kept = (f"checkpoint {intact} is complete and the run resumes from it" if intact is not None
+                    else "no earlier checkpoint exists, so the run starts again from step 0")
+            raise UserError(f"checkpoint {failed_step if failed_step is not None else ''} could not be written to "
+                            f"{self.directory}: no space left on device; training stopped. {kept} when the "
+                            f"same command is rerun with space freed") from None
+
+    def _complete_steps(self) -> list[int]:
+        """Steps whose directories Orbax finalised (renamed from their temporary names)."""
+        if not self.directory.is_dir():
+            return []
+        return [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()]
 
     def due(self, step: int) -> bool:
         """Whether `save(step, ...)` would save (its interval, or a preemption all processes
@@ -108,11 +138,39 @@ class Checkpointer:
         return destination
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous writes are durable."""
-        self.manager.wait_until_finished()
+        """Blocks until pending asynchronous writes are durable (a UserError where one ran out
+        of disk space)."""
+        with self._writing(None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with self._writing(None):
+            self.manager.close()
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether `error` (or one it came from) is a write that found the disk full: ENOSPC from the
+    file system, or tensorstore's RESOURCE_EXHAUSTED wording of it."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "No space left on device" in text or "Disk quota exceeded" in text or f"os_error_code='{errno.ENOSPC}'" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class _QuietAboutFullDisk(logging.Filter):
+    """Drops Orbax's log records (with tracebacks, from its writing threads) of a write that
+    found the disk full: the same error reaches the train loop, which says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None and _no_space(record.exc_info[1]))
+
+
+logging.getLogger("absl").addFilter(_QuietAboutFullDisk())
+
 
 
 def _save_policy(save_every: int):
