@@ -64,7 +64,8 @@ class Checkpointer:
             intact = max((s for s in self._complete_steps() if s != failed_step), default=None)
             kept = (f"checkpoint {intact} is complete and the run resumes from it" if intact is not None
                     else "no earlier checkpoint exists, so the run starts again from step 0")
-            raise UserError(f"checkpoint {failed_step if failed_step is not None else ''} could not be written to "
+            what = f"checkpoint {failed_step}" if failed_step is not None else "a checkpoint"
+            raise UserError(f"{what} could not be written to "
                             f"{self.directory}: no space left on device; training stopped. {kept} when the "
                             f"same command is rerun with space freed") from None
 
