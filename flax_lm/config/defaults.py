@@ -16,7 +16,8 @@ import functools
 
 import ml_collections
 
-from flax_lm.config.schema import NON_NEGATIVE, POSITIVE, Range, UNIT, UNIT_LEFT_OPEN, UNIT_OPEN, UNIT_RIGHT_OPEN, Schema, table
+from flax_lm.config.schema import (NON_NEGATIVE, POSITIVE, UNIT, UNIT_LEFT_OPEN, UNIT_OPEN, UNIT_RIGHT_OPEN, Range,
+                                   Schema, table)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -12,7 +12,8 @@ _BERT_HEADS = {"classification": "sequence_classification", "token_classificatio
 
 def task_of_head(head: str) -> str:
     """The task a model head serves (the inverse of `head_name`)."""
-    return {"causal_lm": "causal_lm", "bidirectional_lm": "causal_lm", "seq2seq": "seq2seq", "pretraining": "masked_lm", "masked_lm": "masked_lm",
+    return {"causal_lm": "causal_lm", "bidirectional_lm": "causal_lm", "seq2seq": "seq2seq",
+            "pretraining": "masked_lm", "masked_lm": "masked_lm",
             **{h: task for task, h in _BERT_HEADS.items()}}[head]
 
 

@@ -93,7 +93,6 @@ def _call_initialize(where: str, **kwargs) -> None:
         raise UserError(f"jax.distributed.initialize ({where}) failed: {reason}") from None
 
 
-
 def leave_together(timeout_seconds: float = 300.0) -> None:
     """Ends this process's part in a multi-process run that finished: every process waits for the
     others, the others disconnect, and process 0, whose coordination service they disconnect from,

@@ -10,8 +10,8 @@ from flax_lm.tasks.question_answering import QuestionAnswering
 from flax_lm.tasks.seq2seq import Seq2SeqLM, SpanCorruption
 from flax_lm.tasks.token_classification import TokenClassification
 
-__all__ = ["TASKS", "BidirectionalLM", "CausalLM", "Inference", "MaskedLM", "QuestionAnswering", "Seq2SeqLM", "SentenceEmbedding",
-           "SequenceClassification", "SpanCorruption", "Task", "TokenClassification", "get_task"]
+__all__ = ["TASKS", "BidirectionalLM", "CausalLM", "Inference", "MaskedLM", "QuestionAnswering", "Seq2SeqLM",
+           "SentenceEmbedding", "SequenceClassification", "SpanCorruption", "Task", "TokenClassification", "get_task"]
 
 TASKS = {"causal_lm": CausalLM, "masked_lm": MaskedLM, "classification": SequenceClassification,
          "token_classification": TokenClassification, "question_answering": QuestionAnswering,

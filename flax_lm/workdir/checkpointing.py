@@ -156,7 +156,8 @@ def _no_space(error: BaseException) -> bool:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         text = str(error)
-        if "No space left on device" in text or "Disk quota exceeded" in text or f"os_error_code='{errno.ENOSPC}'" in text:
+        if any(words in text for words in ("No space left on device", "Disk quota exceeded",
+                                            f"os_error_code='{errno.ENOSPC}'")):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -171,7 +172,6 @@ class _QuietAboutFullDisk(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietAboutFullDisk())
-
 
 
 def _save_policy(save_every: int):
