@@ -165,13 +165,16 @@ def _no_space(error: BaseException) -> bool:
 
 class _QuietAboutFullDisk(logging.Filter):
     """Drops Orbax's log records (with tracebacks, from its writing threads) of a write that
-    found the disk full: the same error reaches the train loop, which says it in one line."""
+    found the disk full, and asyncio's "Task exception was never retrieved" of the same write's
+    other fragments (logged as the process exits): the same error reaches the train loop, which
+    says it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.exc_info and record.exc_info[1] is not None and _no_space(record.exc_info[1]))
 
 
-logging.getLogger("absl").addFilter(_QuietAboutFullDisk())
+for _logger in ("absl", "asyncio"):
+    logging.getLogger(_logger).addFilter(_QuietAboutFullDisk())
 
 
 def _save_policy(save_every: int):
