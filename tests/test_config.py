@@ -1,5 +1,6 @@
 """Config recipes, overrides and validation."""
 
+import json
 import math
 from pathlib import Path
 
@@ -146,10 +147,13 @@ def test_a_recipe_may_rebuild_a_saved_config(tmp_path):
 
 def test_a_resolved_config_has_no_derived_value_left_and_is_locked():
     cfg = config.load("bert_tiny", ["--config.task=classification", "--config.data.train=a.csv",
-                                     "--config.data.validation=b.csv"])
+                                     "--config.data.validation=b.csv", "--config.model.d_ff=0"])
+    bert_has = [n for n in resolve.DERIVED if n.startswith("data.") or n[6:] in defaults.schema().derived_sizes("bert")]
+    assert "model.d_ff" in bert_has and "model.head_dim" not in bert_has
     assert all(cfg[name] == 0 for name in resolve.DERIVED) and cfg.model.num_labels == 0
     resolved = resolve.resolve(cfg, label_count=3)
-    assert all(resolved[name] for name in resolve.DERIVED) and resolved.model.num_labels == 3
+    assert all(resolved[name] for name in bert_has) and resolved.model.num_labels == 3
+    assert resolved.model.d_ff == 4 * cfg.model.d_model
     assert resolved.data.seq_len == cfg.model.max_len and resolved.data.target_len == cfg.model.max_len
     assert resolved.data.max_predictions == math.ceil(cfg.data.mask_prob * cfg.model.max_len)
     assert cfg.data.seq_len == 0   # the config given is left as it was
@@ -167,3 +171,36 @@ def test_resolve_takes_a_source_architecture_and_refuses_a_label_count_the_data_
     assert (resolved.model.max_len, resolved.model.d_model, resolved.data.seq_len) == (64, 48, 64)
     with pytest.raises(UserError, match="model.num_labels is 2 but the data has 3 labels"):
         resolve.resolve(cfg, label_count=3)
+
+
+def test_resolve_fills_the_model_sizes_a_family_has_and_leaves_the_others():
+    cfg = config.load(None, ["--config.model.family=t5", "--config.task=span_corruption", "--config.model.d_model=96",
+                             "--config.model.n_heads=3", "--config.model.n_layers=5"])
+    m = resolve.resolve(cfg).model
+    assert (m.d_ff, m.head_dim, m.n_decoder_layers, m.n_kv_heads) == (384, 32, 5, 0)   # T5 has no kv heads
+    llama = resolve.resolve(config.load(None, ["--config.model.family=llama", "--config.model.n_kv_heads=2",
+                                               "--config.model.d_ff=100"])).model
+    assert (llama.d_ff, llama.head_dim, llama.n_kv_heads, llama.n_decoder_layers) == (100, 64, 2, 0)
+
+
+FAMILY_TASKS = {"gpt2": "causal_lm", "llama": "causal_lm", "qwen3": "causal_lm", "bert": "masked_lm",
+                "modernbert": "masked_lm", "t5": "span_corruption", "elmo": "causal_lm"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TASKS))
+def test_a_familys_model_has_the_sizes_its_resolved_config_states(family):
+    """config.json states the real sizes: the model built from the resolved config has them, the model
+    built from the unresolved one derives the same, and a size the family does not name is none its model reads."""
+    from flax_lm import derived_sizes
+    cfg = config.load(None, [f"--config.model.family={family}", f"--config.task={FAMILY_TASKS[family]}"])
+    resolved = resolve.resolve(cfg)
+    model_cfg = models.build_model(resolved.model, models.head_name(resolved)).cfg
+    named = defaults.schema().derived_sizes(family)
+    assert "d_ff" in named
+    for name in named:
+        assert cfg.model[name] == 0 and resolved.model[name] == getattr(model_cfg, name) > 0
+    assert models.build_model(cfg.model, models.head_name(cfg)).cfg == model_cfg
+    for name in set(derived_sizes.RULES) - set(named):
+        other = resolved.to_dict()
+        other["model"][name] = 2
+        assert models.build_model(config.from_json(json.dumps(other)).model, models.head_name(cfg)).cfg == model_cfg

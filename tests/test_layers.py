@@ -9,7 +9,7 @@ PLATFORMS = {"cpu", "gpu", "tpu", "cuda", "rocm"}
 # The layers, lowest first (docs/architecture.md draws them): a module imports from its own layer or
 # the ones below. Each entry is a package (or module) of flax_lm.
 LAYERS = (
-    ("errors", "json_files"),
+    ("errors", "json_files", "derived_sizes"),
     ("backends",),
     ("parallel",),                      # logical axes -> mesh axes, processes
     ("ops",),                           # attention kernels and their dispatch, losses

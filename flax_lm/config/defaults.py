@@ -115,12 +115,18 @@ def _declared() -> Schema:
     key("model.elmo_frozen", True, "ELMo downstream tasks: keep the pre-trained ELMo weights fixed (train the "
         "scalar mix and the head only); False fine-tunes them too")
 
-    key.family("bert", layer_norm_epsilon=1e-12)   # BertConfig's layer_norm_eps
+    # `derived`: the sizes of the family whose 0 `resolve` fills by its rule (flax_lm.derived_sizes); a size a
+    # family does not name is none of its model's (GPT-2 and BERT have no head_dim of their own to state)
+    key.family("gpt2", derived=("d_ff",))
+    key.family("bert", derived=("d_ff",), layer_norm_epsilon=1e-12)   # BertConfig's layer_norm_eps
     # T5Config's layer_norm_epsilon and initializer_factor
-    key.family("t5", layer_norm_epsilon=1e-6, initializer_range=1.0)
-    key.family("llama", tie_word_embeddings=False)   # LlamaConfig's: a head of its own
-    key.family("qwen3", layer_norm_epsilon=1e-6)   # Qwen3Config's rms_norm_eps
-    key.family("modernbert", rope_theta=160000.0)   # ModernBertConfig's global rope_theta
+    key.family("t5", derived=("d_ff", "head_dim", "n_decoder_layers"), layer_norm_epsilon=1e-6, initializer_range=1.0)
+    key.family("llama", derived=("d_ff", "head_dim", "n_kv_heads"),
+               tie_word_embeddings=False)   # LlamaConfig's: a head of its own
+    key.family("qwen3", derived=("d_ff", "head_dim", "n_kv_heads"),
+               layer_norm_epsilon=1e-6)   # Qwen3Config's rms_norm_eps
+    key.family("modernbert", derived=("d_ff",), rope_theta=160000.0)   # ModernBertConfig's global rope_theta
+    key.family("elmo", derived=("d_ff",))   # d_ff: the LSTM cells per direction
 
     key("data.source", "default", "pre-training text: default (the embedded corpus), tfds:NAME[/CONFIG][:SPLIT], "
         "hf:NAME[:SPLIT] (Hugging Face datasets: a hub name, a local or save_to_disk directory, or data files), "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ml_collections
 
+from flax_lm import derived_sizes
 from flax_lm.config import defaults, training_length
 from flax_lm.errors import UserError
 
@@ -310,11 +311,10 @@ def _task_problems(cfg) -> list[str]:
 
 def _llama_problems(m) -> list[str]:
     problems = []
-    n_kv_heads = m.n_kv_heads or m.n_heads
+    n_kv_heads, head_dim = derived_sizes.filled(m, ("n_kv_heads", "head_dim")).values()   # before resolve fills them
     if m.n_heads % n_kv_heads:
         problems.append(f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({n_kv_heads}): "
                         f"each key/value head serves the same number of query heads")
-    head_dim = m.head_dim or m.d_model // m.n_heads
     if head_dim % 2:
         problems.append(f"the head size ({head_dim}: model.head_dim, or model.d_model / model.n_heads) must be even "
                         f"for rotary position embeddings")

@@ -1,7 +1,8 @@
 """What a config key declaration means: the facts of a key (`Key`), ranges of numbers (`Range`),
 and `Schema`, which `flax_lm.config.defaults` fills with one statement a key and which every
 reader of those facts asks (validation, the resume check, `train.init_from`, `flax-lm config`,
-the generated reference).
+the generated reference). A family block also names the model sizes the family has that 0 leaves
+to be derived (`flax_lm.derived_sizes`), which `flax_lm.config.resolve` fills.
 
 A fresh config (`Schema.config`) holds each key a model family owns as a `FamilyDefault`: a
 reference that remembers whether anything (a recipe, an override, a saved config) set it, so
@@ -15,6 +16,8 @@ from typing import Callable
 
 import ml_collections
 from ml_collections import config_dict
+
+from flax_lm import derived_sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Schema(collections.abc.Mapping):
     def __init__(self):
         self.keys: dict[str, Key] = {}
         self.families: dict[str, dict[str, object]] = {}
+        self.derived: dict[str, tuple[str, ...]] = {}   # family -> its sizes that 0 leaves to be derived
 
     def __call__(self, name: str, default, help: str, *, choices=None, range: Range | None = None,
                  safe_on_resume: bool = False, architecture: bool = False) -> None:
@@ -105,12 +109,17 @@ class Schema(collections.abc.Mapping):
         self.keys[name] = Key(name, default, help, tuple(choices) if isinstance(choices, (list, tuple)) else choices,
                               range, safe_on_resume, architecture)
 
-    def family(self, name: str, **values) -> None:
-        """The defaults of model family `name`: model keys (by leaf name) and their values for it."""
+    def family(self, name: str, derived: tuple[str, ...] = (), **values) -> None:
+        """The defaults of model family `name`: model keys (by leaf name) and their values for it, and
+        `derived`, the model sizes (leaf names, keys of `flax_lm.derived_sizes.RULES`) the family has,
+        whose 0 `resolve` fills by their rule; the family's model ignores the other sizes of RULES."""
         for leaf, value in values.items():
             declared = self.keys[f"model.{leaf}"]
             assert type(value) is declared.type, f"family {name}: model.{leaf} must be {declared.type.__name__}"
+        unknown = set(derived) - set(derived_sizes.RULES)
+        assert not unknown, f"family {name}: no rule derives {unknown}"
         self.families[name] = {f"model.{leaf}": value for leaf, value in values.items()}
+        self.derived[name] = tuple(derived)
 
     def __getitem__(self, name: str) -> Key:
         return self.keys[name]
@@ -142,6 +151,11 @@ class Schema(collections.abc.Mapping):
     def family_defaults(self, family: str) -> dict[str, object]:
         """The values model family `family` gives the keys it owns, by dotted name ({} for none or an unknown family)."""
         return dict(self.families.get(family, {}))
+
+    def derived_sizes(self, family: str) -> tuple[str, ...]:
+        """The model sizes (leaf names) of model family `family` that 0 leaves to be derived (() for an
+        unknown family)."""
+        return self.derived.get(family, ())
 
     def family_owned(self) -> list[str]:
         """The dotted names of the keys some family gives a default of its own."""

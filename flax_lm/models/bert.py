@@ -37,8 +37,7 @@ class BertConfig(ModelConfig):
     @classmethod
     def from_config(cls, model_cfg) -> "BertConfig":
         """Builds the model config from the `model` section of a run config."""
-        return from_run_config(cls, model_cfg, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model,
-                               num_labels=model_cfg.num_labels or 2)
+        return from_run_config(cls, model_cfg, num_labels=model_cfg.num_labels or 2)
 
     @property
     def head_dim(self) -> int:

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from flax_lm import derived_sizes
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -23,3 +25,10 @@ class ModelConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention: str = "auto"
+
+    def __post_init__(self):
+        # A size at 0 (a config built without `flax_lm.config.resolve`: from a Hugging Face config.json,
+        # or directly) is derived by the rule resolve fills a run config's by, so both see one number.
+        names = [f.name for f in dataclasses.fields(self) if f.name in derived_sizes.RULES]
+        for name, value in derived_sizes.filled(vars(self), names).items():
+            object.__setattr__(self, name, value)

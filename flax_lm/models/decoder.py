@@ -80,9 +80,7 @@ class DecoderConfig(ModelConfig):
     NAMES: ClassVar[Names]
 
     def __post_init__(self):
-        # Resolve the "0 means default" sizes once, so every user of the config sees real numbers.
-        object.__setattr__(self, "n_kv_heads", self.n_kv_heads or self.n_heads)
-        object.__setattr__(self, "head_dim", self.head_dim or self.d_model // self.n_heads)
+        super().__post_init__()   # the sizes at 0 (n_kv_heads, head_dim) derived, so every reader sees real ones
         for option, choices in (("norm", NORMS), ("positions", POSITIONS), ("activation", ACTIVATIONS)):
             if getattr(self, option) not in choices:
                 raise ValueError(f"{option} must be one of {choices}; got {getattr(self, option)!r}")

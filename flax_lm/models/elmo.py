@@ -53,7 +53,7 @@ class ElmoConfig(ModelConfig):
     def from_config(cls, model_cfg, vocab: tuple = ()) -> "ElmoConfig":
         """From the `model` section of a run config and the tokenizer's vocabulary (strings by id)."""
         base = {f.name: model_cfg[f.name] for f in dataclasses.fields(ModelConfig)}
-        return cls(**{**base, "d_ff": model_cfg.d_ff or 4 * model_cfg.d_model}, char_dim=model_cfg.elmo_char_dim,
+        return cls(**base, char_dim=model_cfg.elmo_char_dim,
                    filters=parse_filters(model_cfg.elmo_filters), highway_layers=model_cfg.elmo_highway_layers,
                    max_chars=model_cfg.elmo_max_chars, frozen=model_cfg.elmo_frozen,
                    num_labels=max(model_cfg.num_labels, 1), vocab=tuple(vocab))

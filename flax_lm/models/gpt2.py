@@ -22,7 +22,7 @@ class GPT2Config(DecoderConfig):
     def from_config(cls, model_cfg) -> "GPT2Config":
         """Builds the model config from the `model` section of a run config. GPT-2's options are
         fixed: the run config's keys of the Llama options (n_kv_heads, head_dim, ...) do not apply."""
-        return from_run_config(cls, model_cfg, ModelConfig, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model)
+        return from_run_config(cls, model_cfg, ModelConfig)
 
 
 # transformers' class name; the module is the shared decoder's

@@ -24,8 +24,8 @@ def dtypes(cfg) -> dict:
 
 def from_run_config(cls, model_cfg, keys_of=None, **resolved):
     """The model config dataclass `cls` from the `model` section of a run config: the keys it (or
-    the dataclass `keys_of`) has fields for, with `resolved` (values the family derives, e.g. d_ff
-    from d_model) over them."""
+    the dataclass `keys_of`) has fields for, with `resolved` (values the family reads otherwise, e.g.
+    a head's num_labels) over them."""
     fields = {f.name for f in dataclasses.fields(keys_of or cls)}
     return cls(**{**{k: v for k, v in model_cfg.items() if k in fields}, **resolved})
 

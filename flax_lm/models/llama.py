@@ -39,7 +39,7 @@ class LlamaConfig(DecoderConfig):
     @classmethod
     def from_config(cls, model_cfg) -> "LlamaConfig":
         """Builds the model config from the `model` section of a run config."""
-        return from_run_config(cls, model_cfg, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model)
+        return from_run_config(cls, model_cfg)
 
 
 # transformers' class name; the module is the shared decoder's

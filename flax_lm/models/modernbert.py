@@ -45,10 +45,10 @@ class ModernBertConfig(ModelConfig):
     @classmethod
     def from_config(cls, model_cfg) -> "ModernBertConfig":
         """Builds the model config from the `model` section of a run config."""
-        return from_run_config(cls, model_cfg, d_ff=model_cfg.d_ff or 4 * model_cfg.d_model,
-                               num_labels=model_cfg.num_labels or 2)
+        return from_run_config(cls, model_cfg, num_labels=model_cfg.num_labels or 2)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.classifier_pooling not in POOLINGS:
             raise ValueError(f"classifier_pooling must be one of {POOLINGS}; got {self.classifier_pooling!r}")
 

@@ -56,12 +56,7 @@ class T5Config(ModelConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self):
-        # 0 stands for the derived size; resolved here so every reader sees the real one.
-        derived = {"d_ff": 4 * self.d_model, "n_decoder_layers": self.n_layers,
-                   "head_dim": self.d_model // self.n_heads}
-        for name, value in derived.items():
-            if not getattr(self, name):
-                object.__setattr__(self, name, value)
+        super().__post_init__()   # the sizes at 0 (d_ff, n_decoder_layers, head_dim) derived
         if self.feed_forward not in FEED_FORWARDS:
             raise ValueError(f"feed_forward must be one of {FEED_FORWARDS}; got {self.feed_forward!r}")
 

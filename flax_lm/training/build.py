@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import jax
+import ml_collections
 import optax
 
 from flax_lm.models import build_model, elmo, head_name, lora
@@ -31,7 +32,10 @@ def build(cfg, mesh: jax.sharding.Mesh, steps: int, label_names: list[str] | Non
     """Everything a run's train step needs, for `mesh` (`flax_lm.parallel.mesh.make_mesh` of the
     devices to run or compile on) and `steps` optimizer steps (the schedule's length).
     `label_names` are those of a classification run's data (None: none read); `vocab` the
-    tokenizer's token strings by id, which ELMo spells its tokens from."""
+    tokenizer's token strings by id, which ELMo spells its tokens from. `cfg` is resolved
+    (`flax_lm.config.resolve`): what the run saves is what it builds."""
+    if not isinstance(cfg, ml_collections.FrozenConfigDict):
+        raise TypeError("build takes a config resolved by flax_lm.config.resolve.resolve")
     model = build_model(cfg.model, head_name(cfg), vocab)
     schedule = optim.learning_rate_schedule(cfg.optim, steps)
     tx = optim.make_optimizer(cfg.optim, steps, cfg.model.n_layers)

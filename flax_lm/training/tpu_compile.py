@@ -14,6 +14,9 @@ import re
 import jax
 import numpy as np
 
+import ml_collections
+
+from flax_lm.config.resolve import resolve
 from flax_lm.workdir import checkpointing
 from flax_lm.parallel import sharding
 from flax_lm.backends import tpu_cost
@@ -53,8 +56,10 @@ def batch_spec(task, cfg, mesh) -> dict:
 
 
 def compile_train_step(cfg, devices: list, model_step: bool = True) -> dict:
-    """Compiles the train step of `cfg` for `devices` and reports memory per chip, FLOPs, fit and
-    (with `model_step`) the modelled step (see modeled_step)."""
+    """Compiles the train step of `cfg` (a validated config, resolved here as `train` resolves it) for
+    `devices` and reports memory per chip, FLOPs, fit and (with `model_step`) the modelled step (see
+    modeled_step)."""
+    cfg = resolve(cfg)
     report, compiled = _compile(cfg, devices)
     if model_step and compiled is not None and tpu_cost.models_run_time(compiled):
         report.update(modeled_step(cfg, devices, report, compiled))
@@ -87,12 +92,18 @@ def modeled_step(cfg, devices: list, report: dict, compiled) -> dict:
             "hbm_bandwidth": chip and chip.hbm_bandwidth, "modeled_method": tpu_cost.METHOD}
 
 
-def measured_config(cfg):
-    """cfg with the loops flax_lm makes unrolled: the layers (scan_layers=False computes the same
-    step with one parameter array per layer)."""
-    measured = cfg.copy_and_resolve_references()
-    measured.model.scan_layers = False
-    return measured
+def measured_config(cfg: ml_collections.FrozenConfigDict) -> ml_collections.FrozenConfigDict:
+    """The resolved cfg with the loops flax_lm makes unrolled: the layers (scan_layers=False computes
+    the same step with one parameter array per layer)."""
+    return _with(cfg, "model", scan_layers=False)
+
+
+def _with(cfg: ml_collections.FrozenConfigDict, section: str, **values) -> ml_collections.FrozenConfigDict:
+    """A copy of the resolved `cfg` with `values` in `section`; keys of how the step is run, which no
+    derived value reads, so the copy is as resolved as `cfg`."""
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    out[section].update(values)
+    return ml_collections.FrozenConfigDict(out)
 
 
 def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[dict, object]:
@@ -101,8 +112,7 @@ def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[
         raise UserError(f"compile: a {cfg.task} run takes model.num_labels from its data, which compile does not "
                         f"read; set --config.model.num_labels=N (1 for a regression)")
     if cfg.parallel.strategy == "pmap":  # pmap's step is the jit step over a data-parallel mesh; compile that
-        cfg = cfg.copy_and_resolve_references()
-        cfg.parallel.strategy = "jit"
+        cfg = _with(cfg, "parallel", strategy="jit")
     mesh = mesh_lib.make_mesh(cfg, devices)
     built = build(cfg, mesh, cfg.train.steps)
     abstract_state, model = built.abstract_state, built.model

@@ -11,7 +11,7 @@ from flax_lm.training import state_init
 from flax_lm.training.build import build
 from flax_lm.parallel import sharding
 from flax_lm.config import training_length
-from flax_lm.config.resolve import resolve
+from flax_lm.config.resolve import resolve, with_label_count
 from flax_lm.parallel import mesh as mesh_lib
 from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import pipeline, unigram
@@ -58,16 +58,15 @@ def setup(cfg, workdir: Path, splits: tuple[str, ...] = pipeline.SPLITS) -> Run:
     A classification run's `model.num_labels` is the count of its data's labels when it is 0.
     """
     workdir = workdir_lib.local(workdir)
-    architecture = _architecture(cfg, workdir)
-    shaped = resolve(cfg, architecture=architecture)   # the data are read with the run's shape
-    mesh = mesh_lib.make_mesh(shaped)
+    cfg = resolve(cfg, architecture=_architecture(cfg, workdir))   # the data are read with the run's shape
+    mesh = mesh_lib.make_mesh(cfg)
     is_primary = jax.process_index() == 0
     if is_primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    prepared = (pipeline.prepare(shaped, workdir, is_primary, splits, init_from.tokenizer) if splits
-                else pipeline.load_saved(shaped, workdir))
-    labels = None if prepared.label_names is None else len(prepared.label_names)
-    cfg = shaped if labels is None else resolve(cfg, architecture=architecture, label_count=labels)
+    prepared = (pipeline.prepare(cfg, workdir, is_primary, splits, init_from.tokenizer) if splits
+                else pipeline.load_saved(cfg, workdir))
+    if prepared.label_names is not None:   # known only now that the data are read; nothing derived reads it
+        cfg = with_label_count(cfg, len(prepared.label_names))
     train_split = prepared.splits.get("train")
     steps = training_length.total_steps(cfg.train, cfg.optim.warmup_steps,
                                         None if train_split is None else len(train_split))
