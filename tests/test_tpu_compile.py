@@ -214,3 +214,18 @@ def test_a_scanned_layers_model_models_the_same_step_as_the_same_model_unrolled(
     assert scanned["modeled_step_seconds"] == pytest.approx(unrolled["modeled_step_seconds"], rel=0.03)
     assert scanned["modeled_flops_per_chip"] == pytest.approx(unrolled["modeled_flops_per_chip"], rel=0.03)
     assert scanned["loops_counted_once"] == [] == unrolled["loops_counted_once"]
+
+
+def test_compile_builds_from_the_resolved_config_as_train_does():
+    """The one build takes only a resolved config; compile resolves the config it is given first, so
+    it compiles the run train would build (its sizes and lengths at 0 filled)."""
+    from flax_lm.config.resolve import resolve
+    from flax_lm.parallel import mesh
+    from flax_lm.training.build import build
+    cfg = tiny_config(model=dict(d_ff=0), data=dict(seq_len=0))
+    devices = tpu_compile.topology_devices("v5e:2x2")
+    with pytest.raises(TypeError, match="resolved"):
+        build(cfg, mesh.make_mesh(cfg, devices), cfg.train.steps)
+    report = tpu_compile.compile_train_step(cfg, devices, model_step=False)
+    assert report["params"] == _params(resolve(cfg)) and resolve(cfg).model.d_ff == 256
+    assert report["batch"]["seq_len"] == cfg.model.max_len

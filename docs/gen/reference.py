@@ -3,7 +3,7 @@ the config reference (from flax_lm.config.defaults' key(...) declarations) and t
 bench/RESULTS.md, with the plots of bench/plots.py).
 
 Run before `mkdocs build` (launch/docs.sh does): python docs/gen/reference.py
-The two imports below are the only places the docs depend on the library's module layout.
+The imports below are the only places the docs depend on the library's module layout.
 """
 
 import argparse
@@ -17,6 +17,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import flax_lm.cli as cli  # noqa: E402  the `flax-lm` command: its argparse parser is cli._parser()
 from flax_lm.config.defaults import schema  # noqa: E402  each config key's facts
+from flax_lm import derived_sizes  # noqa: E402  the rule of each model size 0 leaves derived
 
 OUT = ROOT / "docs" / "reference"
 
@@ -73,7 +74,13 @@ def config_reference() -> str:
              "A model family gives some keys defaults of its own, used when the family is chosen and neither the "
              "recipe nor an override sets the key: " + "; ".join(
                  f"{family}: " + ", ".join(f"`{k}={v!r}`" for k, v in keys.family_defaults(family).items())
-                 for family in keys["model.family"].choices if keys.family_defaults(family)) + ".", ""]
+                 for family in keys["model.family"].choices if keys.family_defaults(family)) + ".", "",
+             "A model size at 0 is derived (" + ", ".join(f"`model.{size}`: {words}" for size, (words, _)
+                                                        in derived_sizes.RULES.items()) + ") where the family "
+             "has that size: " + "; ".join(f"{family}: " + ", ".join(keys.derived_sizes(family))
+                                           for family in keys["model.family"].choices) + ". A run fills these "
+             "sizes, and the data lengths at 0, once before it starts (`flax_lm/config/resolve.py`), so its "
+             "`config.json` holds the real values; a resumed run compares both configs so resolved.", ""]
     section = None
     for name, k in keys.items():
         head = name.split(".")[0] if "." in name else "top level"

@@ -42,7 +42,8 @@ def resolved_facts(cfg, saved: dict) -> dict:
 def check_config(cfg, saved: dict, workdir) -> list[str]:
     """The allowed changes of `cfg` from the `saved` config (to report); a UserError naming the
     others, if any. Both are compared resolved (`resolved_facts`): a run saved before a derived
-    value was filled in its config.json reads as the value it derived."""
+    value was filled in its config.json (a model size or a data length at 0) reads as the value it
+    derived, so it resumes, and a size stated now that differs from it is refused."""
     before = resolve(config_lib.from_json(json.dumps(with_new_keys(saved))))
     safe, refused = changes(before.to_dict(), resolve(cfg, **resolved_facts(cfg, saved)).to_dict())
     if refused:
