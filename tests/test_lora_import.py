@@ -193,3 +193,34 @@ def test_an_adapter_of_some_layers_only_is_one_line(tmp_path):
     done = flax_lm("import", "--hf", str(base), "--peft", str(adapter), "--workdir", str(tmp_path / "work"))
     assert done.returncode == 2 and "has no lora_A/lora_B for transformer.h.1.attn.c_attn" in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "LlamaForCausalLM"])
+def test_generate_of_a_lora_workdir_equals_generate_of_the_peft_merged_model(tmp_path, arch):
+    """Greedy `flax-lm generate` on a LoRA workdir (adapters non-zero) gives the tokens of
+    transformers' generate() on PEFT's merge_and_unload() of the same adapter."""
+    from flax_lm.data import tokenizer as tokenizer_lib
+    base, adapter = _base_and_adapter(tmp_path, arch)
+    work = tmp_path / "work"
+    assert flax_lm("import", "--hf", str(base), "--peft", str(adapter), "--workdir", str(work)).returncode == 0
+    tokenizer = tokenizer_lib.load(base / "tokenizer.json")
+    prompt = "def f(x):"
+    ids = tokenizer.encode(prompt).ids
+    auto = transformers.AutoModelForCausalLM
+    with torch.no_grad():
+        merged = peft.PeftModel.from_pretrained(auto.from_pretrained(base).eval(), adapter).merge_and_unload().eval()
+        theirs = merged.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[0, len(ids):].tolist()
+        plain = auto.from_pretrained(base).eval().generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                                           eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    assert theirs != plain  # the adapter changes what is generated
+    run, state = run_lib.load_run(work)
+    run.checkpointer.close()
+    ours = run_lib.generate_ids(run, state.params, [ids], max_new_tokens=12, temperature=0.0,
+                                stop_token_ids="")[0]
+    assert ours[:len(theirs)] == theirs[:len(ours)] and len(ours) >= 1
+    done = flax_lm("generate", "--workdir", str(work), "--prompt", prompt, "--max-new-tokens", str(len(ours)),
+                   "--temperature", "0")
+    assert done.returncode == 0, done.stderr
+    text = tokenizer.decode(ids + ours).replace("\r\n", "\n").replace("\r", "\n")  # as text-mode stdout reads
+    assert done.stdout.rstrip("\n") == text.rstrip("\n")
