@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="a task head to put on a base model (e.g. classification); without "
                                                 "it a base model (BertModel, GPT2Model, LlamaModel) is imported as "
                                                 "itself, for flax-lm embed and export")
+    p.add_argument("--peft", default=None, metavar="ADAPTER_DIR",
+                   help="a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) trained on "
+                        "the --hf model: the workdir is a LoRA run with its adapters (peft.* from its config)")
 
     p = sub.add_parser("embed", help="write sentence embeddings of the texts of a file (a base model's, or a "
                                      "fine-tuned run's encoder's)")
@@ -313,8 +316,8 @@ def _config(args, overrides) -> int:
 
 def _import(args, _) -> int:
     from flax_lm.interop.hf_import import import_hf
-    workdir = import_hf(args.hf, args.workdir, args.task)
-    print(f"imported {args.hf} into {workdir}")
+    workdir = import_hf(args.hf, args.workdir, args.task, args.peft)
+    print(f"imported {args.hf}{f' with the adapter {args.peft}' if args.peft else ''} into {workdir}")
     return 0
 
 

@@ -24,21 +24,25 @@ import jax.numpy as jnp
 from flax import struct
 
 from flax_lm.parallel import sharding
-from flax_lm.models import family_module, t5
+from flax_lm.models import family_module, lora, t5
 from flax_lm.models.layers import DTYPES, grown_cache
 
 
 class _Decoder:
     """What every decoder shares. A model with scanned layers decodes through its unrolled twin:
     a scan over the layers would slice every layer's weights out of the stacked arrays at each
-    one-token step."""
+    one-token step. A LoRA model (`lora.adapted`) decodes as its plain model with the adapters
+    merged into the kernels (W + (alpha / r) A.B, as PEFT's merge_and_unload): the same function,
+    without the adapters' two extra matmuls per projection at every step."""
 
     encoder_decoder = False
 
     def __init__(self, model):
         self.model = model
-        self.unrolled = model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=False)) \
-            if model.cfg.scan_layers else model
+        self.lora = getattr(model, "lora", None)
+        plain = lora.unadapted(model)
+        self.unrolled = plain.clone(cfg=dataclasses.replace(model.cfg, scan_layers=False)) \
+            if model.cfg.scan_layers else plain
 
     @property
     def max_len(self) -> int:
@@ -57,6 +61,8 @@ class _Decoder:
         `Prepared` are taken as they are."""
         if isinstance(params, Prepared):
             return params.variables
+        if self.lora is not None:
+            params = lora.merge(params, self.lora)
         return _weights_in({"params": self._unstacked(params)}, DTYPES[self.model.cfg.dtype])
 
     def prepared(self, params) -> "Prepared":
@@ -98,7 +104,7 @@ class CausalDecoder(_Decoder):
 
     def _unstacked(self, params):
         """Stacked layers split into `h_{i}` (`h` the family's LAYERS)."""
-        if self.unrolled is self.model:
+        if not self.model.cfg.scan_layers:
             return params
         params = dict(params)
         stacked = params.pop(self.family.LAYERS)
@@ -122,7 +128,7 @@ class Seq2SeqDecoder(_Decoder):
     encoder_decoder = True
 
     def _unstacked(self, params):
-        return t5.unstack_params(params, self.model.cfg) if self.unrolled is not self.model else params
+        return t5.unstack_params(params, self.model.cfg) if self.model.cfg.scan_layers else params
 
     def init_cache(self, batch: int, length: int):
         """The decoder's empty self-attention cache (`start` adds the encoder's part)."""

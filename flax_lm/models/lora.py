@@ -175,6 +175,15 @@ def adapted(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return _adapted_class(type(model), settings)(**fields)
 
 
+def unadapted(model: nn.Module) -> nn.Module:
+    """The plain model of an `adapted` one (the same fields, no adapters); any other model as it is."""
+    if getattr(model, "lora", None) is None:
+        return model
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+              if f.init and f.name not in ("parent", "name")}
+    return type(model).__bases__[0](**fields)
+
+
 def split(params: dict) -> tuple[dict, dict]:
     """(base tree without adapters, the adapter leaves only as a nested dict)."""
     base, adapters = {}, {}

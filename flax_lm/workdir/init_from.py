@@ -18,7 +18,7 @@ from flax_lm.workdir import layout as workdir_lib
 from flax_lm.data import tokenizer as tokenizer_lib
 from flax_lm.errors import UserError
 from flax_lm.interop import families, hf_files
-from flax_lm.models import elmo, head_name
+from flax_lm.models import elmo, head_name, lora
 
 # The model keys that make the architecture (declared `architecture=True` in the schema): a run
 # starting from a source takes them from it.
@@ -53,18 +53,33 @@ def load_params(source: str, model_cfg, family: str, head: str, fresh: dict, loa
     if family == "elmo":
         return _elmo_params(source, fresh, load_workdir)
     module = families.module_for(family)
+    carried = {}
     if is_workdir(source):
         cfg, model, state = load_workdir(source)
         if cfg.model.family != family:
             raise UserError(f"train.init_from: {source} holds a {cfg.model.family} model, not {family}")
-        state_dict = module.params_to_hf(jax.tree.map(np.asarray, jax.device_get(state.params)), model.cfg,
-                                         head_name(cfg))
+        source_params = jax.tree.map(np.asarray, jax.device_get(state.params))
+        adapters = lora.split(source_params)[1]
+        carried = _same_adapters(adapters, lora.split(fresh)[1])
+        if adapters and not carried:  # a LoRA source's weights are its merged ones
+            source_params = jax.tree.map(np.asarray, lora.merge(source_params, model.lora))
+        state_dict = module.params_to_hf(source_params, model.cfg, head_name(cfg))
     else:
         state_dict = hf_files.load_state_dict(hf_files.resolve_source(source))
     try:
-        return module.params_from_hf(state_dict, model_cfg, head, fresh)
+        params = module.params_from_hf(state_dict, model_cfg, head, fresh)
     except UserError as e:
         raise UserError(f"train.init_from {source}: {e}; does the model config match it?") from None
+    return lora.combine(params, carried) if carried else params
+
+
+def _same_adapters(source: dict, fresh: dict) -> dict:
+    """A LoRA source's adapters when the new run's model has the same ones (paths and shapes): a
+    LoRA run started from a LoRA workdir trains its adapters on. Else {}: the new run starts from
+    the source's merged weights (with fresh adapters if it is a LoRA run)."""
+    same = source and jax.tree.structure(source) == jax.tree.structure(fresh) and all(
+        a.shape == b.shape for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(fresh)))
+    return source if same else {}
 
 
 def _elmo_params(source: str, fresh: dict, load_workdir) -> dict:
