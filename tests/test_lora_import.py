@@ -224,3 +224,53 @@ def test_generate_of_a_lora_workdir_equals_generate_of_the_peft_merged_model(tmp
     assert done.returncode == 0, done.stderr
     text = tokenizer.decode(ids + ours).replace("\r\n", "\n").replace("\r", "\n")  # as text-mode stdout reads
     assert done.stdout.rstrip("\n") == text.rstrip("\n")
+
+
+def _random_adapters(model, settings, params, sample_args, seed=0, std=0.3):
+    """`params` (a plain model's) with the adapters of `lora.adapted(model, settings)`, lora_b random."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    adapted = lora.adapted(model, settings)
+    fresh = nn.unbox(adapted.init(jax.random.PRNGKey(0), *[jnp.asarray(a) for a in sample_args])["params"])
+    rng = np.random.RandomState(seed)
+    adapters = jax.tree.map(lambda x: np.asarray(x) + std * rng.standard_normal(x.shape).astype(np.float32),
+                            lora.split(fresh)[1])
+    return adapted, lora.combine(params, adapters)
+
+
+@pytest.mark.parametrize("family, scan", [("qwen3", False), ("qwen3", True), ("t5", False), ("t5", True)])
+def test_t5_and_qwen3_lora_export_as_peft_adapters(tmp_path, family, scan):
+    """The PEFT adapter `write_adapter` makes of a Qwen3 or T5 LoRA model (q,v and every
+    projection of T5's self- and cross-attention and MLP) loads in PeftModel with flax_lm's logits."""
+    from test_qwen3 import _hf_model
+    from test_t5_model import HF_TINY as T5_TINY
+    from flax_lm.interop import peft_adapter, qwen3 as qwen3_interop, t5 as t5_interop
+    from flax_lm.models import qwen3, t5
+    ids = np.arange(3, 13).reshape(1, 10)
+    if family == "qwen3":
+        hf, interop, targets = _hf_model(), qwen3_interop, ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+        fields = {k: v for k, v in interop.config_from_hf(hf.config.to_dict()).items() if k != "family"}
+        model = qwen3.Qwen3ForCausalLM(qwen3.Qwen3Config(**fields, scan_layers=scan))
+        args, hf_args = (ids,), dict(input_ids=torch.from_numpy(ids))
+    else:
+        torch.manual_seed(0)
+        hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_TINY, feed_forward_proj="gated-gelu"))
+        interop, targets = t5_interop, ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+        fields = {k: v for k, v in interop.config_from_hf(hf.config.to_dict()).items() if k != "family"}
+        model = t5.T5ForConditionalGeneration(t5.T5Config(**fields, scan_layers=scan))
+        decoder_ids = np.concatenate([[[0]], ids[:, :6]], axis=1)
+        args = (ids, decoder_ids)
+        hf_args = dict(input_ids=torch.from_numpy(ids), decoder_input_ids=torch.from_numpy(decoder_ids))
+    hf.eval()
+    params = interop.params_from_hf({k: v.detach().numpy() for k, v in hf.state_dict().items()}, model.cfg)
+    settings = lora.LoraSettings(family, targets, 4, 8.0)
+    # T5's unscaled attention scores amplify fp32 rounding: smaller updates keep its logits at 1e-5
+    adapted, params = _random_adapters(model, settings, params, args, std=0.3 if family == "qwen3" else 0.03)
+    ours = np.asarray(adapted.apply({"params": params}, *args))
+    peft_adapter.write_adapter(tmp_path / "adapter", params, model.cfg, "seq2seq" if family == "t5" else "causal_lm",
+                               settings, interop.params_to_hf)
+    with torch.no_grad():
+        plain = hf(**hf_args).logits.numpy()
+        theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()(**hf_args).logits.numpy()
+    assert not np.allclose(ours, plain, atol=1e-3)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
