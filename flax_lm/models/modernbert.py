@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flax_lm.models.config import ModelConfig
-from flax_lm.models.decoder import apply_rotary, rotary_cos_sin
+from flax_lm.models.rotary import apply_rotary, rotary_cos_sin
 from flax_lm.models.layers import DTYPES, Projection, contract, dtypes, from_run_config, gelu, split_qkv, tied_logits
 from flax_lm.models.remat import POLICIES
 from flax_lm.ops.attention import dot_product_attention
