@@ -213,7 +213,8 @@ def _small_sst2(tmp_path) -> list[str]:
     return out
 
 
-def _flax_logits(workdir, ids):
+def _logits_and_state(workdir, ids):
+    """The logits of a workdir's newest checkpoint for `ids` (B x T), and that state as numpy."""
     from flax_lm.workdir import run as run_lib
     run, state = run_lib.load_run(workdir)
     run.checkpointer.close()
@@ -221,7 +222,11 @@ def _flax_logits(workdir, ids):
         out = run.model.apply({"params": state.params}, ids, np.zeros_like(ids), np.ones_like(ids))
     else:
         out = run.model.apply({"params": state.params}, ids)
-    return np.asarray(out[0] if isinstance(out, tuple) else out)
+    return np.asarray(out[0] if isinstance(out, tuple) else out), jax.tree.map(np.asarray, jax.device_get(state))
+
+
+def _flax_logits(workdir, ids):
+    return _logits_and_state(workdir, ids)[0]
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])

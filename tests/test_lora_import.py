@@ -15,6 +15,7 @@ peft = pytest.importorskip("peft")
 from conftest import SHAKESPEARE  # noqa: E402
 from test_cli import flax_lm  # noqa: E402
 from test_interop import SENTENCES, _tokenizer_json  # noqa: E402
+from test_lora import _logits_and_state  # noqa: E402
 
 from flax_lm.models import lora  # noqa: E402
 from flax_lm.workdir import layout  # noqa: E402
@@ -72,16 +73,6 @@ def _peft_logits(arch, base, adapter, ids):
         return peft.PeftModel.from_pretrained(model, adapter).eval()(torch.from_numpy(ids)).logits.numpy(), plain
 
 
-def _ours(workdir, ids):
-    run, state = run_lib.load_run(workdir)
-    run.checkpointer.close()
-    if run.cfg.model.family == "bert":
-        out = run.model.apply({"params": state.params}, ids, np.zeros_like(ids), np.ones_like(ids))
-    else:
-        out = run.model.apply({"params": state.params}, ids)
-    return np.asarray(out[0] if isinstance(out, tuple) else out), jax.tree.map(np.asarray, jax.device_get(state))
-
-
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_an_imported_adapter_gives_peft_logits_and_exports_the_same_tensors(tmp_path, arch):
     base, adapter = _base_and_adapter(tmp_path, arch)
@@ -94,7 +85,7 @@ def test_an_imported_adapter_gives_peft_logits_and_exports_the_same_tensors(tmp_
     ids = np.arange(3, 13).reshape(1, 10)
     theirs, plain = _peft_logits(arch, base, adapter, ids)
     assert not np.allclose(theirs, plain, atol=1e-3)  # the adapter matters
-    ours, _ = _ours(work, ids)
+    ours, _ = _logits_and_state(work, ids)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
     done = flax_lm("export", "--workdir", str(work), "--out", str(tmp_path / "back"))
@@ -123,14 +114,14 @@ def test_an_imported_adapter_trains_on(tmp_path):
     work = tmp_path / "work"
     assert flax_lm("import", "--hf", str(base), "--peft", str(adapter), "--workdir", str(work)).returncode == 0
     ids = np.arange(3, 13)[None]
-    imported_logits, imported = _ours(work, ids)
+    imported_logits, imported = _logits_and_state(work, ids)
     imported_base, imported_adapters = lora.split(imported.params)
 
     cfg = layout.load_config(work)   # the run's own settings: resume
     cfg.train.update(steps=1, eval_every=1, checkpoint_every=1, progress_bar=False)
     cfg.optim.update(learning_rate=1e-2, warmup_steps=0)
     train.train(cfg, work)
-    _, resumed = _ours(work, ids)
+    _, resumed = _logits_and_state(work, ids)
     assert int(resumed.step) == 1
     jax.tree.map(np.testing.assert_array_equal, lora.split(resumed.params)[0], imported_base)
     assert all(_moved(lora.split(resumed.params)[1], imported_adapters))
@@ -142,7 +133,7 @@ def test_an_imported_adapter_trains_on(tmp_path):
     start = jax.tree.map(np.asarray, jax.device_get(state.params))
     jax.tree.map(np.testing.assert_array_equal, lora.split(start)[1], lora.split(resumed.params)[1])
     train.train(cfg, tmp_path / "tuned")
-    _, tuned = _ours(tmp_path / "tuned", ids)
+    _, tuned = _logits_and_state(tmp_path / "tuned", ids)
     jax.tree.map(np.testing.assert_array_equal, lora.split(tuned.params)[0], imported_base)
     assert all(_moved(lora.split(tuned.params)[1], lora.split(resumed.params)[1]))
 
@@ -150,7 +141,7 @@ def test_an_imported_adapter_trains_on(tmp_path):
     cfg.train.init_from = str(tmp_path / "tuned")
     run = run_lib.setup(cfg, tmp_path / "full")
     state, _ = run_lib.restore_or_init(run)
-    tuned_logits, _ = _ours(tmp_path / "tuned", ids)
+    tuned_logits, _ = _logits_and_state(tmp_path / "tuned", ids)
     np.testing.assert_allclose(np.asarray(run.model.apply({"params": state.params}, ids)), tuned_logits, atol=1e-5)
 
 
