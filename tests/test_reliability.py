@@ -104,7 +104,7 @@ def test_a_checkpoint_that_fits_no_config_is_refused_and_left_alone(tmp_path, sh
     train.train(cfg, tmp_path)
     # the config file says the run is another one than its checkpoints hold
     saved = json.loads((tmp_path / "config.json").read_text())
-    saved["model"]["d_model"] = 32
+    saved["model"].update(d_model=32, d_ff=4 * 32)   # the sizes as the run below saves them
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(UserError, match="checkpoint 4 in .* cannot be restored"):
         train.train(tiny_config(model=dict(d_model=32), train=dict(steps=8, eval_every=4)), tmp_path)
