@@ -73,8 +73,14 @@ def with_label_count(cfg: ml_collections.FrozenConfigDict, label_count: int) -> 
     if cfg.model.num_labels != 0:
         raise UserError(f"model.num_labels is {cfg.model.num_labels} but the data has {label_count} labels; "
                         f"set it to 0 to take the count from the data")
+    return replaced(cfg, "model", num_labels=label_count)
+
+
+def replaced(cfg: ml_collections.FrozenConfigDict, section: str, **values) -> ml_collections.FrozenConfigDict:
+    """A copy of the resolved `cfg` with `values` in `section`, for keys no derived value reads (so the
+    copy is as resolved as `cfg`): the label count, or how a step is run (`flax-lm compile`'s variants)."""
     out = ml_collections.ConfigDict(cfg.to_dict())
-    out.model.num_labels = label_count
+    out[section].update(values)
     return ml_collections.FrozenConfigDict(out)
 
 

@@ -12,11 +12,10 @@ gives the modelled step (flax_lm.backends.tpu_cost): time, tokens/s and MFU per 
 import re
 
 import jax
+import ml_collections
 import numpy as np
 
-import ml_collections
-
-from flax_lm.config.resolve import resolve
+from flax_lm.config.resolve import replaced, resolve
 from flax_lm.workdir import checkpointing
 from flax_lm.parallel import sharding
 from flax_lm.backends import tpu_cost
@@ -95,15 +94,7 @@ def modeled_step(cfg, devices: list, report: dict, compiled) -> dict:
 def measured_config(cfg: ml_collections.FrozenConfigDict) -> ml_collections.FrozenConfigDict:
     """The resolved cfg with the loops flax_lm makes unrolled: the layers (scan_layers=False computes
     the same step with one parameter array per layer)."""
-    return _with(cfg, "model", scan_layers=False)
-
-
-def _with(cfg: ml_collections.FrozenConfigDict, section: str, **values) -> ml_collections.FrozenConfigDict:
-    """A copy of the resolved `cfg` with `values` in `section`; keys of how the step is run, which no
-    derived value reads, so the copy is as resolved as `cfg`."""
-    out = ml_collections.ConfigDict(cfg.to_dict())
-    out[section].update(values)
-    return ml_collections.FrozenConfigDict(out)
+    return replaced(cfg, "model", scan_layers=False)
 
 
 def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[dict, object]:
@@ -112,7 +103,7 @@ def _compile(cfg, devices: list, compiler_options: dict | None = None) -> tuple[
         raise UserError(f"compile: a {cfg.task} run takes model.num_labels from its data, which compile does not "
                         f"read; set --config.model.num_labels=N (1 for a regression)")
     if cfg.parallel.strategy == "pmap":  # pmap's step is the jit step over a data-parallel mesh; compile that
-        cfg = _with(cfg, "parallel", strategy="jit")
+        cfg = replaced(cfg, "parallel", strategy="jit")
     mesh = mesh_lib.make_mesh(cfg, devices)
     built = build(cfg, mesh, cfg.train.steps)
     abstract_state, model = built.abstract_state, built.model
